@@ -1,0 +1,54 @@
+"""Score infer.py outputs against the dataset's truth.
+
+    python evaluate.py --pred outputs/cpu/infer_coords --data input/luna16 --split holdout
+    python evaluate.py --pred outputs/cpu/infer_scan   --data input/luna16 --split holdout
+
+Mode 1 (nodules.csv from --coords): per-nodule Dice/IoU/sensitivity/precision/HD95 against
+the fine masks -> scores.csv. Mode 2 (submission.csv): LUNA16 FROC and CPM -> froc.csv,
+froc.png.
+"""
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from src.config import add_config_args, load_config
+from src.data.folds import holdout_uids, read_folds
+from src.data.manifest import read_dataset
+from src.infer.evaluation import score_mode1, score_mode2, summary_line
+from src.infer.scoring import plot_froc
+from src.utils import atomic_to_csv
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pred", required=True, help="output folder of infer.py")
+    parser.add_argument("--data", help="LUNA16-layout folder with the truth (default: paths.data)")
+    parser.add_argument("--split", choices=("all", "holdout"), default="all",
+                        help="score only the hold-out scans of folds.csv")
+    add_config_args(parser)
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    pred, data = Path(args.pred), Path(args.data or cfg.paths.data)
+
+    records = read_dataset(data, None, allow_partial=True)
+    if args.split == "holdout":
+        keep = holdout_uids(read_folds(cfg.paths.folds))
+        records = [r for r in records if r.seriesuid in keep]
+    done = set(pd.read_csv(pred / "nodules.csv", dtype={"seriesuid": str})["seriesuid"])
+    uids = sorted({r.seriesuid for r in records} & done) or sorted({r.seriesuid for r in records})
+
+    if (pred / "submission.csv").is_file():
+        curve, cpm, points = score_mode2(pred, data, uids)
+        atomic_to_csv(curve, pred / "froc.csv", float_format="%.5g")
+        plot_froc(curve, points, cpm, pred / "froc.png", title=f"{len(uids)} scans")
+        print(points.assign(sensitivity=points["sensitivity"].round(3)).to_string(index=False))
+        print(f"CPM {cpm:.4f} over {len(uids)} scans -> {pred / 'froc.png'}")
+    else:
+        per_nodule = score_mode1(pred, records)
+        atomic_to_csv(per_nodule, pred / "scores.csv", float_format="%.5g")
+        print(summary_line(per_nodule))
+
+
+if __name__ == "__main__":
+    main()

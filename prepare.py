@@ -1,0 +1,42 @@
+"""Build the 2.5D patch cache (HDF5) from a LUNA16-layout folder or a hospital manifest.
+
+    python prepare.py --data input/luna16 --out input/cache/cache.h5
+    python prepare.py --manifest hospital.csv --out input/cache/lc183.h5 --config configs/default.yaml
+
+Interrupted runs resume (finished scans are kept as shards); a cache built with another
+config or source is never overwritten unless --overwrite is given.
+"""
+import argparse
+import time
+from pathlib import Path
+
+from src.config import add_config_args, load_config
+from src.data.cache import PatchCache, build_cache, summarize
+from src.data.manifest import read_dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="LUNA16-layout folder (default: paths.data)")
+    parser.add_argument("--manifest", help="hospital CSV manifest (default: paths.manifest)")
+    parser.add_argument("--out", help="cache file (default: paths.cache)")
+    parser.add_argument("--workers", type=int, help="parallel processes (cache.workers)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    add_config_args(parser)
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    if args.workers:
+        cfg.cache.workers = args.workers
+    manifest = args.manifest or (None if args.data else cfg.paths.manifest)
+    data = args.data or cfg.paths.data
+    out = Path(args.out or cfg.paths.cache)
+
+    start = time.time()
+    records = read_dataset(data, manifest, cfg.paths.allow_partial)
+    build_cache(records, cfg.cache, out, source=str(Path(manifest or data).resolve()), overwrite=args.overwrite)
+    print(summarize(PatchCache(out)))
+    print(f"  built in {time.time() - start:.1f} s, {out.stat().st_size / 1e6:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

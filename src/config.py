@@ -1,0 +1,290 @@
+"""One typed config for every stage: dataclasses, YAML load/merge/dump, CLI overrides.
+
+A run's config is built in three layers, later ones winning:
+  1. the dataclass defaults below,
+  2. a YAML file (``--config configs/cpu.yaml``; may ``inherit: default.yaml``),
+  3. dotted CLI overrides (``--set teacher.epochs=3 cache.patch_size=96``).
+The merged result is dumped as ``args.yaml`` beside every output, and its hash is
+stamped into every file a stage writes so that stages refuse to mix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class PathsConfig:
+    data: str = "input/luna16"            # LUNA16-layout folder (built-in phantom by default)
+    manifest: str = ""                    # hospital CSV manifest; replaces `data` when set
+    cache: str = "input/cache/cache.h5"   # 2.5D patch cache written by prepare.py
+    folds: str = "folds/folds.csv"        # single source of truth for splits
+    outputs: str = "outputs"
+    experiment: str = "default"           # outputs/<experiment>/...
+    allow_partial: bool = False           # LUNA16: ignore table rows of scans not on disk
+
+
+@dataclass
+class PhantomConfig:
+    n_scans: int = 24
+    seed: int = 0
+    max_slices: int = 96                  # z crop around the nodules, keeps files small
+    max_slice_thickness_mm: float = 2.5   # LUNA16's inclusion rule
+    min_readers: int = 3                  # annotations.csv: nodules >= 3 mm marked by >= 3 readers
+    min_diameter_mm: float = 3.0
+    n_subsets: int = 10
+    workers: int = 2
+
+
+@dataclass
+class CacheConfig:
+    spacing_zyx: tuple[float, float, float] = (1.25, 0.75, 0.75)  # mm, model space
+    hu_clip: tuple[float, float] = (-1200.0, 600.0)   # stored HU range (int16)
+    window: tuple[float, float] = (-1000.0, 400.0)    # HU -> [0, 1] for the network
+    k_slices: int = 5                     # 2.5D: adjacent axial slices as channels (odd)
+    patch_size: int = 64                  # in-plane pixels at `spacing_zyx`
+    jitter_px: int = 12                   # random offset of positive patches from the centre
+    negatives_per_positive: float = 1.0
+    hard_negative_fraction: float = 0.5   # share of negatives at vessel-like candidates
+    negative_margin_mm: float = 5.0       # negatives keep this far from any nodule surface
+    roi_margin_mm: float = 5.0            # 3D validation ROI around each nodule
+    workers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class FoldsConfig:
+    n_folds: int = 5
+    holdout_fraction: float = 0.2
+    fine_fraction: float = 0.2            # share of training scans that keep their fine masks
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "Unet"                    # smp architecture: Unet | UnetPlusPlus | FPN
+    encoder: str = "tu-coatnet_0_rw_224"
+    encoder_weights: str = ""             # "" = random init; or a local .pth/.safetensors file
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    pass_img_size: bool = True            # MaxViT/CoAtNet fix window tables at build time
+
+
+@dataclass
+class LossConfig:
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    coarse: str = "mt"                    # ignore | sphere | mt (coarse-constrained mean teacher)
+    coarse_weight: float = 1.0
+    coarse_background_margin_mm: float = 2.0   # beyond sphere + margin = certain background
+    coarse_sphere_scale: float = 1.0      # `sphere` mode: target = sphere of this x radius
+    mt_confidence: float = 0.8            # keep teacher pixels with p>c or p<1-c
+    mt_rampup_epochs: float = 3.0         # sigmoid ramp-up of the consistency weight
+    small_nodule_boost: float = 2.0       # sampling weight for nodules < 6 mm
+
+
+@dataclass
+class DistillConfig:
+    supervised_weight: float = 1.0        # Dice+BCE on fine masks
+    kd_weight: float = 1.0                # logit distillation against ensemble soft targets
+    temperature: float = 2.0
+    region_weight: float = 4.0            # extra KD weight inside the nodule region (0 = off)
+    region_margin_mm: float = 3.0
+    feature_weight: float = 0.0           # attention transfer to teacher encoder stages (0 = off)
+    feature_teacher_fold: int = 0         # which fold teacher provides the online features
+
+
+@dataclass
+class StageConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 30
+    steps_per_epoch: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    ema_decay: float = 0.99
+    positive_fraction: float = 0.5        # share of nodule patches per batch
+    val_batch_size: int = 64
+    num_workers: int = 2
+    compile: bool = False
+    channels_last: bool = True
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    rot90: bool = True
+    affine_p: float = 0.5
+    shift: float = 0.0625
+    scale: float = 0.15
+    rotate_deg: float = 15.0
+    intensity_p: float = 0.5              # brightness/contrast in the normalised window
+    noise_p: float = 0.3
+    blur_p: float = 0.2
+
+
+@dataclass
+class PseudoConfig:
+    tta: bool = True                      # flip TTA over the ensemble
+    prior_margin_mm: float = 2.0          # zero outside coarse sphere + margin
+    temperature: float = 1.0              # >1 softens, <1 sharpens the ensemble logits
+    batch_size: int = 64
+
+
+@dataclass
+class InferConfig:
+    threshold: float = 0.5
+    batch_size: int = 32
+    tta: bool = False
+    roi_margin_mm: float = 10.0           # coords mode: region around the given centre
+    min_component_mm3: float = 10.0       # whole-scan mode: drop smaller components
+    max_candidates_per_scan: int = 50
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    teacher: StageConfig = field(default_factory=StageConfig)
+    student: StageConfig = field(default_factory=lambda: StageConfig(
+        model=ModelConfig(encoder="tu-convnext_atto", decoder_channels=(128, 64, 32, 16, 8),
+                          pass_img_size=False)))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    device: str = "auto"                  # auto | cpu | cuda
+    amp: str = "auto"                     # auto | bf16 | fp16 | off (CUDA only; CPU runs fp32)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the dataclass field's type, or fail naming the key."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{where}' must be a mapping, got {value!r}")
+        return _from_dict(hint, value, where)
+    origin = get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{where}' must be a list, got {value!r}")
+        args = get_args(hint)
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, where) for v in value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not isinstance(value, hint):
+        raise ValueError(f"config key '{where}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict, where: str = "") -> Any:
+    hints = get_type_hints(cls)
+    obj = cls()
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if key not in hints:
+            raise ValueError(f"unknown config key '{name}'")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = _deep_merge(dataclasses.asdict(current), value)
+        setattr(obj, key, _coerce(value, hints[key], name))
+    return obj
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    parent = data.pop("inherit", None)
+    if parent:
+        data = _deep_merge(_read_yaml(path.parent / parent), data)
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["teacher.epochs=3", "cache.spacing_zyx=[1,1,1]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    data: dict = {}
+    if path:
+        p = Path(path)
+        data = _read_yaml(p if p.is_absolute() or p.exists() else ROOT / p)
+    data = _deep_merge(data, parse_overrides(overrides))
+    return _from_dict(Config, data)
+
+
+def to_dict(cfg: Any) -> dict:
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
+
+
+def config_hash(section: Any) -> str:
+    """Short, stable hash of a config (section): stamps files so stages refuse to mix."""
+    blob = json.dumps(to_dict(section), sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    from src.utils import atomic_write_text
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def add_config_args(parser) -> None:
+    """The CLI options every top-level script shares."""
+    parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. teacher.epochs=3 cache.patch_size=96")

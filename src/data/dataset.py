@@ -1,0 +1,120 @@
+"""PyTorch side of the cache: which patches a stage may train on, balanced sampling, and
+the Dataset that turns cached patches into normalised, augmented tensors.
+
+``fine_ok`` is the one switch that keeps withheld masks out of training: a patch may use
+its fine mask only if its scan is ``fine`` in folds.csv *and* the cache knows the mask
+there. Every other patch is coarse: centre + diameter only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from src.data.augment import Augmenter
+from src.data.cache import PatchCache
+from src.data.patches import DIST_UNITS_PER_MM
+from src.data.preprocess import normalise
+
+SMALL_NODULE_MM = 6.0
+
+
+@dataclass
+class PatchSelection:
+    """Rows of the cache a stage uses, with per-patch supervision flags."""
+    indices: np.ndarray          # rows of cache.patches
+    fine_ok: np.ndarray          # bool per selected patch: fine mask may be used
+
+
+def select_patches(cache: PatchCache, folds: pd.DataFrame, uids: set[str]) -> PatchSelection:
+    meta = cache.patches
+    rows = np.flatnonzero(meta["seriesuid"].isin(uids).to_numpy())
+    fine_scans = set(folds.loc[folds["label_kind"] == "fine", "seriesuid"])
+    sel = meta.iloc[rows]
+    fine_ok = sel["seriesuid"].isin(fine_scans).to_numpy() & (sel["label_kind"] == "fine").to_numpy()
+    return PatchSelection(rows, fine_ok)
+
+
+def sampling_weights(meta: pd.DataFrame, positive_fraction: float, small_boost: float) -> np.ndarray:
+    """Per-patch probabilities: ``positive_fraction`` of the mass on nodule patches, spread so
+    that every nodule weighs the same whatever its number of slices (small ones x boost)."""
+    negative = meta["negative"].to_numpy().astype(bool)
+    weights = np.zeros(len(meta))
+    if (~negative).any():
+        pos = meta[~negative]
+        per_nodule = 1.0 / pos.groupby("nodule_uid")["nodule_uid"].transform("size").to_numpy()
+        boost = np.where(pos["diameter_mm"].to_numpy() < SMALL_NODULE_MM, small_boost, 1.0)
+        w = per_nodule * boost
+        weights[~negative] = w / w.sum() * (positive_fraction if negative.any() else 1.0)
+    if negative.any():
+        weights[negative] = (1.0 - positive_fraction if (~negative).any() else 1.0) / negative.sum()
+    return weights
+
+
+class EpochSampler(Sampler):
+    """Draws ``num_samples`` (position, augmentation seed) pairs per epoch with replacement,
+    seeded by (seed, epoch): reproducible, resumable mid-epoch, and split across DDP ranks."""
+
+    def __init__(self, weights: np.ndarray, num_samples: int, seed: int, rank: int = 0, world: int = 1):
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.num_samples, self.seed, self.rank, self.world = num_samples, seed, rank, world
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        total = self.num_samples * self.world
+        picks = torch.multinomial(self.weights, total, replacement=True, generator=g)
+        seeds = torch.randint(0, 2**31 - 1, (total,), generator=g)
+        picks, seeds = picks[self.rank::self.world], seeds[self.rank::self.world]
+        for i in range(self.skip, self.num_samples):
+            yield int(picks[i]), int(seeds[i])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+class PatchDataset(Dataset):
+    """Items are (position in the selection, augmentation seed) from :class:`EpochSampler`,
+    or a plain position (no augmentation) for evaluation."""
+
+    def __init__(self, cache: PatchCache, selection: PatchSelection, augmenter: Augmenter | None = None,
+                 views: int = 1, soft_targets=None):
+        self.cache, self.sel, self.augmenter, self.views = cache, selection, augmenter, views
+        self.window = tuple(cache.attrs["window"])
+        self.soft = soft_targets     # optional: .get(cache_row) -> (P, P) float or None
+
+    def __len__(self) -> int:
+        return len(self.sel.indices)
+
+    def __getitem__(self, item):
+        pos, seed = item if isinstance(item, tuple) else (item, None)
+        row = int(self.sel.indices[pos])
+        patch = self.cache.patch(row)
+        image = normalise(patch["image"], self.window)
+        targets = {"fine": patch["fine"].astype(np.float32), "coarse": patch["coarse"].astype(np.float32),
+                   "coarse_dist": patch["coarse_dist"].astype(np.float32) / DIST_UNITS_PER_MM}
+        soft = self.soft.get(row) if self.soft is not None else None
+        if soft is not None:
+            targets["soft"] = soft.astype(np.float32)
+        if self.augmenter is not None and seed is not None:
+            images, targets = self.augmenter(image, targets, seed, views=self.views)
+            targets["fine"] = (targets["fine"] >= 0.5).astype(np.float32)
+            targets["coarse"] = (targets["coarse"] >= 0.5).astype(np.float32)
+        else:
+            images = [image] * self.views
+        out = {"image": torch.from_numpy(images[0]), "index": row,
+               "fine_ok": torch.tensor(float(self.sel.fine_ok[pos]))}
+        if self.views > 1:
+            out["image_b"] = torch.from_numpy(images[1])
+        for name, value in targets.items():
+            out[name] = torch.from_numpy(np.ascontiguousarray(value))[None]
+        out["soft_ok"] = torch.tensor(float(soft is not None))
+        if soft is None and self.soft is not None:
+            out["soft"] = torch.zeros_like(out["fine"])
+        return out

@@ -1,0 +1,89 @@
+"""Reader for a hospital-style dataset (the paper's "LC183"): one CSV manifest.
+
+One row per nodule, or one row per scan when it has no coordinates::
+
+    seriesuid,patient_id,image,mask,lung,coordX,coordY,coordZ,diameter_mm
+    case001,P001,scans/case001.nii.gz,masks/case001.nii.gz,,-61.2,20.5,-140.0,8.5
+    case001,P001,scans/case001.nii.gz,masks/case001.nii.gz,,40.0,-12.0,-180.0,14.0
+    case002,P002,dicom/case002/,,,12.0,30.5,-95.0,6.0
+    case003,P003,scans/case003.mhd,masks/case003.mhd,,,,,
+
+``image`` is a .mhd/.nii(.gz)/.nrrd file or a DICOM series folder; ``mask`` (optional) a
+label volume on the same grid; coordinates are world mm (x, y, z), as a viewer such as
+3D Slicer shows them in LPS. Paths are relative to the manifest's folder. A scan may have
+a mask, coordinates, or both; ``patient_id`` defaults to ``seriesuid``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from src.data.io import DataError
+from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
+
+REQUIRED = ["seriesuid", "image"]
+
+
+def _path(base: Path, value, manifest: Path, what: str, uid: str) -> Path | None:
+    if pd.isna(value) or str(value).strip() == "":
+        return None
+    path = Path(str(value).strip())
+    path = path if path.is_absolute() else base / path
+    if not path.exists():
+        raise DataError(f"{manifest}: {what} of {uid} not found: {path}")
+    return path
+
+
+def read_manifest(manifest: str | Path) -> list[ScanRecord]:
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: manifest not found")
+    try:
+        df = pd.read_csv(manifest, dtype={"seriesuid": str, "patient_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{manifest}: cannot read CSV ({err})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise DataError(f"{manifest}: missing column(s) {missing}; has {list(df.columns)}")
+    for col in ["patient_id", "mask", "lung", *NODULE_COLUMNS]:
+        if col not in df.columns:
+            df[col] = None
+    if df["seriesuid"].isna().any():
+        raise DataError(f"{manifest}: row {int(df['seriesuid'].isna().to_numpy().argmax()) + 2} has no seriesuid")
+
+    has_coords = df[NODULE_COLUMNS].notna()
+    partial = has_coords.any(axis=1) & ~has_coords.all(axis=1)
+    if partial.any():
+        row = int(partial.to_numpy().argmax())
+        raise DataError(f"{manifest}: row {row + 2} has only some of {NODULE_COLUMNS}")
+    coords = check_nodule_table(df[has_coords.all(axis=1)], str(manifest))
+
+    base = manifest.parent
+    records = []
+    for uid, rows in df.groupby("seriesuid", sort=True):
+        for col in ("image", "mask", "lung", "patient_id"):
+            if rows[col].nunique(dropna=False) > 1:
+                raise DataError(f"{manifest}: rows of {uid} disagree on '{col}'")
+        first = rows.iloc[0]
+        patient = first["patient_id"] if pd.notna(first["patient_id"]) else uid
+        if pd.isna(first["image"]) or not str(first["image"]).strip():
+            raise DataError(f"{manifest}: scan {uid} has no image path")
+        records.append(ScanRecord(
+            seriesuid=str(uid), patient_id=str(patient),
+            image_path=_path(base, first["image"], manifest, "image", uid),
+            mask_path=_path(base, first["mask"], manifest, "mask", uid),
+            lung_path=_path(base, first["lung"], manifest, "lung mask", uid),
+            nodules=coords[coords["seriesuid"] == uid].reset_index(drop=True),
+            source=str(manifest)))
+    if not records:
+        raise DataError(f"{manifest}: no scans listed")
+    return records
+
+
+def read_dataset(data: str | Path | None, manifest: str | Path | None, allow_partial: bool = False):
+    """The records of whichever dataset the config names (a manifest wins)."""
+    if manifest:
+        return read_manifest(manifest)
+    from src.data.luna16 import read_luna16
+    return read_luna16(data, allow_partial=allow_partial)

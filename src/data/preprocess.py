@@ -1,0 +1,105 @@
+"""Model space: resampling to a fixed spacing, HU windowing, and a lung mask from HU.
+
+Every scan is resampled to ``cache.spacing_zyx`` (default 1.25 x 0.75 x 0.75 mm) before
+patches are cut or a network sees it, so k adjacent slices always span the same
+millimetres whatever the scanner did. The network input is HU clipped to
+``cache.window`` (default -1000..400 HU, lung + soft tissue) and scaled to [0, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from src.data.geometry import Geometry
+
+AIR_HU = -1000.0
+
+
+def resampled_geometry(geometry: Geometry, spacing_zyx) -> Geometry:
+    """Same origin and direction; spacing changed; size keeps the physical extent."""
+    spacing_xyz = tuple(float(s) for s in np.asarray(spacing_zyx, dtype=float)[::-1])
+    extent = np.asarray(geometry.size_xyz) * np.asarray(geometry.spacing_xyz)
+    size = tuple(int(max(1, round(e / s))) for e, s in zip(extent, spacing_xyz))
+    return Geometry(geometry.origin_xyz, spacing_xyz, geometry.direction, size)
+
+
+def resample(array: np.ndarray, source: Geometry, target: Geometry, kind: str = "linear",
+             default: float = 0.0) -> np.ndarray:
+    """Resample a (z, y, x) array from one grid to another (kind: linear | nearest)."""
+    interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[kind]
+    image = source.apply_to(sitk.GetImageFromArray(array))
+    reference = target.apply_to(sitk.Image(list(target.size_xyz), image.GetPixelID()))
+    out = sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default))
+    return sitk.GetArrayFromImage(out)
+
+
+def resample_labels(labels: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """Label volume onto another grid: each label's binary mask is resampled linearly inside
+    its own bounding box and kept where > 0.5 - smooth edges, no label mixing, and fast
+    because nodules are small (ITK's label-Gaussian interpolator takes ~10 s per CT)."""
+    out = np.zeros(target.shape_zyx, dtype=labels.dtype)
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        lo = np.array([s.start for s in box]) - 1
+        hi = np.array([s.stop for s in box]) + 1
+        corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
+        tv = target.world_to_voxel(source.voxel_to_world(corners))
+        t_lo = np.maximum(np.floor(tv.min(0)).astype(int), 0)
+        t_hi = np.minimum(np.ceil(tv.max(0)).astype(int) + 1, target.shape_zyx)
+        if np.any(t_hi <= t_lo):
+            continue
+        src = np.zeros(hi - lo, dtype=np.float32)
+        s_lo, s_hi = np.maximum(lo, 0), np.minimum(hi, labels.shape)
+        src[tuple(slice(a - o, b - o) for a, b, o in zip(s_lo, s_hi, lo))] = \
+            labels[tuple(slice(a, b) for a, b in zip(s_lo, s_hi))] == label
+        part = resample(src, source.crop(lo, hi - lo), target.crop(t_lo, t_hi - t_lo), "linear")
+        region = out[tuple(slice(a, b) for a, b in zip(t_lo, t_hi))]
+        region[part > 0.5] = label
+    return out
+
+
+def to_model_space(image: np.ndarray, geometry: Geometry, spacing_zyx,
+                   hu_clip: tuple[float, float]) -> tuple[np.ndarray, Geometry]:
+    """HU volume -> (int16 HU at model spacing, clipped to ``hu_clip``; its geometry)."""
+    target = resampled_geometry(geometry, spacing_zyx)
+    clipped = np.clip(image, *hu_clip).astype(np.float32)
+    out = resample(clipped, geometry, target, "linear", default=hu_clip[0])
+    return np.rint(out).astype(np.int16), target
+
+
+def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """HU -> float32 in [0, 1] over the window; the network's only view of intensities."""
+    lo, hi = float(window[0]), float(window[1])  # numpy scalars would promote to float64
+    return ((np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32, copy=False)
+
+
+def lung_mask_from_hu(hu: np.ndarray, geometry: Geometry, threshold_hu: float = -400.0,
+                      work_spacing_mm: float = 2.0, closing_mm: float = 10.0,
+                      min_volume_ml: float = 50.0) -> np.ndarray:
+    """Lungs from HU alone, for scans without a lung mask (LUNA16 ships seg-lungs).
+
+    Air-like voxels not connected to the outside of the body, large enough to be a lung,
+    closed with a ~1 cm ball so that nodules and vessels on the pleura are included.
+    Works at ~2 mm for speed, then returns a mask on the input grid.
+    """
+    coarse = resampled_geometry(geometry, (work_spacing_mm,) * 3)
+    small = resample(hu.astype(np.float32), geometry, coarse, "linear", default=AIR_HU)
+    air = small < threshold_hu
+    labels, n = ndimage.label(air)
+    # Outside air (and the table gap) touches the in-plane border of some slice.
+    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(n + 1))
+    voxel_ml = work_spacing_mm ** 3 / 1000.0
+    keep = sizes * voxel_ml >= min_volume_ml
+    keep[border] = False
+    keep[0] = False
+    lungs = keep[labels]
+    radius = max(1, int(round(closing_mm / 2 / work_spacing_mm)))
+    ball = ndimage.generate_binary_structure(3, 1)
+    ball = ndimage.iterate_structure(ball, radius)
+    lungs = ndimage.binary_closing(np.pad(lungs, radius), ball)[radius:-radius, radius:-radius, radius:-radius]
+    lungs = np.stack([ndimage.binary_fill_holes(s) for s in lungs])
+    return resample(lungs.astype(np.uint8), coarse, geometry, "nearest").astype(bool)

@@ -1,0 +1,98 @@
+"""Leaderboard tables from per-nodule metrics: overall, by size bin, by texture.
+
+Input: one row per (model, nodule) with dice/iou/sensitivity/precision/hd95_mm, size_bin,
+texture and reader_dice (the inter-reader Dice of the same nodule: the ceiling).
+Output: a tidy CSV (one row per model x group x metric) and Markdown tables.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from src.engine.metrics import SIZE_BIN_LABELS
+
+METRICS = ("dice", "iou", "sensitivity", "precision", "hd95_mm")
+
+
+def _mean_std(values: pd.Series) -> str:
+    v = values.dropna()
+    if v.empty:
+        return "-"
+    return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def overall_table(per_nodule: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for model, g in per_nodule.groupby("model", sort=False):
+        row = {"model": model, "nodules": len(g)}
+        row.update({m: _mean_std(g[m]) for m in METRICS})
+        row["reader ceiling"] = _mean_std(g["reader_dice"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def breakdown_table(per_nodule: pd.DataFrame, by: str, order=None) -> pd.DataFrame:
+    """Mean Dice (n) per model and group; the last row is the inter-reader ceiling."""
+    groups = order or sorted(per_nodule[by].dropna().unique())
+    groups = [g for g in groups if (per_nodule[by] == g).any()]
+    rows = []
+    for model, g in per_nodule.groupby("model", sort=False):
+        row = {"model": model}
+        for key in groups:
+            sel = g[g[by] == key]["dice"]
+            row[key] = f"{sel.mean():.3f} ({len(sel)})" if len(sel) else "-"
+        rows.append(row)
+    first = per_nodule[per_nodule["model"] == per_nodule["model"].iloc[0]]
+    ceiling = {"model": "inter-reader ceiling"}
+    for key in groups:
+        sel = first[first[by] == key]["reader_dice"].dropna()
+        ceiling[key] = f"{sel.mean():.3f} ({len(sel)})" if len(sel) else "-"
+    rows.append(ceiling)
+    return pd.DataFrame(rows)
+
+
+def tidy(per_nodule: pd.DataFrame) -> pd.DataFrame:
+    """Long CSV: model, group (all | size:3-6 | texture:solid ...), metric, mean, std, n."""
+    out = []
+    for model, g in per_nodule.groupby("model", sort=False):
+        parts = [("all", g)] + [(f"size:{k}", s) for k, s in g.groupby("size_bin")] \
+            + [(f"texture:{k}", s) for k, s in g.groupby("texture")]
+        for group, sub in parts:
+            for metric in (*METRICS, "reader_dice"):
+                v = sub[metric].dropna()
+                out.append(dict(model=model, group=group, metric=metric, mean=v.mean() if len(v) else np.nan,
+                                std=v.std(ddof=0) if len(v) else np.nan, n=len(v)))
+    return pd.DataFrame(out)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cols = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def render(per_nodule: pd.DataFrame, title: str, extra: pd.DataFrame | None = None) -> str:
+    """The full Markdown leaderboard: overall, optional extra table, size bins, texture."""
+    sections = [f"# {title}", "", "## Per-nodule metrics (mean ± std)", "", to_markdown(overall_table(per_nodule))]
+    if extra is not None and not extra.empty:
+        sections += ["", "## Speed", "", to_markdown(extra)]
+    sections += ["", "## Dice by nodule size (mm), (n)", "",
+                 to_markdown(breakdown_table(per_nodule, "size_bin", list(SIZE_BIN_LABELS))),
+                 "", "## Dice by texture, (n)", "", to_markdown(breakdown_table(per_nodule, "texture"))]
+    return "\n".join(sections) + "\n"
+
+
+def gather_oof(teacher_dir) -> pd.DataFrame:
+    """Per-nodule OOF metrics of every fold teacher (teacher/fold_K/val_metrics.csv), with a
+    row per fold and the pooled OOF set as models."""
+    from pathlib import Path
+
+    files = sorted(Path(teacher_dir).glob("fold_*/val_metrics.csv"))
+    if not files:
+        raise FileNotFoundError(f"{teacher_dir}: no fold_*/val_metrics.csv; train the teachers first")
+    oof = pd.concat([pd.read_csv(f, dtype={"seriesuid": str}) for f in files], ignore_index=True)
+    per_fold = oof.assign(model=[f"teacher fold {f}" for f in oof["fold"]])
+    pooled = oof.assign(model=f"OOF, {len(files)} folds pooled")
+    return pd.concat([per_fold, pooled], ignore_index=True)

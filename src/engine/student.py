@@ -1,0 +1,85 @@
+"""Stage 4: one fast student distilled from the teacher ensemble.
+
+Trains on every non-hold-out patient: fine masks where ``label_kind`` is fine, and the
+ensemble's soft targets from pseudo.h5 everywhere (KD, weighted toward the nodule region),
+optionally with attention transfer from one fold teacher's encoder. There is no validation
+split left (the hold-out is only for the final score), so checkpoint_best is the latest.
+Outputs in ``outputs/<experiment>/student/``, with the teachers' conventions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from src.config import dump_config, to_dict
+from src.data.augment import Augmenter
+from src.data.dataset import PatchDataset, sampling_weights, select_patches
+from src.data.folds import split_uids
+from src.data.io import DataError
+from src.engine.checkpoint import model_from_checkpoint
+from src.engine.context import StageContext
+from src.engine.objectives import StudentObjective
+from src.engine.runtime import Runtime
+from src.engine.trainer import RunInfo, Trainer
+from src.models.factory import build_model
+from src.utils import seed_everything
+
+
+class SoftTargets:
+    """Soft labels of pseudo.h5 by cache row; the file opens lazily in each worker."""
+
+    def __init__(self, path: Path, cache_hash: str, folds_hash: str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no pseudo-labels; run pseudo_label.py first")
+        with h5py.File(self.path, "r") as f:
+            if f.attrs["cache_hash"] != cache_hash or f.attrs["folds_hash"] != folds_hash:
+                raise DataError(f"{self.path}: made from another cache or folds.csv; rerun pseudo_label.py")
+            self.rows = f["rows"][()]
+        self._file = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None}
+
+    def get(self, row: int) -> np.ndarray | None:
+        pos = int(np.searchsorted(self.rows, row))
+        if pos >= len(self.rows) or self.rows[pos] != row:
+            return None
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file["soft"][pos]
+
+
+def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
+    cfg, stage = ctx.cfg, ctx.cfg.student
+    splits = split_uids(ctx.folds, None)
+    assert not splits["train"] & splits["holdout"], "hold-out scans leaked into the student's training set"
+    seed_everything(stage.seed)
+    out_dir = ctx.student_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rt.is_main:
+        dump_config(cfg, out_dir / "args.yaml")
+
+    soft = SoftTargets(ctx.pseudo_path, ctx.cache_hash, ctx.folds_hash)
+    selection = select_patches(ctx.cache, ctx.folds, splits["train"])
+    weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], stage.positive_fraction,
+                               stage.loss.small_nodule_boost)
+    dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), soft_targets=soft)
+    feature_teacher = None
+    if cfg.distill.feature_weight > 0:
+        path = ctx.teacher_dir(cfg.distill.feature_teacher_fold) / "checkpoint_best.pt"
+        feature_teacher = model_from_checkpoint(path).to(rt.device)
+    objective = StudentObjective(stage.loss, cfg.distill, feature_teacher)
+    model = build_model(stage.model, ctx.k, ctx.patch_size)
+    info = RunInfo(stage="student", fold=None, model_config=to_dict(stage.model), in_channels=ctx.k,
+                   patch_size=ctx.patch_size, config=to_dict(cfg), cache_hash=ctx.cache_hash,
+                   config_hash=ctx.run_hash(stage, cfg.augment, cfg.distill, {"pseudo": str(ctx.pseudo_path)}),
+                   extra={"train_uids": sorted(splits["train"])})
+    trainer = Trainer(stage, model, objective, dataset, weights, lambda m: {}, out_dir, rt, info,
+                      select_metric="", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
+    if resume and trainer.resume() and rt.is_main:
+        print(f"resumed the student at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
+    trainer.fit()
+    return out_dir

@@ -1,0 +1,179 @@
+"""The training loop shared by the fold teachers and the student.
+
+timm/nnU-Net conventions: ``args.yaml`` next to the outputs, ``summary.csv`` with one row
+per epoch, ``checkpoint_last.pt`` (everything needed to resume, written at every epoch end
+and every ``checkpoint_every_steps``), ``checkpoint_best.pt`` by the validation metric,
+and a training-curve PNG. AMP, EMA, gradient clipping, warm-up + cosine LR, DDP.
+
+The stage decides *what* is learnt through an ``objective(model, ema_model, batch,
+progress) -> (loss, logs)`` and how to score through ``validate(model) -> metrics``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from src.config import StageConfig, code_version
+from src.data.dataset import EpochSampler
+from src.engine.checkpoint import load_checkpoint, save_checkpoint
+from src.engine.runtime import Runtime, make_optimizer, warmup_cosine
+from src.utils import atomic_to_csv
+from src.viz import line_plot
+
+Objective = Callable[[nn.Module, nn.Module, dict, float], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class RunInfo:
+    """What a checkpoint records besides weights: enough to rebuild and to trace."""
+    stage: str
+    fold: int | None
+    model_config: dict
+    in_channels: int
+    patch_size: int
+    config: dict
+    config_hash: str
+    cache_hash: str
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, stage: StageConfig, model: nn.Module, objective: Objective, dataset: Dataset,
+                 weights: np.ndarray, validate: Callable[[nn.Module], dict[str, float]],
+                 out_dir: Path, rt: Runtime, info: RunInfo, select_metric: str = "val_dice",
+                 checkpoint_every_steps: int = 0):
+        self.stage, self.objective, self.validate, self.rt, self.info = stage, objective, validate, rt, info
+        self.out_dir, self.select_metric, self.every = Path(out_dir), select_metric, checkpoint_every_steps
+        self.model = model.to(rt.device)
+        if stage.channels_last and rt.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = ModelEmaV3(self.model, decay=stage.ema_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), stage.lr, stage.weight_decay, rt.device)
+        total = stage.epochs * stage.steps_per_epoch
+        self.scheduler = warmup_cosine(self.optimizer, int(stage.warmup_epochs * stage.steps_per_epoch), total)
+        self.scaler = rt.grad_scaler()
+        self.train_model: nn.Module = self.model
+        if rt.distributed:
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if stage.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.sampler = EpochSampler(weights, stage.steps_per_epoch * stage.batch_size, stage.seed, rt.rank, rt.world)
+        self.loader = DataLoader(dataset, batch_size=stage.batch_size, sampler=self.sampler,
+                                 num_workers=stage.num_workers, pin_memory=rt.device.type == "cuda",
+                                 drop_last=True, persistent_workers=False)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best, self.history = -math.inf, []
+
+    # ------------------------------------------------------------------ checkpoints
+    def _payload(self) -> dict:
+        return dict(stage=self.info.stage, fold=self.info.fold, model_config=self.info.model_config,
+                    in_channels=self.info.in_channels, patch_size=self.info.patch_size,
+                    config=self.info.config, config_hash=self.info.config_hash, cache_hash=self.info.cache_hash,
+                    code_version=code_version(), **self.info.extra,
+                    model=self.model.state_dict(), ema=self.ema.module.state_dict(),
+                    optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                    scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+                    global_step=self.global_step, best=self.best, history=self.history,
+                    torch_rng=torch.get_rng_state())
+
+    def save(self, name: str) -> None:
+        if self.rt.is_main:
+            save_checkpoint(self._payload(), self.out_dir / name)
+
+    def resume(self) -> bool:
+        path = self.out_dir / "checkpoint_last.pt"
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path)
+        if ckpt.get("config_hash") != self.info.config_hash:
+            raise ValueError(f"{path}: trained with another config ({ckpt.get('config_hash')} != "
+                             f"{self.info.config_hash}); use a new experiment name or drop --resume")
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.module.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
+        self.global_step, self.best, self.history = ckpt["global_step"], ckpt["best"], list(ckpt["history"])
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def _train_step(self, batch: dict, progress: float) -> dict[str, float]:
+        batch = {k: v.to(self.rt.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with self.rt.autocast():
+            loss, logs = self.objective(self.train_model, self.ema.module, batch, progress)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: {logs}")
+        self.scaler.scale(loss).backward()
+        if self.stage.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.stage.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return {"loss": float(loss.detach()), **logs}
+
+    def fit(self) -> pd.DataFrame:
+        steps = self.stage.steps_per_epoch
+        while self.epoch < self.stage.epochs:
+            start = time.time()
+            self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.stage.batch_size)
+            self.train_model.train()
+            self.ema.module.eval()  # the EMA model is a teacher (mean teacher, validation): never in train mode
+            sums: dict[str, float] = {}
+            bar = tqdm(self.loader, total=steps - self.step_in_epoch, leave=False, disable=not self.rt.is_main,
+                       desc=f"{self.info.stage} epoch {self.epoch + 1}/{self.stage.epochs}")
+            for batch in bar:
+                logs = self._train_step(batch, self.epoch + self.step_in_epoch / steps)
+                for key, value in logs.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                self.step_in_epoch += 1
+                self.global_step += 1
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                if self.every and self.step_in_epoch % self.every == 0 and self.step_in_epoch < steps:
+                    self.save("checkpoint_last.pt")
+            n = max(1, len(bar))
+            row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
+                   **{f"train_{k}": v / n for k, v in sums.items()}}
+            if self.rt.is_main:
+                row.update(self.validate(self.ema.module))
+            self.rt.barrier()
+            row["seconds"] = time.time() - start
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            score = row.get(self.select_metric)  # no validation metric: the latest is the best
+            improved = score is None or score > self.best
+            if improved and score is not None:
+                self.best = score
+            row["best"] = improved
+            self.history.append(row)
+            if improved:
+                self.save("checkpoint_best.pt")
+            self.save("checkpoint_last.pt")
+            self._write_summary()
+        self.save("checkpoint_final.pt")
+        return pd.DataFrame(self.history)
+
+    def _write_summary(self) -> None:
+        if not self.rt.is_main:
+            return
+        table = pd.DataFrame(self.history)
+        atomic_to_csv(table, self.out_dir / "summary.csv", float_format="%.5g")
+        curves = [c for c in table.columns if c.startswith(("train_", "val_"))]
+        line_plot(table, "epoch", curves, self.out_dir / "training_curves.png",
+                  title=f"{self.info.stage} fold {self.info.fold}" if self.info.fold is not None else self.info.stage)

@@ -1,0 +1,52 @@
+"""``evaluate.py``: score the output folder of ``infer.py`` against the dataset's truth."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from src.data.io import DataError, read_image
+from src.data.scan import ScanRecord
+from src.infer.scoring import froc, nodule_scores
+
+
+def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:
+    """Per-nodule metrics of a mode-1 run: label k of <uid> mask vs the fine mask of the
+    nodule given as row k (matched through nodule_uid, i.e. the same coordinate table)."""
+    table = pd.read_csv(pred_dir / "nodules.csv", dtype={"seriesuid": str})
+    rows = []
+    for record in tqdm([r for r in records if r.seriesuid in set(table["seriesuid"])], desc="score"):
+        scan = record.load()
+        pred_files = list(pred_dir.glob(f"{record.seriesuid}.*"))
+        if not pred_files:
+            raise DataError(f"{pred_dir}: no mask for {record.seriesuid}")
+        labels, geometry = read_image(pred_files[0])
+        if not geometry.same_grid(scan.geometry):
+            raise DataError(f"{pred_files[0]}: geometry differs from its scan {record.image_path}")
+        by_uid = {n.nodule_uid: n for n in scan.nodules}
+        full = tuple(slice(0, s) for s in labels.shape)
+        for row in table[table["seriesuid"] == record.seriesuid].itertuples(index=False):
+            nodule = by_uid.get(row.nodule_uid)
+            if nodule is None or not nodule.fine_label:
+                continue  # no truth for this coordinate
+            rows.append(nodule_scores(scan, nodule, full, labels == row.nodule_id))
+    return pd.DataFrame(rows)
+
+
+def score_mode2(pred_dir: Path, data_dir: Path, uids: list[str]) -> tuple[pd.DataFrame, float, pd.DataFrame]:
+    submission = pd.read_csv(pred_dir / "submission.csv", dtype={"seriesuid": str})
+    annotations = pd.read_csv(data_dir / "annotations.csv", dtype={"seriesuid": str})
+    excluded_path = data_dir / "annotations_excluded.csv"
+    excluded = pd.read_csv(excluded_path, dtype={"seriesuid": str}) if excluded_path.is_file() \
+        else annotations.iloc[0:0]
+    return froc(submission, annotations, excluded, uids)
+
+
+def summary_line(per_nodule: pd.DataFrame) -> str:
+    if per_nodule.empty:
+        return "no nodules with fine masks to score"
+    return (f"{len(per_nodule)} nodules: Dice {per_nodule['dice'].mean():.4f}, IoU {per_nodule['iou'].mean():.4f}, "
+            f"sensitivity {per_nodule['sensitivity'].mean():.4f}, precision {per_nodule['precision'].mean():.4f}, "
+            f"HD95 {np.nanmean(per_nodule['hd95_mm']):.2f} mm")

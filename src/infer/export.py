@@ -1,0 +1,36 @@
+"""ONNX export of a trained network (the student, typically) for deployment.
+
+The graph takes the *normalised* 2.5D stack (N, k, H, W) - HU clipped to the cache window
+and scaled to [0, 1], see ``src.data.preprocess.normalise`` - and returns logits
+(N, 1, H, W); batch, height and width are dynamic (H and W multiples of 32). The window,
+spacing and k are stored in the model's metadata so a consumer can reproduce the input.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import torch
+from timm.utils.model import reparameterize_model
+from torch import nn
+
+from src.utils import atomic_path
+
+OPSET = 17
+
+
+def export_onnx(model: nn.Module, k: int, patch_size: int, path: str | Path, metadata: dict) -> Path:
+    model = reparameterize_model(model.eval().cpu())  # fuses re-parameterisable branches (FastViT/MobileOne)
+    example = torch.zeros(1, k, patch_size, patch_size)
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    with atomic_path(path, suffix=".onnx") as tmp:
+        torch.onnx.export(model, example, str(tmp), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": dynamic, "logits": dynamic}, opset_version=OPSET, dynamo=False)
+        proto = onnx.load(str(tmp))
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return Path(path)

@@ -1,0 +1,211 @@
+"""``infer.py`` behind the scenes: find the scans and the models, run mode 1 or 2 per scan,
+write masks in the scan's geometry plus nodules.csv / submission.csv.
+
+A failure on one scan (unreadable file, coordinates outside it, ...) is reported with the
+file and the reason; the other scans carry on, and the caller exits non-zero at the end.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from src.config import CacheConfig, InferConfig
+from src.data.io import DataError, image_stem, is_image_path, write_image
+from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
+from src.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from src.engine.runtime import Runtime
+from src.infer.detect import candidates, predict_volume
+from src.infer.predictor import Predictor
+from src.infer.segment import ModelVolume, NetworkSegmenter, segment_nodule, to_model_volume
+
+NODULE_TABLE = ["seriesuid", "nodule_id", "coordX", "coordY", "coordZ", "diameter_mm", "volume_mm3", "mean_hu",
+                "probability", "given_coordX", "given_coordY", "given_coordZ", "given_diameter_mm", "nodule_uid"]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def collect_inputs(inputs: list[str], allow_partial: bool = True) -> tuple[list[ScanRecord], list[str]]:
+    """Scan records from LUNA16 folders, manifests, image files or DICOM folders, and the
+    inputs that could not be read at all (as 'path: reason')."""
+    from src.data.luna16 import read_luna16
+    from src.data.manifest import read_manifest
+
+    records, failures = [], []
+    for item in inputs:
+        path = Path(item)
+        try:
+            if path.is_dir() and any(path.glob("subset*")):
+                records += read_luna16(path, allow_partial=allow_partial)
+            elif path.suffix.lower() == ".csv":
+                records += read_manifest(path)
+            elif path.is_dir() and not any(path.iterdir()):
+                raise DataError(f"{path}: folder is empty")
+            elif path.is_dir() or is_image_path(path):
+                if not path.exists():
+                    raise DataError(f"{path}: file or folder does not exist")
+                records.append(ScanRecord(image_stem(path), image_stem(path), path, source=str(path)))
+            else:
+                raise DataError(f"{path}: not a LUNA16 folder, manifest (.csv), image file or DICOM folder")
+        except DataError as err:
+            failures.append(str(err))
+    return records, failures
+
+
+def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[ScanRecord]:
+    """Replace each record's nodule table with its rows of a LUNA16-style coordinate CSV
+    (annotations.csv, candidates_V2.csv without diameters, or a manifest)."""
+    path = Path(coords_csv)
+    table = pd.read_csv(path, dtype={"seriesuid": str})
+    if "diameter_mm" not in table.columns:  # candidates: no size known, segment within a default sphere
+        table["diameter_mm"] = DEFAULT_CANDIDATE_DIAMETER_MM
+    table = check_nodule_table(table.dropna(subset=["coordX"]), str(path))
+    known = {r.seriesuid for r in records}
+    unknown = sorted(set(table["seriesuid"]) - known)
+    if unknown:
+        print(f"note: {path}: {len(unknown)} seriesuid(s) not among the inputs (e.g. {unknown[0]}); ignored")
+    groups = {uid: df.reset_index(drop=True) for uid, df in table.groupby("seriesuid")}
+    for r in records:
+        r.nodules = groups.get(r.seriesuid, table.iloc[0:0][["seriesuid", *NODULE_COLUMNS]])
+        r.source = str(path)
+    return records
+
+
+DEFAULT_CANDIDATE_DIAMETER_MM = 10.0
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def find_experiment(outputs: Path, preferred: str, model: str) -> Path:
+    """outputs/<preferred>/ if it holds the wanted models, else the newest experiment that does."""
+    def has(exp: Path) -> bool:
+        return (exp / "student" / "checkpoint_best.pt").is_file() if model == "student" \
+            else any(exp.glob("teacher/fold_*/checkpoint_best.pt"))
+    if has(outputs / preferred):
+        return outputs / preferred
+    found = sorted((p for p in outputs.glob("*") if p.is_dir() and has(p)), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no trained {model} under {outputs}/*/; run `make demo` or train.py first")
+    print(f"note: using models of {found[-1]} (outputs/{preferred} has no {model})")
+    return found[-1]
+
+
+def model_checkpoints(experiment: Path, model: str) -> list[Path]:
+    if model == "student":
+        return [experiment / "student" / "checkpoint_best.pt"]
+    if model == "ensemble":
+        return sorted(experiment.glob("teacher/fold_*/checkpoint_best.pt"))
+    raise ValueError(f"--model must be student or ensemble, got {model!r}")
+
+
+@dataclass
+class Models:
+    predictor: Predictor
+    cache_cfg: CacheConfig      # model space the networks were trained in
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+def load_models(checkpoints: list[Path], rt: Runtime, tta: bool, batch_size: int) -> Models:
+    if not checkpoints:
+        raise FileNotFoundError("no checkpoints to load")
+    cfg = load_checkpoint(checkpoints[0])["config"]["cache"]
+    cache_cfg = CacheConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    models = [model_from_checkpoint(p) for p in checkpoints]
+    return Models(Predictor(models, rt, cache_cfg.window, tta=tta, batch_size=batch_size), cache_cfg, checkpoints)
+
+
+# ----------------------------------------------------------------------------- per scan
+
+
+def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Mode 1: one label per given coordinate row (label = row number within the scan)."""
+    scan = mv.scan
+    labels = np.zeros(scan.geometry.shape_zyx, dtype=np.uint16)
+    prob = np.zeros(scan.geometry.shape_zyx, dtype=np.float32)
+    segmenter = NetworkSegmenter(models.predictor, models.cache_cfg.k_slices)
+    voxel_mm3 = float(np.prod(scan.geometry.spacing_zyx))
+    rows = []
+    for nid, nod in enumerate(scan.nodules, start=1):
+        seg = segment_nodule(mv, nod.center_xyz, nod.diameter_mm, segmenter, cfg.threshold, cfg.roi_margin_mm)
+        free = labels[seg.box] == 0
+        labels[seg.box][seg.mask & free] = nid
+        np.maximum(prob[seg.box], seg.prob, out=prob[seg.box])
+        count = int(seg.mask.sum())
+        centre = scan.geometry.voxel_to_world(np.argwhere(seg.mask).mean(0) + [s.start for s in seg.box]) \
+            if count else np.full(3, np.nan)
+        rows.append(dict(seriesuid=scan.seriesuid, nodule_id=nid, coordX=centre[0], coordY=centre[1],
+                         coordZ=centre[2], volume_mm3=count * voxel_mm3,
+                         diameter_mm=float((6 * count * voxel_mm3 / np.pi) ** (1 / 3)),
+                         mean_hu=float(scan.image[seg.box][seg.mask].mean()) if count else np.nan,
+                         probability=float(seg.prob[seg.mask].mean()) if count else 0.0,
+                         given_coordX=nod.center_xyz[0], given_coordY=nod.center_xyz[1],
+                         given_coordZ=nod.center_xyz[2], given_diameter_mm=nod.diameter_mm,
+                         nodule_uid=nod.nodule_uid))
+    return labels, prob, pd.DataFrame(rows, columns=NODULE_TABLE)
+
+
+def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Mode 2: candidates anywhere in the lungs."""
+    prob_model = predict_volume(mv, models.predictor, cfg.batch_size)
+    labels, prob, table = candidates(mv, prob_model, cfg.threshold, cfg.min_component_mm3,
+                                     cfg.max_candidates_per_scan)
+    table.insert(0, "seriesuid", mv.scan.seriesuid)
+    return labels, prob, table.reindex(columns=NODULE_TABLE)
+
+
+def run_scan(record: ScanRecord, models: Models, cfg: InferConfig, out_dir: Path, given: bool,
+             fmt: str, save_prob: bool, qa: bool) -> pd.DataFrame:
+    scan = record.load()
+    mv = to_model_volume(scan, models.cache_cfg)
+    labels, prob, table = segment_given(mv, models, cfg) if given else detect_all(mv, models, cfg)
+    write_image(labels, scan.geometry, out_dir / f"{scan.seriesuid}{fmt}", compress=True)
+    if save_prob:
+        write_image(prob, scan.geometry, out_dir / f"{scan.seriesuid}_prob{fmt}", compress=True)
+    if qa and len(table):
+        write_qa(scan, labels, table, out_dir / "qa" / f"{scan.seriesuid}.png")
+    return table
+
+
+def write_qa(scan, labels: np.ndarray, table: pd.DataFrame, path: Path, max_panels: int = 12) -> None:
+    from src.viz import nodule_gallery  # lazily: matplotlib is only needed for QA figures
+
+    items = []
+    for row in table.head(max_panels).itertuples(index=False):
+        if not (labels == row.nodule_id).any():
+            continue
+        z, y, x = np.rint(np.argwhere(labels == row.nodule_id).mean(0)).astype(int)
+        half = int(max(24, 1.5 * (row.diameter_mm or 10) / scan.geometry.spacing_xyz[0]))
+        box = (slice(max(y - half, 0), y + half), slice(max(x - half, 0), x + half))
+        items.append(dict(image=scan.image[z][box], masks={"pred": (labels[z][box] == row.nodule_id, "red")},
+                          title=f"#{row.nodule_id} d={row.diameter_mm:.1f}mm p={row.probability:.2f}"))
+    if items:
+        nodule_gallery(items, path, title=scan.seriesuid)
+
+
+def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, out_dir: Path, given: bool,
+                  fmt: str = ".nii.gz", save_prob: bool = False, qa: bool = False) -> tuple[pd.DataFrame, list[str], dict]:
+    """-> (nodules table of all scans, failures as 'file: reason', timing)."""
+    from src.utils import atomic_to_csv
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables, failures, seconds = [], [], []
+    for record in tqdm(records, desc="scans"):
+        start = time.time()
+        try:
+            tables.append(run_scan(record, models, cfg, out_dir, given, fmt, save_prob, qa))
+            seconds.append(time.time() - start)
+        except (DataError, OSError, ValueError) as err:
+            failures.append(f"{record.seriesuid}: {err}")
+            print(f"FAILED {record.seriesuid}: {err}")
+    nodules = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=NODULE_TABLE)
+    atomic_to_csv(nodules, out_dir / "nodules.csv", float_format="%.4f")
+    if not given:
+        atomic_to_csv(nodules[["seriesuid", "coordX", "coordY", "coordZ", "probability"]],
+                      out_dir / "submission.csv", float_format="%.4f")
+    return nodules, failures, {"seconds_per_scan": float(np.mean(seconds)) if seconds else float("nan")}

@@ -1,0 +1,92 @@
+"""Teacher and student networks: segmentation-models-pytorch over timm encoders.
+
+Nothing else in the project builds a network. A checkpoint stores the ModelConfig, the
+number of input slices and the patch size next to the weights, so ``model_from_checkpoint``
+rebuilds exactly the trained model with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from src.config import ModelConfig
+
+# Encoders whose attention windows / relative-position tables are fixed when built: timm
+# must know the input size, and inference must tile at exactly that size.
+FIXED_SIZE_ENCODERS = ("maxvit", "maxxvit", "coatnet", "coatnext")
+
+
+def needs_fixed_size(encoder: str) -> bool:
+    return any(key in encoder for key in FIXED_SIZE_ENCODERS)
+
+
+def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Module:
+    """A 1-class smp segmentation model; ``model.fixed_input_size`` is the only (H, W) it
+    accepts, or None if it is fully convolutional over any multiple of its stride."""
+    kwargs = dict(encoder_name=cfg.encoder, encoder_weights=None, in_channels=in_channels, classes=1,
+                  encoder_depth=cfg.encoder_depth)
+    if cfg.arch in ("Unet", "UnetPlusPlus"):
+        kwargs["decoder_channels"] = tuple(cfg.decoder_channels)[: cfg.encoder_depth]
+    fixed = needs_fixed_size(cfg.encoder)
+    if fixed:
+        kwargs["img_size"] = patch_size
+    try:
+        model = getattr(smp, cfg.arch)(**kwargs)
+    except AttributeError:
+        raise ValueError(f"unknown smp architecture '{cfg.arch}'") from None
+    if cfg.encoder_weights:
+        load_encoder_weights(model, Path(cfg.encoder_weights))
+    model.fixed_input_size = (patch_size, patch_size) if fixed else None
+    return model
+
+
+def load_encoder_weights(model: nn.Module, path: Path) -> None:
+    """Local pretrained encoder weights (.pth/.pt or .safetensors); nothing is downloaded.
+
+    Keys may carry a ``model.``/``encoder.`` prefix. A first conv trained on 3 (RGB)
+    channels is adapted to k slices by repeating its mean, as smp does for in_channels."""
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state))
+    target = model.encoder.state_dict()
+    adapted = {}
+    for key, value in state.items():
+        for prefix in ("module.", "encoder."):
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        # smp wraps timm models as encoder.model: plain timm keys need the prefix.
+        name = key if key in target else f"model.{key}" if f"model.{key}" in target else None
+        if name is None:
+            continue
+        want = target[name]
+        if value.ndim == 4 and value.shape[0] == want.shape[0] and value.shape[1] != want.shape[1]:
+            value = value.mean(1, keepdim=True).repeat(1, want.shape[1], 1, 1)
+        if value.shape == want.shape:
+            adapted[name] = value
+    if not adapted:
+        raise ValueError(f"{path}: no tensor matches the encoder {type(model.encoder).__name__}")
+    model.encoder.load_state_dict(adapted, strict=False)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Forward pass that also returns the encoder's feature pyramid (feature distillation).
+    A hook, rather than calling encoder and decoder by hand, keeps DDP's gradient sync."""
+    net = getattr(model, "module", model)
+    captured: list = []
+    handle = net.encoder.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return logits, captured[0]

@@ -1,0 +1,61 @@
+"""Figures: nodule galleries (image + mask contour) and training curves, via matplotlib."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures go to files
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from src.utils import atomic_path  # noqa: E402
+
+LUNG_WINDOW = (-1000.0, 400.0)
+
+
+def nodule_gallery(items: list[dict], path: str | Path, columns: int = 4, title: str = "") -> Path:
+    """``items``: dicts with ``image`` (2D HU), optional ``masks`` {name: (2D bool, colour)},
+    ``title``. One panel each, lung window, mask outlines on top."""
+    rows = max(1, int(np.ceil(len(items) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, item in zip(axes.ravel(), items):
+        ax.imshow(item["image"], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1],
+                  extent=item.get("extent"))
+        for mask, colour in item.get("masks", {}).values():
+            if mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.0,
+                           extent=item.get("extent"), origin="upper")
+        ax.set_title(item.get("title", ""), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def line_plot(table, x: str, series: list[str], path: str | Path, title: str = "") -> Path:
+    """One panel per group of series sharing a prefix (loss*, val*), from a DataFrame."""
+    groups: dict[str, list[str]] = {}
+    for name in series:
+        if name in table.columns and table[name].notna().any():
+            groups.setdefault(name.split("_")[0], []).append(name)
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 3.5), squeeze=False)
+    for ax, (group, names) in zip(axes[0], groups.items()):
+        for name in names:
+            ax.plot(table[x], table[name], marker="o", ms=3, label=name)
+        ax.set_xlabel(x)
+        ax.set_title(group)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(path)

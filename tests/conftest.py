@@ -1,0 +1,148 @@
+"""Shared fixtures: a tiny LUNA16-layout dataset made in code, and the cache/folds built
+from it with the project's own stages. Small enough that the whole suite stays fast."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from src.config import load_config  # noqa: E402
+from src.data.geometry import Geometry  # noqa: E402
+from src.data.io import write_image  # noqa: E402
+
+torch.set_num_threads(2)
+
+TINY_SHAPE = (40, 112, 112)            # z, y, x
+TINY_SPACING_XYZ = (0.8, 0.8, 1.25)
+
+
+def _tiny_scan(rng: np.random.Generator, shape=TINY_SHAPE, spacing_xyz=TINY_SPACING_XYZ):
+    """Lung-like box of -850 HU in air, a few bright tubes along z (vessels) and 1-2
+    spherical nodules; returns image, label mask, lung labels, nodule voxel centres/radii."""
+    z, y, x = np.indices(shape, dtype=np.float32)
+    sz, sy, sx = spacing_xyz[::-1]
+    image = np.full(shape, -1000.0, np.float32)
+    lung = np.zeros(shape, np.uint8)
+    body = ((y - shape[1] / 2) / (shape[1] * 0.47)) ** 2 + ((x - shape[2] / 2) / (shape[2] * 0.47)) ** 2 <= 1
+    image[body] = 40.0
+    inner = ((y - shape[1] / 2) / (shape[1] * 0.40)) ** 2 + ((x - shape[2] / 2) / (shape[2] * 0.40)) ** 2 <= 1
+    image[inner] = -850.0
+    lung[inner & (x < shape[2] / 2)] = 3
+    lung[inner & (x >= shape[2] / 2)] = 4
+    vessels = []
+    for _ in range(4):
+        cy, cx = rng.uniform(0.3, 0.7, 2) * shape[1:]
+        tube = ((y - cy) * sy) ** 2 + ((x - cx) * sx) ** 2 <= 1.6 ** 2
+        image[tube & inner] = 30.0
+        vessels.append((shape[0] / 2, cy, cx))
+    labels = np.zeros(shape, np.uint8)
+    nodules = []
+    for k in range(1, int(rng.integers(1, 3)) + 1):
+        r = rng.uniform(2.5, 7.0)
+        c = np.array([rng.uniform(12, shape[0] - 12), *rng.uniform(0.3, 0.7, 2) * shape[1:]])
+        ball = ((z - c[0]) * sz) ** 2 + ((y - c[1]) * sy) ** 2 + ((x - c[2]) * sx) ** 2 <= r ** 2
+        image[ball] = 30.0
+        labels[ball] = k
+        nodules.append((c, r))
+    image += rng.normal(0, 15, shape).astype(np.float32)
+    return np.rint(image).astype(np.int16), labels, lung, nodules, vessels
+
+
+def make_tiny_luna(root: Path, n_scans: int = 10, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    ann, cand, scans = [], [], []
+    for i in range(n_scans):
+        uid = f"1.3.6.1.4.1.0.{i:04d}"
+        image, labels, lung, nodules, vessels = _tiny_scan(rng)
+        geo = Geometry.axis_aligned((-44.5 + i, -40.0, -100.0 - 3 * i), TINY_SPACING_XYZ, TINY_SHAPE)
+        write_image(image, geo, root / f"subset{i % 3}" / f"{uid}.mhd")
+        write_image(labels, geo, root / "masks" / f"{uid}.mhd", compress=True)
+        write_image(lung, geo, root / "seg-lungs-LUNA16" / f"{uid}.mhd", compress=True)
+        for c, r in nodules:
+            x, y, z = geo.voxel_to_world(c)
+            ann.append(dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, diameter_mm=2 * r))
+        for c in vessels:
+            x, y, z = geo.voxel_to_world(c)
+            cand.append(dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": 0}))
+        # scans 0 and 1 belong to one patient: folds must keep them together
+        scans.append(dict(seriesuid=uid, patient_id=f"P{max(i, 1):03d}"))
+    pd.DataFrame(ann).to_csv(root / "annotations.csv", index=False)
+    pd.DataFrame(cand).to_csv(root / "candidates_V2.csv", index=False)
+    pd.DataFrame(scans).to_csv(root / "scans.csv", index=False)
+    return root
+
+
+TINY_OVERRIDES = [
+    "cache.patch_size=32", "cache.k_slices=3", "cache.jitter_px=4", "cache.workers=1",
+    "cache.spacing_zyx=[1.25,1.0,1.0]", "folds.n_folds=3", "folds.holdout_fraction=0.25",
+    "folds.fine_fraction=0.4",
+    "teacher.model.encoder=resnet18", "teacher.model.decoder_channels=[32,16,16,8,8]",
+    "teacher.epochs=2", "teacher.steps_per_epoch=4", "teacher.batch_size=8", "teacher.num_workers=0",
+    "teacher.val_batch_size=16", "teacher.lr=0.003", "teacher.loss.mt_rampup_epochs=0.5",
+    "student.model.encoder=resnet18", "student.model.decoder_channels=[16,16,8,8,8]",
+    "student.epochs=1", "student.steps_per_epoch=3", "student.batch_size=8", "student.num_workers=0",
+    "pseudo.batch_size=32",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_luna(tmp_path_factory) -> Path:
+    return make_tiny_luna(tmp_path_factory.mktemp("luna16"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tmp_path_factory, tiny_luna):
+    work = tmp_path_factory.mktemp("work")
+    return load_config(None, TINY_OVERRIDES + [
+        f"paths.data={tiny_luna}", f"paths.cache={work / 'cache.h5'}", f"paths.folds={work / 'folds.csv'}",
+        f"paths.outputs={work / 'outputs'}", "paths.experiment=tiny", "device=cpu"])
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_cfg):
+    from src.data.cache import PatchCache, build_cache
+    from src.data.luna16 import read_luna16
+    build_cache(read_luna16(tiny_cfg.paths.data), tiny_cfg.cache, Path(tiny_cfg.paths.cache), "tiny")
+    return PatchCache(tiny_cfg.paths.cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_folds(tiny_cfg, tiny_cache):
+    from src.data.folds import make_folds
+    from src.utils import atomic_to_csv
+    folds = make_folds(tiny_cache.scans, tiny_cache.nodules, tiny_cfg.folds)
+    atomic_to_csv(folds, tiny_cfg.paths.folds)
+    return folds
+
+
+@pytest.fixture(scope="session")
+def tiny_ctx(tiny_cfg, tiny_cache, tiny_folds):
+    from src.engine.context import load_context
+    return load_context(tiny_cfg)
+
+
+@pytest.fixture(scope="session")
+def cpu_runtime():
+    from src.engine.runtime import setup_runtime
+    return setup_runtime("cpu", "auto")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_ctx, cpu_runtime):
+    """All fold teachers, pseudo-labels and the student of the tiny dataset (a minute)."""
+    from src.data.folds import fold_ids
+    from src.engine.pseudo import write_pseudo_labels
+    from src.engine.student import train_student
+    from src.engine.teacher import train_teacher
+    for fold in fold_ids(tiny_ctx.folds):
+        train_teacher(tiny_ctx, fold, cpu_runtime)
+    write_pseudo_labels(tiny_ctx, cpu_runtime)
+    train_student(tiny_ctx, cpu_runtime)
+    return tiny_ctx

@@ -1,0 +1,126 @@
+"""infer.py, evaluate.py, scoring and ONNX export."""
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+
+from src.data.io import read_image, write_image
+from src.data.luna16 import read_luna16
+from src.engine.holdout import score_holdout
+from src.infer.evaluation import score_mode1
+from src.infer.export import export_onnx
+from src.infer.scoring import froc
+from src.infer.segment import NetworkSegmenter
+
+import evaluate
+import infer
+
+
+def _run(module, argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *argv])
+    return module.main()
+
+
+def _overrides(ctx):
+    p = ctx.cfg.paths
+    return ["--set", f"paths.outputs={p.outputs}", f"paths.experiment={p.experiment}", f"paths.folds={p.folds}",
+            f"paths.data={p.data}", f"paths.cache={p.cache}", "device=cpu"]
+
+
+def test_mode1_outputs_have_input_geometry_and_match_the_leaderboard(tiny_trained, tmp_path, monkeypatch):
+    ctx = tiny_trained
+    data = ctx.cfg.paths.data
+    out = tmp_path / "coords"
+    rc = _run(infer, ["--input", data, "--coords", f"{data}/annotations.csv", "--split", "holdout",
+                      "--out", str(out), "--qa", *_overrides(ctx)], monkeypatch)
+    assert rc == 0
+    records = {r.seriesuid: r for r in read_luna16(data)}
+    table = pd.read_csv(out / "nodules.csv", dtype={"seriesuid": str})
+    holdout = set(ctx.folds.loc[ctx.folds["fold"] == "holdout", "seriesuid"])
+    assert set(table["seriesuid"]) == holdout
+    for uid in holdout:
+        labels, geo = read_image(out / f"{uid}.nii.gz")
+        scan = records[uid].load()
+        assert geo.same_grid(scan.geometry, tol=1e-4), "masks overlay the input scan"
+        assert set(np.unique(labels)) <= set(range(len(scan.nodules) + 1))
+    scores = score_mode1(out, [records[u] for u in holdout])
+    # the hold-out leaderboard scores the student through the same path: identical numbers
+    from src.engine.checkpoint import model_from_checkpoint
+    from src.infer.predictor import Predictor
+    student = Predictor([model_from_checkpoint(ctx.student_dir / "checkpoint_best.pt")],
+                        infer_runtime(), ctx.window, batch_size=ctx.cfg.infer.batch_size)
+    board = score_holdout(ctx, {"student": NetworkSegmenter(student, ctx.k)})
+    merged = scores.merge(board, on="nodule_uid", suffixes=("_infer", "_board"))
+    assert len(merged) == len(board) > 0
+    np.testing.assert_allclose(merged["dice_infer"], merged["dice_board"], atol=1e-9)
+
+
+def infer_runtime():
+    from src.engine.runtime import setup_runtime
+    return setup_runtime("cpu", "auto")
+
+
+def test_whole_scan_mode_writes_submission_and_scores(tiny_trained, tmp_path, monkeypatch):
+    ctx = tiny_trained
+    out = tmp_path / "scan"
+    assert _run(infer, ["--input", ctx.cfg.paths.data, "--split", "holdout", "--out", str(out), "--save-prob",
+                        *_overrides(ctx)], monkeypatch) == 0
+    sub = pd.read_csv(out / "submission.csv")
+    assert list(sub.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+    uid = sub["seriesuid"].iloc[0] if len(sub) else ctx.folds.loc[ctx.folds["fold"] == "holdout", "seriesuid"].iloc[0]
+    prob, geo = read_image(out / f"{uid}_prob.nii.gz")
+    assert prob.min() >= 0 and prob.max() <= 1
+    assert _run(evaluate, ["--pred", str(out), "--split", "holdout", *_overrides(ctx)], monkeypatch) is None
+    assert (out / "froc.png").is_file()
+
+
+def test_bad_inputs_fail_per_scan_and_the_run_continues(tiny_trained, tmp_path, monkeypatch, capsys):
+    ctx = tiny_trained
+    good = next(iter(read_luna16(ctx.cfg.paths.data)))
+    write_image(*read_image(good.image_path), tmp_path / "good.mhd")
+    (tmp_path / "broken.nii.gz").write_bytes(b"garbage")
+    (tmp_path / "empty").mkdir()
+    coords = pd.DataFrame([dict(seriesuid="good", coordX=9999.0, coordY=0.0, coordZ=0.0, diameter_mm=5.0)])
+    coords.to_csv(tmp_path / "coords.csv", index=False)
+    rc = _run(infer, ["--input", str(tmp_path / "broken.nii.gz"), str(tmp_path / "empty"), str(tmp_path / "good.mhd"),
+                      "--out", str(tmp_path / "out"), *_overrides(ctx)], monkeypatch)
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "broken.nii.gz: cannot read image" in text and "empty: folder is empty" in text
+    assert (tmp_path / "out" / "good.nii.gz").is_file(), "the readable scan was still processed"
+    rc = _run(infer, ["--input", str(tmp_path / "good.mhd"), "--coords", str(tmp_path / "coords.csv"),
+                      "--out", str(tmp_path / "out2"), *_overrides(ctx)], monkeypatch)
+    assert rc == 1 and "outside the volume" in capsys.readouterr().out
+
+
+def test_froc_and_cpm():
+    ann = pd.DataFrame([dict(seriesuid="a", coordX=0.0, coordY=0.0, coordZ=0.0, diameter_mm=10.0),
+                        dict(seriesuid="b", coordX=50.0, coordY=0.0, coordZ=0.0, diameter_mm=6.0)])
+    excluded = pd.DataFrame([dict(seriesuid="a", coordX=30.0, coordY=0.0, coordZ=0.0, diameter_mm=8.0)])
+    perfect = pd.DataFrame([dict(seriesuid="a", coordX=1.0, coordY=1.0, coordZ=0.0, probability=0.9),
+                            dict(seriesuid="b", coordX=50.0, coordY=2.0, coordZ=0.0, probability=0.8),
+                            dict(seriesuid="a", coordX=31.0, coordY=0.0, coordZ=0.0, probability=0.99)])
+    _, cpm, _ = froc(perfect, ann, excluded, ["a", "b"])
+    assert cpm == pytest.approx(1.0), "hits found, excluded finding ignored"
+    noisy = pd.concat([perfect, pd.DataFrame([dict(seriesuid="a", coordX=-80.0, coordY=0.0, coordZ=0.0,
+                                                  probability=0.95)] * 1)])
+    curve, cpm, points = froc(noisy, ann, excluded, ["a", "b"])
+    # one FP above both hits: at 1/8 and 1/4 FP/scan nothing is found, from 1/2 on both are
+    assert points["sensitivity"].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert cpm == pytest.approx(5 / 7)
+    miss = pd.DataFrame([dict(seriesuid="b", coordX=54.0, coordY=0.0, coordZ=0.0, probability=0.9)])
+    assert froc(miss, ann, excluded, ["a", "b"])[1] == 0.0, "4 mm away from a 6 mm nodule is a miss"
+
+
+def test_onnx_matches_pytorch(tiny_trained, tmp_path):
+    from src.engine.checkpoint import model_from_checkpoint
+    model = model_from_checkpoint(tiny_trained.student_dir / "checkpoint_best.pt")
+    path = export_onnx(model, tiny_trained.k, tiny_trained.patch_size, tmp_path / "s.onnx", {"k": tiny_trained.k})
+    x = np.random.default_rng(0).random((3, tiny_trained.k, 64, 96), dtype=np.float32)
+    onnx_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with torch.inference_mode():
+        torch_out = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=1e-4)  # fp32 kernels differ in summation order

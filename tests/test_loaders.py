@@ -1,0 +1,154 @@
+"""LUNA16-layout and hospital-manifest readers: round trip, coordinates, bad input."""
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from src.data.io import DataError, read_image
+from src.data.luna16 import read_luna16
+from src.data.manifest import read_manifest
+
+from conftest import make_tiny_luna
+
+
+@pytest.fixture()
+def luna_copy(tiny_luna, tmp_path):
+    return shutil.copytree(tiny_luna, tmp_path / "luna")
+
+
+def test_round_trip_and_coordinates_inside_their_masks(tiny_luna):
+    records = read_luna16(tiny_luna)
+    assert len(records) == 10
+    assert {r.patient_id for r in records[:2]} == {"P001"}, "scans.csv patient ids are used"
+    ann = pd.read_csv(tiny_luna / "annotations.csv")
+    n = 0
+    for record in records:
+        scan = record.load()
+        assert scan.image.dtype == np.int16 and scan.image.shape == (40, 112, 112)
+        assert scan.lung_mask is not None and scan.lung_mask.any()
+        assert len(scan.candidates_xyz) == 4
+        for nodule in scan.nodules:
+            n += 1
+            assert nodule.fine_label > 0
+            z, y, x = np.rint(scan.geometry.world_to_voxel(nodule.center_xyz)).astype(int)
+            assert scan.fine_mask[z, y, x] == nodule.fine_label, "world centre must fall in its own mask"
+    assert n == len(ann)
+
+
+def test_mask_only_nodules_get_centre_and_diameter(luna_copy):
+    ann = pd.read_csv(luna_copy / "annotations.csv")
+    first = ann["seriesuid"].iloc[0]
+    ann[ann["seriesuid"] != first].to_csv(luna_copy / "annotations.csv", index=False)
+    scan = next(r for r in read_luna16(luna_copy) if r.seriesuid == first).load()
+    labels, geo = read_image(luna_copy / "masks" / f"{first}.mhd")
+    assert len(scan.nodules) == labels.max() and all(n.from_mask for n in scan.nodules)
+    for nod in scan.nodules:
+        volume = (labels == nod.fine_label).sum() * np.prod(geo.spacing_zyx)
+        assert nod.diameter_mm == pytest.approx((6 * volume / np.pi) ** (1 / 3), rel=1e-6)
+
+
+def _edit_annotations(folder, **changes):
+    ann = pd.read_csv(folder / "annotations.csv")
+    for column, value in changes.items():
+        ann.loc[0, column] = value
+    ann.to_csv(folder / "annotations.csv", index=False)
+
+
+def test_bad_input_errors_name_file_and_problem(luna_copy):
+    uid = pd.read_csv(luna_copy / "annotations.csv")["seriesuid"].iloc[0]
+    _edit_annotations(luna_copy, diameter_mm=0)
+    with pytest.raises(DataError, match=r"annotations\.csv: row 2: diameter_mm=0.0 must be positive"):
+        read_luna16(luna_copy)
+
+    _edit_annotations(luna_copy, diameter_mm=5.0, seriesuid="9.9.9")
+    with pytest.raises(DataError, match=r"annotations\.csv: 1 seriesuid\(s\) have no image.*9\.9\.9"):
+        read_luna16(luna_copy)
+    assert len(read_luna16(luna_copy, allow_partial=True)) == 10
+
+    _edit_annotations(luna_copy, seriesuid=uid, coordX=5000.0)
+    record = next(r for r in read_luna16(luna_copy) if r.seriesuid == uid)
+    with pytest.raises(DataError, match=rf"nodule 0 of {uid} at world \(5000\.0.*outside the volume"):
+        record.load()
+
+    raw = next(luna_copy.glob(f"subset*/{uid}.raw"))
+    raw.write_bytes(raw.read_bytes()[:100])
+    with pytest.raises(DataError, match=rf"{uid}\.mhd: data file .* has 100 bytes"):
+        record.load()
+    raw.unlink()
+    with pytest.raises(DataError, match=rf"{uid}\.mhd: data file .* is missing"):
+        record.load()
+
+
+def test_mask_with_other_geometry_is_refused(luna_copy):
+    uid = read_luna16(luna_copy)[3].seriesuid
+    labels, geo = read_image(luna_copy / "masks" / f"{uid}.mhd")
+    from src.data.io import write_image
+    write_image(labels[:-1], type(geo).axis_aligned(geo.origin_xyz, geo.spacing_xyz, labels[:-1].shape),
+                luna_copy / "masks" / f"{uid}.mhd", compress=True)
+    record = next(r for r in read_luna16(luna_copy) if r.seriesuid == uid)
+    with pytest.raises(DataError, match=rf"{uid}\.mhd: mask geometry .* differs from its image"):
+        record.load()
+
+
+def _write_dicom_series(image: np.ndarray, geo, folder):
+    """A CT series of one file per slice, as a scanner would write it."""
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.1"
+    for z in range(image.shape[0]):
+        s = sitk.GetImageFromArray(image[z:z + 1])
+        s.SetSpacing(geo.spacing_xyz)
+        s.SetOrigin(tuple(geo.voxel_to_world([z, 0, 0])))
+        for tag, value in {"0008|0060": "CT", "0020|000e": series, "0020|0013": str(z + 1),
+                           "0020|0032": "\\".join(f"{v:.4f}" for v in geo.voxel_to_world([z, 0, 0])),
+                           "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": str(geo.spacing_xyz[2]),
+                           "0008|0018": f"{series}.{z + 1}"}.items():
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{z:04d}.dcm"))
+        writer.Execute(s)
+
+
+def test_hospital_manifest_with_nifti_and_dicom(tiny_luna, tmp_path):
+    from src.data.io import write_image
+    base = read_luna16(tiny_luna)[2].load()
+    write_image(base.image, base.geometry, tmp_path / "scans" / "case1.nii.gz", compress=True)
+    write_image(base.fine_mask.astype(np.uint8), base.geometry, tmp_path / "masks" / "case1.nii.gz", compress=True)
+    _write_dicom_series(base.image, base.geometry, tmp_path / "dicom" / "case2")
+    rows = [dict(seriesuid="case1", patient_id="H1", image="scans/case1.nii.gz", mask="masks/case1.nii.gz"),
+            dict(seriesuid="case2", patient_id="H2", image="dicom/case2")]
+    for n in base.nodules:  # case2 has coordinates only: coarse labels
+        rows.append(dict(seriesuid="case2", patient_id="H2", image="dicom/case2", coordX=n.center_xyz[0],
+                         coordY=n.center_xyz[1], coordZ=n.center_xyz[2], diameter_mm=n.diameter_mm))
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+
+    case1, case2 = (r.load() for r in read_manifest(tmp_path / "manifest.csv"))
+    np.testing.assert_array_equal(case2.image, base.image)
+    assert case2.geometry.same_grid(base.geometry, tol=1e-3)
+    assert case2.fine_mask is None and len(case2.nodules) == len(base.nodules)
+    assert all(n.fine_label == 0 for n in case2.nodules), "coordinates only -> coarse"
+    assert len(case1.nodules) == len(base.nodules) and all(n.from_mask for n in case1.nodules)
+
+
+def test_manifest_errors(tmp_path):
+    pd.DataFrame([dict(seriesuid="a", image="nope.mhd")]).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(DataError, match=r"m\.csv: image of a not found: .*nope\.mhd"):
+        read_manifest(tmp_path / "m.csv")
+    pd.DataFrame([dict(seriesuid="a", image="x.mhd", coordX=1.0, coordY=None, coordZ=2.0, diameter_mm=4)]) \
+        .to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(DataError, match=r"m\.csv: row 2 has only some of"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "empty").mkdir()
+    pd.DataFrame([dict(seriesuid="a", image="empty")]).to_csv(tmp_path / "m.csv", index=False)
+    record = read_manifest(tmp_path / "m.csv")[0]
+    with pytest.raises(DataError, match=r"empty: no DICOM series found"):
+        record.load()
+
+
+def test_generated_fixture_is_deterministic(tmp_path):
+    a = make_tiny_luna(tmp_path / "a", n_scans=2, seed=3)
+    b = make_tiny_luna(tmp_path / "b", n_scans=2, seed=3)
+    for f in a.rglob("*.raw"):
+        assert f.read_bytes() == (b / f.relative_to(a)).read_bytes()

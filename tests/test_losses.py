@@ -1,0 +1,100 @@
+"""Losses and objectives: which targets reach which samples."""
+import torch
+
+from src.config import DistillConfig, LossConfig
+from src.engine.objectives import StudentObjective, TeacherObjective
+from src.losses.coarse import CoarseMeanTeacherLoss, sigmoid_rampup
+from src.losses.distill import AttentionTransferLoss, BinaryKDLoss
+
+H = 16
+
+
+class PixelModel(torch.nn.Module):
+    """Logits are a free parameter per pixel: gradients are easy to read."""
+
+    def __init__(self, batch=2):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.randn(batch, 1, H, H))
+
+    def forward(self, x):
+        return self.logits[: x.shape[0]] + 0 * x[:, :1]
+
+
+def _batch(fine_ok):
+    g = torch.Generator().manual_seed(0)
+    n = len(fine_ok)
+    dist = torch.full((n, 1, H, H), 10.0)
+    dist[..., 4:12, 4:12] = -1.0
+    return {"image": torch.rand(n, 3, H, H, generator=g), "image_b": torch.rand(n, 3, H, H, generator=g),
+            "fine": (torch.rand(n, 1, H, H, generator=g) > 0.5).float(), "coarse": (dist <= 0).float(),
+            "coarse_dist": dist, "fine_ok": torch.tensor(fine_ok), "soft": torch.rand(n, 1, H, H, generator=g),
+            "soft_ok": torch.ones(n)}
+
+
+def _grad(objective, model, batch):
+    model.zero_grad()
+    loss, _ = objective(model, model, batch, progress=10.0)
+    loss.backward()
+    return model.logits.grad.clone()
+
+
+def test_coarse_patches_never_see_the_fine_mask():
+    for mode in ("ignore", "sphere", "mt"):
+        objective = TeacherObjective(LossConfig(coarse=mode))
+        model = PixelModel()
+        batch = _batch([1.0, 0.0])
+        g1 = _grad(objective, model, batch)
+        batch["fine"][1] = 1.0 - batch["fine"][1]          # change the coarse sample's (withheld) mask
+        g2 = _grad(objective, model, batch)
+        torch.testing.assert_close(g1, g2, msg=f"coarse={mode}: fine mask leaked into a coarse sample")
+        batch["fine"][0] = 1.0 - batch["fine"][0]          # the fine sample's mask does matter
+        assert not torch.allclose(_grad(objective, model, batch)[0], g1[0])
+
+
+def test_mean_teacher_target_only_inside_the_coarse_region():
+    loss = CoarseMeanTeacherLoss(background_margin_mm=2.0, confidence=0.8)
+    logits = torch.zeros(1, 1, H, H, requires_grad=True)
+    dist = torch.full((1, 1, H, H), 10.0)
+    dist[..., 4:12, 4:12] = 0.0
+    teacher = torch.full((1, 1, H, H), 0.95)
+    out = loss(logits, dist, teacher)
+    out["coarse_mt"].backward()
+    grad = logits.grad[0, 0]
+    assert grad[dist[0, 0] > 2.0].abs().sum() == 0, "outside the coarse region the teacher is ignored"
+    assert (grad[dist[0, 0] <= 2.0] < 0).all(), "inside, the student is pulled toward the teacher"
+    # unconfident teacher pixels give no target either
+    logits.grad = None
+    loss(logits, dist, torch.full((1, 1, H, H), 0.5))["coarse_mt"].backward()
+    assert logits.grad.abs().sum() == 0
+    # beyond the margin: certain background
+    logits.grad = None
+    loss(logits, dist, teacher)["coarse_bg"].backward()
+    assert (logits.grad[0, 0][dist[0, 0] > 2.0] > 0).all() and logits.grad[0, 0][dist[0, 0] <= 2.0].abs().sum() == 0
+
+
+def test_rampup():
+    assert sigmoid_rampup(0, 3) < 0.01 and sigmoid_rampup(3, 3) == 1.0 and sigmoid_rampup(1.5, 3) < sigmoid_rampup(2, 3)
+
+
+def test_kd_is_zero_when_student_equals_teacher():
+    p = torch.rand(2, 1, H, H) * 0.98 + 0.01
+    weights = torch.rand(2, 1, H, H) + 1.0
+    for t in (1.0, 2.0, 4.0):
+        kd = BinaryKDLoss(temperature=t)
+        assert kd(torch.logit(p), p, weights).item() < 1e-6
+        assert kd(torch.logit(p) + 1.0, p, weights).item() > 1e-3
+
+
+def test_region_weighting_and_feature_term():
+    objective = StudentObjective(LossConfig(), DistillConfig(region_weight=4.0, supervised_weight=0.0))
+    model = PixelModel()
+    batch = _batch([0.0, 0.0])
+    batch["soft"][:] = 0.0
+    with torch.no_grad():
+        model.logits.fill_(2.0)  # same error everywhere
+    g = _grad(objective, model, batch)[0, 0]
+    assert g[8, 8] / g[0, 0] > 4.0, "pixels in the nodule region weigh (1 + region_weight) x more"
+    f = [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
+    region = torch.ones(2, 1, 4, 4)
+    assert AttentionTransferLoss()(f, f, region).item() < 1e-10
+    assert AttentionTransferLoss()(f, [x.flip(-1) for x in f], region).item() > 0

@@ -1,0 +1,51 @@
+"""Pseudo-labels and the student: coarse prior, hold-out isolation, checkpoints."""
+import h5py
+import numpy as np
+import torch
+
+from src.data.folds import split_uids
+from src.data.patches import DIST_UNITS_PER_MM
+from src.engine.checkpoint import model_from_checkpoint
+from src.engine.pseudo import apply_prior, teacher_checkpoints
+
+
+def test_pseudo_labels_respect_the_coarse_prior(tiny_trained):
+    ctx = tiny_trained
+    margin = ctx.cfg.pseudo.prior_margin_mm
+    with h5py.File(ctx.pseudo_path, "r") as f:
+        rows, soft, constrained = f["rows"][()], f["soft"][()].astype(np.float32), f["constrained"][()]
+        assert f.attrs["cache_hash"] == ctx.cache_hash
+    assert soft.min() >= 0.0 and soft.max() <= 1.0
+    dist = ctx.cache.file["patches/coarse_dist"][rows].astype(np.float32) / DIST_UNITS_PER_MM
+    outside = (dist > margin) & constrained[:, None, None]
+    assert outside.any() and (soft[outside] == 0).all(), "coarse patches: zero outside sphere + margin"
+    assert constrained.any() and (~constrained).any()
+    assert (soft[~constrained] > 0).any(), "fine patches keep the unconstrained ensemble output"
+
+
+def test_apply_prior():
+    prob = np.full((2, 4), 0.7, np.float32)
+    dist = np.array([[-1.0, 0.0, 2.0, 2.5], [9, 9, 9, 9]], np.float32)
+    np.testing.assert_allclose(apply_prior(prob, dist, 2.0), [[0.7, 0.7, 0.7, 0.0], [0, 0, 0, 0]], rtol=1e-6)
+
+
+def test_holdout_never_enters_pseudo_labels_or_training(tiny_trained):
+    ctx = tiny_trained
+    holdout = split_uids(ctx.folds, None)["holdout"]
+    assert holdout
+    with h5py.File(ctx.pseudo_path, "r") as f:
+        rows = f["rows"][()]
+    assert not set(ctx.cache.patches["seriesuid"].to_numpy()[rows]) & holdout
+    for path in [*teacher_checkpoints(ctx), ctx.student_dir / "checkpoint_best.pt"]:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        seen = set(ckpt["train_uids"]) | set(ckpt.get("val_uids", []))
+        assert seen and not seen & holdout, path
+
+
+def test_student_checkpoint_loads_weights_only(tiny_trained):
+    path = tiny_trained.student_dir / "checkpoint_best.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["stage"] == "student" and ckpt["model_config"]["encoder"] == tiny_trained.cfg.student.model.encoder
+    model = model_from_checkpoint(path)
+    with torch.inference_mode():
+        assert model(torch.zeros(1, tiny_trained.k, 64, 96)).shape == (1, 1, 64, 96)

@@ -1,0 +1,126 @@
+"""Training loop: learning happens, checkpoints round-trip, resume is exact, AMP path runs."""
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src.data.augment import Augmenter
+from src.data.dataset import EpochSampler, PatchDataset, sampling_weights, select_patches
+from src.data.folds import split_uids
+from src.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from src.engine.objectives import TeacherObjective
+from src.engine.runtime import Runtime
+from src.engine.teacher import train_teacher
+from src.models.factory import build_model
+
+
+def _fixed_batch(ctx, n=16):
+    splits = split_uids(ctx.folds, 0)
+    sel = select_patches(ctx.cache, ctx.folds, splits["train"])
+    ds = PatchDataset(ctx.cache, sel, Augmenter(ctx.cfg.augment), views=2)
+    pos = np.flatnonzero(~ctx.cache.patches.iloc[sel.indices]["negative"].to_numpy())[:n]
+    return torch.utils.data.default_collate([ds[(int(i), int(i))] for i in pos])
+
+
+def test_tiny_model_loss_falls(tiny_ctx):
+    torch.manual_seed(0)
+    model = build_model(tiny_ctx.cfg.teacher.model, tiny_ctx.k, tiny_ctx.patch_size)
+    objective = TeacherObjective(dataclasses.replace(tiny_ctx.cfg.teacher.loss, coarse="sphere"))
+    batch = _fixed_batch(tiny_ctx)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss, _ = objective(model, model, batch, 0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_sampler_is_seeded_balanced_and_resumable(tiny_ctx):
+    meta = tiny_ctx.cache.patches
+    w = sampling_weights(meta, positive_fraction=0.5, small_boost=2.0)
+    assert w.sum() == pytest.approx(1.0) and w[meta["negative"].to_numpy()].sum() == pytest.approx(0.5)
+    a = EpochSampler(w, 200, seed=1)
+    a.set_epoch(3)
+    full = list(a)
+    a.set_epoch(3, skip=50)
+    assert list(a) == full[50:]
+    a.set_epoch(4)
+    assert list(a) != full
+    ranks = [EpochSampler(w, 100, seed=1, rank=r, world=2) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(3)
+    assert sorted(list(ranks[0]) + list(ranks[1])) != [] and len(set(map(tuple, ranks[0])) & set(map(tuple, ranks[1]))) < 100
+
+
+def test_teacher_outputs_checkpoint_round_trip_and_holdout_isolation(tiny_trained):
+    ctx = tiny_trained
+    out = ctx.teacher_dir(0)
+    for name in ("args.yaml", "summary.csv", "checkpoint_best.pt", "checkpoint_last.pt", "val_metrics.csv",
+                 "val_predictions.h5", "training_curves.png"):
+        assert (out / name).is_file(), name
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == ctx.cfg.teacher.epochs and {"train_loss", "val_dice", "lr", "seconds"} <= set(summary)
+    ckpt = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert {"model", "ema", "optimizer", "scaler", "scheduler", "epoch", "torch_rng"} <= set(ckpt)
+    holdout = split_uids(ctx.folds, None)["holdout"]
+    assert not (set(ckpt["train_uids"]) | set(ckpt["val_uids"])) & holdout
+    model = model_from_checkpoint(out / "checkpoint_best.pt")
+    reference = build_model(ctx.cfg.teacher.model, ctx.k, ctx.patch_size).eval()
+    reference.load_state_dict(load_checkpoint(out / "checkpoint_best.pt")["ema"])
+    x = torch.rand(2, ctx.k, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_mid_epoch_gives_the_uninterrupted_result(tiny_ctx, cpu_runtime, tmp_path, monkeypatch):
+    import src.engine.teacher as teacher_module
+    cfg = dataclasses.replace(tiny_ctx.cfg, paths=dataclasses.replace(tiny_ctx.cfg.paths, outputs=str(tmp_path / "a")))
+    ctx = dataclasses.replace(tiny_ctx, cfg=cfg)
+    train_teacher(ctx, 1, cpu_runtime)
+    reference = load_checkpoint(ctx.teacher_dir(1) / "checkpoint_final.pt")
+
+    cfg_b = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, outputs=str(tmp_path / "b")))
+    ctx_b = dataclasses.replace(tiny_ctx, cfg=cfg_b)
+    calls = {"n": 0}
+    original = teacher_module.TeacherObjective.__call__
+
+    def dying(self, *args, **kwargs):  # "kill" the run in epoch 2, after its first checkpoint
+        calls["n"] += 1
+        if calls["n"] == ctx.cfg.teacher.steps_per_epoch + 2:
+            raise Interrupt()
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(teacher_module.TeacherObjective, "__call__", dying)
+    with pytest.raises(Interrupt):
+        train_teacher(ctx_b, 1, cpu_runtime)
+    last = load_checkpoint(ctx_b.teacher_dir(1) / "checkpoint_last.pt")
+    assert last["epoch"] == 1 and last["step_in_epoch"] == 1, "a mid-epoch checkpoint was written"
+    monkeypatch.setattr(teacher_module.TeacherObjective, "__call__", original)
+    train_teacher(ctx_b, 1, cpu_runtime, resume=True)
+    resumed = load_checkpoint(ctx_b.teacher_dir(1) / "checkpoint_final.pt")
+    for key, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, msg=key)
+
+
+def test_amp_code_path_runs_on_cpu_in_bf16(tiny_ctx):
+    rt = Runtime(torch.device("cpu"), torch.bfloat16)
+    model = build_model(tiny_ctx.cfg.teacher.model, tiny_ctx.k, tiny_ctx.patch_size)
+    objective = TeacherObjective(tiny_ctx.cfg.teacher.loss)
+    batch = _fixed_batch(tiny_ctx, n=4)
+    scaler = rt.grad_scaler()
+    assert not scaler.is_enabled(), "bf16 needs no loss scaling"
+    with rt.autocast():
+        logits = model(batch["image"])
+        loss, _ = objective(model, model, batch, 5.0)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    scaler.scale(loss).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert Runtime(torch.device("cpu"), torch.float16).grad_scaler() is not None

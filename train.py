@@ -1,0 +1,50 @@
+"""Train a fold teacher or the distilled student.
+
+    python train.py --fold 0                          # teacher of fold 0, configs/default.yaml
+    python train.py --fold 0 --config configs/cpu.yaml --set teacher.epochs=3
+    python train.py --stage student --config configs/cpu.yaml
+    torchrun --nproc_per_node 4 train.py --fold 0     # DDP: rank 0 writes
+
+Outputs go to outputs/<experiment>/teacher/fold_K/ or outputs/<experiment>/student/.
+--resume continues from checkpoint_last.pt (mid-epoch included).
+"""
+import argparse
+
+from src.config import add_config_args, load_config
+from src.engine.context import load_context
+from src.engine.runtime import setup_runtime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=("teacher", "student"), default="teacher")
+    parser.add_argument("--fold", type=int, help="teacher fold (0..n_folds-1)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: config 'device' (auto)")
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    parser.add_argument("--experiment", help="outputs/<experiment>/ (paths.experiment)")
+    add_config_args(parser)
+    parser.set_defaults(config="configs/default.yaml")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    cfg.device = args.device or cfg.device
+    cfg.paths.experiment = args.experiment or cfg.paths.experiment
+    if args.stage == "teacher" and args.fold is None:
+        parser.error("--fold is required for --stage teacher")
+
+    rt = setup_runtime(cfg.device, cfg.amp)
+    ctx = load_context(cfg)
+    if args.stage == "teacher":
+        from src.engine.teacher import train_teacher
+        out_dir, oof = train_teacher(ctx, args.fold, rt, resume=args.resume)
+        if rt.is_main:
+            print(f"fold {args.fold}: OOF mean nodule Dice {oof['dice'].mean():.4f} over {len(oof)} nodules "
+                  f"-> {out_dir}")
+    else:
+        from src.engine.student import train_student
+        out_dir = train_student(ctx, rt, resume=args.resume)
+        if rt.is_main:
+            print(f"student -> {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
