@@ -16,16 +16,26 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# Data foundation: built-in dataset -> 2.5D cache -> patient folds.
-data: venv
+# The whole method on the built-in dataset, CPU-sized (configs/cpu.yaml); every step skips
+# or resumes what is already done where it can. Expect ~20 minutes on 2 cores.
+EXP    := outputs/cpu
+HOLD   := --split holdout $(CPU)
+demo: venv
 	$(PY) make_phantom.py $(CPU)
 	$(PY) prepare.py $(CPU)
 	$(PY) make_folds.py $(CPU)
-
-demo: data
+	for fold in 0 1 2 3 4; do $(PY) train.py --fold $$fold $(CPU) --resume || exit 1; done
+	$(PY) cv.py $(CPU)
+	$(PY) pseudo_label.py $(CPU)
+	$(PY) train.py --stage student $(CPU) --resume
+	$(PY) cv.py --holdout $(CPU)
+	$(PY) infer.py --input input/luna16 --coords input/luna16/annotations.csv --out $(EXP)/infer_coords $(HOLD)
+	$(PY) evaluate.py --pred $(EXP)/infer_coords $(HOLD)
+	$(PY) infer.py --input input/luna16 --out $(EXP)/infer_scan $(HOLD)
+	$(PY) evaluate.py --pred $(EXP)/infer_scan $(HOLD)
 
 test: venv
 	$(PY) -m pytest -q tests
 
 clean-demo:
-	rm -rf input/luna16 input/cache folds/folds.csv outputs/cpu
+	rm -rf input/luna16 input/cache folds/folds.csv $(EXP)

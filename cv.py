@@ -11,6 +11,8 @@ model on the hold-out patients in their own geometry, plus speed measured in the
 import argparse
 
 from src.config import add_config_args, load_config
+from src.data.cache import PatchCache
+from src.engine import postprocess
 from src.engine.leaderboard import gather_oof, render, tidy
 from src.utils import atomic_to_csv, atomic_write_text
 
@@ -31,18 +33,24 @@ def main() -> None:
         exp_dir = Path(cfg.paths.outputs) / cfg.paths.experiment
         per_nodule, speed, name = gather_oof(exp_dir / "teacher"), None, "leaderboard"
         title = f"{cfg.paths.experiment}: cross-validation, out-of-fold"
+        choice = postprocess.choose_threshold(PatchCache(cfg.paths.cache), exp_dir / "teacher")
+        print(f"probability threshold chosen on OOF: {choice['threshold']} "
+              f"(pooled OOF Dice {choice['oof_dice_at_threshold'][choice['threshold']]:.4f}, "
+              f"{choice['oof_dice_at_threshold'][0.5]:.4f} at 0.5) -> {postprocess.write(choice, exp_dir)}")
     else:
         from src.engine.context import load_context
         from src.engine.holdout import build_segmenters, score_holdout
         from src.engine.runtime import setup_runtime
         ctx = load_context(cfg)
         exp_dir = ctx.experiment_dir
+        source = postprocess.apply(cfg.infer, exp_dir)
+        print(f"probability threshold {cfg.infer.threshold} from {source}")
         segmenters, speed = build_segmenters(ctx, setup_runtime(args.device or cfg.device, cfg.amp))
         per_nodule, name = score_holdout(ctx, segmenters), "holdout_leaderboard"
         atomic_to_csv(per_nodule, exp_dir / "holdout_nodules.csv", float_format="%.5g")
         title = (f"{cfg.paths.experiment}: hold-out ({per_nodule['seriesuid'].nunique()} scans, "
                  f"{per_nodule['nodule_uid'].nunique()} nodules); student throughput = "
-                 f"{speed.attrs['student_over_ensemble']:.1f}x the 5-teacher ensemble")
+                 f"{speed.attrs['student_over_ensemble']:.1f}x the {speed.attrs['n_teachers']}-teacher ensemble")
         speed = speed.round(3)
 
     text = render(per_nodule, title, extra=speed)

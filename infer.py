@@ -15,6 +15,7 @@ from pathlib import Path
 
 from src.config import add_config_args, load_config
 from src.data.folds import holdout_uids, read_folds
+from src.engine import postprocess
 from src.engine.runtime import setup_runtime
 from src.infer.run import (attach_coords, collect_inputs, find_experiment, load_models, model_checkpoints,
                            run_inference)
@@ -42,8 +43,13 @@ def main() -> int:
     infer_cfg = cfg.infer
     infer_cfg.batch_size = args.batch_size or infer_cfg.batch_size
 
-    checkpoints = [Path(p) for p in args.checkpoint] if args.checkpoint else model_checkpoints(
-        find_experiment(Path(cfg.paths.outputs), args.experiment or cfg.paths.experiment, args.model), args.model)
+    if args.checkpoint:
+        checkpoints = [Path(p) for p in args.checkpoint]
+    else:
+        experiment = find_experiment(Path(cfg.paths.outputs), args.experiment or cfg.paths.experiment, args.model)
+        checkpoints = model_checkpoints(experiment, args.model)
+        source = postprocess.apply(infer_cfg, experiment)
+        print(f"probability threshold {infer_cfg.threshold} from {source}")
     rt = setup_runtime(args.device or cfg.device, cfg.amp)
     models = load_models(checkpoints, rt, args.tta or infer_cfg.tta, infer_cfg.batch_size)
     records, failures = collect_inputs(args.input)

@@ -76,7 +76,7 @@ class ModelConfig:
     encoder_weights: str = ""             # "" = random init; or a local .pth/.safetensors file
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
-    pass_img_size: bool = True            # MaxViT/CoAtNet fix window tables at build time
+    head_prior: float = 0.0               # > 0: initial nodule probability of every pixel (output bias)
 
 
 @dataclass
@@ -86,7 +86,7 @@ class LossConfig:
     coarse: str = "mt"                    # ignore | sphere | mt (coarse-constrained mean teacher)
     coarse_weight: float = 1.0
     coarse_background_margin_mm: float = 2.0   # beyond sphere + margin = certain background
-    coarse_sphere_scale: float = 1.0      # `sphere` mode: target = sphere of this x radius
+    coarse_core_fraction: float = 0.4     # within this x radius of a given centre = certain nodule (0 = off)
     mt_confidence: float = 0.8            # keep teacher pixels with p>c or p<1-c
     mt_rampup_epochs: float = 3.0         # sigmoid ramp-up of the consistency weight
     small_nodule_boost: float = 2.0       # sampling weight for nodules < 6 mm
@@ -115,6 +115,7 @@ class StageConfig:
     warmup_epochs: float = 1.0
     ema_decay: float = 0.99
     positive_fraction: float = 0.5        # share of nodule patches per batch
+    fine_share: float = 0.5               # of those, share drawn from fine-mask patches
     val_batch_size: int = 64
     num_workers: int = 2
     compile: bool = False
@@ -147,9 +148,12 @@ class PseudoConfig:
 @dataclass
 class InferConfig:
     threshold: float = 0.5
+    threshold_from_oof: bool = True       # use outputs/<exp>/postprocessing.json when cv.py wrote one
     batch_size: int = 32
     tta: bool = False
     roi_margin_mm: float = 10.0           # coords mode: region around the given centre
+    coarse_prior: bool = True             # coords mode: nothing beyond the given sphere + margin
+    prior_margin_mm: float = 2.0
     min_component_mm3: float = 10.0       # whole-scan mode: drop smaller components
     max_candidates_per_scan: int = 50
 
@@ -163,8 +167,8 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     teacher: StageConfig = field(default_factory=StageConfig)
     student: StageConfig = field(default_factory=lambda: StageConfig(
-        model=ModelConfig(encoder="tu-convnext_atto", decoder_channels=(128, 64, 32, 16, 8),
-                          pass_img_size=False)))
+        model=ModelConfig(encoder="tu-mobilenetv3_large_100", decoder_channels=(64, 32, 24, 16, 8),
+                          head_prior=0.02)))
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     infer: InferConfig = field(default_factory=InferConfig)

@@ -28,7 +28,7 @@ def _batch(fine_ok):
     return {"image": torch.rand(n, 3, H, H, generator=g), "image_b": torch.rand(n, 3, H, H, generator=g),
             "fine": (torch.rand(n, 1, H, H, generator=g) > 0.5).float(), "coarse": (dist <= 0).float(),
             "coarse_dist": dist, "fine_ok": torch.tensor(fine_ok), "soft": torch.rand(n, 1, H, H, generator=g),
-            "soft_ok": torch.ones(n)}
+            "soft_ok": torch.ones(n), "radius_mm": torch.full((n,), 4.0)}
 
 
 def _grad(objective, model, batch):
@@ -70,6 +70,19 @@ def test_mean_teacher_target_only_inside_the_coarse_region():
     logits.grad = None
     loss(logits, dist, teacher)["coarse_bg"].backward()
     assert (logits.grad[0, 0][dist[0, 0] > 2.0] > 0).all() and logits.grad[0, 0][dist[0, 0] <= 2.0].abs().sum() == 0
+
+
+def test_core_prior_is_certain_nodule_only_near_the_given_centre():
+    loss = CoarseMeanTeacherLoss(background_margin_mm=2.0, confidence=0.8, core_fraction=0.4)
+    logits = torch.zeros(2, 1, H, H, requires_grad=True)
+    y, x = torch.meshgrid(torch.arange(H), torch.arange(H), indexing="ij")
+    dist = (((y - 8.0) ** 2 + (x - 8.0) ** 2).sqrt() - 5.0).expand(2, 1, H, H)  # sphere r = 5 mm, 1 mm px
+    out = loss(logits, dist, torch.full((2, 1, H, H), 0.5), radius_mm=torch.tensor([5.0, 0.0]))
+    out["coarse_core"].backward()
+    g = logits.grad
+    core = dist[0, 0] <= -3.0   # within 0.4 x 5 mm = 2 mm of the centre
+    assert (g[0, 0][core] < 0).all() and g[0, 0][~core].abs().sum() == 0
+    assert g[1].abs().sum() == 0, "negatives (radius 0) have no core"
 
 
 def test_rampup():

@@ -42,8 +42,14 @@ def test_tiny_model_loss_falls(tiny_ctx):
 
 def test_sampler_is_seeded_balanced_and_resumable(tiny_ctx):
     meta = tiny_ctx.cache.patches
-    w = sampling_weights(meta, positive_fraction=0.5, small_boost=2.0)
-    assert w.sum() == pytest.approx(1.0) and w[meta["negative"].to_numpy()].sum() == pytest.approx(0.5)
+    negative = meta["negative"].to_numpy()
+    fine_ok = np.arange(len(meta)) % 3 == 0
+    w = sampling_weights(meta, fine_ok, positive_fraction=0.6, fine_share=0.5, small_boost=2.0)
+    assert w.sum() == pytest.approx(1.0) and w[negative].sum() == pytest.approx(0.4)
+    assert w[~negative & fine_ok].sum() == pytest.approx(0.3) and w[~negative & ~fine_ok].sum() == pytest.approx(0.3)
+    per_nodule = pd.Series(w[~negative & ~fine_ok]).groupby(meta.loc[~negative & ~fine_ok, "nodule_uid"].to_numpy()).sum()
+    small = meta[~negative & ~fine_ok].groupby("nodule_uid")["diameter_mm"].first() < 6
+    assert np.allclose(per_nodule[~small[per_nodule.index].to_numpy()], per_nodule[~small[per_nodule.index].to_numpy()].iloc[0])
     a = EpochSampler(w, 200, seed=1)
     a.set_epoch(3)
     full = list(a)
@@ -124,3 +130,24 @@ def test_amp_code_path_runs_on_cpu_in_bf16(tiny_ctx):
     scaler.scale(loss).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert Runtime(torch.device("cpu"), torch.float16).grad_scaler() is not None
+
+
+def test_torchrun_ddp_two_processes_on_cpu(tiny_ctx, tmp_path):
+    """`torchrun --nproc_per_node 2 train.py --fold K` (gloo on CPU): ranks split the
+    batches, rank 0 alone writes, and the result is a normal fold directory."""
+    import subprocess
+    import sys
+
+    from conftest import TINY_OVERRIDES
+    p = tiny_ctx.cfg.paths
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "train.py", "--fold", "2", "--device", "cpu", "--config", "", "--set", *TINY_OVERRIDES,
+           f"paths.data={p.data}", f"paths.cache={p.cache}", f"paths.folds={p.folds}",
+           f"paths.outputs={tmp_path}", "paths.experiment=ddp", "teacher.epochs=1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "ddp" / "teacher" / "fold_2"
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 1 and summary["step"].iloc[0] == tiny_ctx.cfg.teacher.steps_per_epoch
+    assert (out / "val_metrics.csv").is_file() and "OOF mean nodule Dice" in result.stdout

@@ -38,20 +38,29 @@ def select_patches(cache: PatchCache, folds: pd.DataFrame, uids: set[str]) -> Pa
     return PatchSelection(rows, fine_ok)
 
 
-def sampling_weights(meta: pd.DataFrame, positive_fraction: float, small_boost: float) -> np.ndarray:
-    """Per-patch probabilities: ``positive_fraction`` of the mass on nodule patches, spread so
-    that every nodule weighs the same whatever its number of slices (small ones x boost)."""
+def sampling_weights(meta: pd.DataFrame, fine_ok: np.ndarray, positive_fraction: float, fine_share: float,
+                     small_boost: float) -> np.ndarray:
+    """Per-patch probabilities. Nodule patches get ``positive_fraction`` of the mass, and of
+    that, fine-mask patches get ``fine_share`` (few scans keep masks: without this they
+    would be rare in a batch). Inside each group every nodule weighs the same whatever its
+    number of slices, small ones (< 6 mm) ``small_boost`` x more."""
     negative = meta["negative"].to_numpy().astype(bool)
+    fine_ok = np.asarray(fine_ok, dtype=bool)
+    groups = {"fine": ~negative & fine_ok, "coarse": ~negative & ~fine_ok, "negative": negative}
+    share = {"fine": positive_fraction * fine_share, "coarse": positive_fraction * (1 - fine_share),
+             "negative": 1.0 - positive_fraction}
     weights = np.zeros(len(meta))
-    if (~negative).any():
-        pos = meta[~negative]
-        per_nodule = 1.0 / pos.groupby("nodule_uid")["nodule_uid"].transform("size").to_numpy()
-        boost = np.where(pos["diameter_mm"].to_numpy() < SMALL_NODULE_MM, small_boost, 1.0)
-        w = per_nodule * boost
-        weights[~negative] = w / w.sum() * (positive_fraction if negative.any() else 1.0)
-    if negative.any():
-        weights[negative] = (1.0 - positive_fraction if (~negative).any() else 1.0) / negative.sum()
-    return weights
+    for name, members in groups.items():
+        if not members.any():
+            continue
+        if name == "negative":
+            w = np.ones(members.sum())
+        else:
+            pos = meta[members]
+            w = 1.0 / pos.groupby("nodule_uid")["nodule_uid"].transform("size").to_numpy()
+            w = w * np.where(pos["diameter_mm"].to_numpy() < SMALL_NODULE_MM, small_boost, 1.0)
+        weights[members] = w / w.sum() * share[name]
+    return weights / weights.sum()  # groups that are absent give their share to the others
 
 
 class EpochSampler(Sampler):
@@ -88,6 +97,7 @@ class PatchDataset(Dataset):
         self.cache, self.sel, self.augmenter, self.views = cache, selection, augmenter, views
         self.window = tuple(cache.attrs["window"])
         self.soft = soft_targets     # optional: .get(cache_row) -> (P, P) float or None
+        self.radius_mm = cache.patches["diameter_mm"].to_numpy(dtype=np.float32) / 2  # 0 for negatives
 
     def __len__(self) -> int:
         return len(self.sel.indices)
@@ -109,7 +119,8 @@ class PatchDataset(Dataset):
         else:
             images = [image] * self.views
         out = {"image": torch.from_numpy(images[0]), "index": row,
-               "fine_ok": torch.tensor(float(self.sel.fine_ok[pos]))}
+               "fine_ok": torch.tensor(float(self.sel.fine_ok[pos])),
+               "radius_mm": torch.tensor(float(self.radius_mm[row]))}
         if self.views > 1:
             out["image_b"] = torch.from_numpy(images[1])
         for name, value in targets.items():

@@ -11,6 +11,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from scipy import ndimage
+
+from src.config import InferConfig
 from src.data.cache import PatchCache
 from src.engine.metrics import component_at, dice, segmentation_metrics, size_bin, texture_class
 from src.infer.predictor import Predictor
@@ -26,22 +29,30 @@ def segment_at(prob: np.ndarray, centre_zyx, radius_mm: float, spacing_zyx, thre
     return component_at(prob >= threshold, centre_zyx, spacing_zyx, max_distance_mm=radius_mm)
 
 
+def roi_prior(coarse: np.ndarray, spacing_zyx, margin_mm: float) -> np.ndarray:
+    """Bool ROI mask: inside the coarse sphere or within ``margin_mm`` of it."""
+    return ndimage.distance_transform_edt(~coarse.astype(bool), sampling=spacing_zyx) <= margin_mm
+
+
 def predict_roi(predictor: Predictor, roi: dict, k: int) -> np.ndarray:
     return predictor.prob(stacks_from_volume(roi["image"], k))
 
 
-def evaluate_nodules(predictor: Predictor, cache: PatchCache, nodules: pd.DataFrame, threshold: float,
+def evaluate_nodules(predictor: Predictor, cache: PatchCache, nodules: pd.DataFrame, cfg: InferConfig,
                      keep_probs: bool = False, desc: str = "validate") -> tuple[pd.DataFrame, dict]:
     """Metrics per nodule (rows of cache.nodules with fine masks), and optionally the
-    probability volumes (float16, ROI grid) keyed by nodule_uid."""
+    probability volumes (float16, ROI grid) keyed by nodule_uid. The threshold and the
+    coarse prior follow ``cfg`` (infer.*), as in ``infer.py``'s coordinates mode."""
     k = int(cache.attrs["k_slices"])
     spacing = np.asarray(cache.attrs["spacing_zyx"], dtype=float)
     rows, probs = [], {}
     for nod in tqdm(nodules.itertuples(index=False), total=len(nodules), desc=desc, leave=False):
         roi = cache.roi(nod.roi)
         prob = predict_roi(predictor, roi, k)
+        if cfg.coarse_prior:
+            prob = np.where(roi_prior(roi["coarse"], spacing, cfg.prior_margin_mm), prob, 0.0).astype(np.float32)
         centre = np.array([nod.center_z - nod.roi_z0, nod.center_y - nod.roi_y0, nod.center_x - nod.roi_x0])
-        pred = segment_at(prob, centre, nod.diameter_mm / 2, spacing, threshold)
+        pred = segment_at(prob, centre, nod.diameter_mm / 2, spacing, cfg.threshold)
         rows.append(dict(nodule_uid=nod.nodule_uid, seriesuid=nod.seriesuid, diameter_mm=nod.diameter_mm,
                          size_bin=size_bin(nod.diameter_mm), texture=texture_class(nod.texture),
                          reader_dice=nod.reader_dice, **segmentation_metrics(pred, roi["fine"] > 0, spacing)))

@@ -25,7 +25,8 @@ from src.infer.segment import (NetworkSegmenter, SphereSegmenter, ThresholdSegme
                                segment_nodule, to_model_volume)
 from src.models.factory import count_parameters
 
-SPEED_PATCHES = 256
+SPEED_PATCHES = 512
+SPEED_BATCH = 128
 
 
 def build_segmenters(ctx: StageContext, rt: Runtime) -> tuple[dict, pd.DataFrame]:
@@ -39,28 +40,32 @@ def build_segmenters(ctx: StageContext, rt: Runtime) -> tuple[dict, pd.DataFrame
     predictors["teacher ensemble"] = Predictor(teachers, rt, ctx.window, batch_size=batch)
     predictors["student"] = Predictor([student], rt, ctx.window, batch_size=batch)
 
-    train_uids = split_uids(ctx.folds, None)["train"]
+    # the baseline may learn from what the networks learn from: masks of `fine` training scans
+    fine_scans = set(ctx.folds.loc[(ctx.folds["label_kind"] == "fine") & (ctx.folds["fold"] != "holdout"), "seriesuid"])
     nodules = ctx.cache.nodules
-    fine_train = nodules[nodules["seriesuid"].isin(train_uids) & nodules["has_fine"].astype(bool)]
-    threshold, fit_dice = fit_threshold(ctx.cache, fine_train, k)
+    fine_train = nodules[nodules["seriesuid"].isin(fine_scans) & nodules["has_fine"].astype(bool)]
+    margin = cfg.infer.prior_margin_mm
+    threshold, fit_dice = fit_threshold(ctx.cache, fine_train, k, margin)
     segmenters = {name: NetworkSegmenter(p, k) for name, p in predictors.items()}
     segmenters["coarse sphere (no training)"] = SphereSegmenter()
-    segmenters[f"HU >= {threshold:.0f} in sphere (fit on train)"] = ThresholdSegmenter(threshold, k)
+    segmenters[f"HU >= {threshold:.0f} in sphere (fit on train)"] = ThresholdSegmenter(threshold, k, margin)
 
     rows = np.sort(np.random.default_rng(0).choice(len(ctx.cache.patches), min(SPEED_PATCHES, len(ctx.cache.patches)),
                                                    replace=False))
     stacks = ctx.cache.file["patches/image"][rows]
     speed = []
     for name, p in tqdm(predictors.items(), desc="speed", leave=False):
+        timed = Predictor(p.models, rt, ctx.window, batch_size=SPEED_BATCH)  # same batch for every model
         speed.append(dict(model=name, params_M=sum(count_parameters(m) for m in p.models) / 1e6,
                           gflops_per_patch=sum(gflops_per_patch(m, k, ctx.patch_size) for m in p.models),
-                          patches_per_s=patches_per_second(p, stacks)))
+                          patches_per_s=patches_per_second(timed, stacks)))
     speed = pd.DataFrame(speed)
     ratio = float(speed.loc[speed["model"] == "student", "patches_per_s"].iloc[0] /
                   speed.loc[speed["model"] == "teacher ensemble", "patches_per_s"].iloc[0])
     speed["vs ensemble"] = speed["patches_per_s"] / float(
         speed.loc[speed["model"] == "teacher ensemble", "patches_per_s"].iloc[0])
-    speed.attrs.update(student_over_ensemble=ratio, threshold_hu=threshold, threshold_fit_dice=fit_dice)
+    speed.attrs.update(student_over_ensemble=ratio, n_teachers=len(teachers), threshold_hu=threshold,
+                       threshold_fit_dice=fit_dice)
     return segmenters, speed
 
 
@@ -77,8 +82,7 @@ def score_holdout(ctx: StageContext, segmenters: dict) -> pd.DataFrame:
         mv = to_model_volume(scan, ctx.cache.config)
         for nodule in (n for n in scan.nodules if n.fine_label):
             for name, segmenter in segmenters.items():
-                seg = segment_nodule(mv, nodule.center_xyz, nodule.diameter_mm, segmenter, cfg.infer.threshold,
-                                     cfg.infer.roi_margin_mm)
+                seg = segment_nodule(mv, nodule.center_xyz, nodule.diameter_mm, segmenter, cfg.infer)
                 row = nodule_scores(scan, nodule, seg.box, seg.mask)
                 rows.append(dict(model=name, reader_dice=reader.get(nodule.nodule_uid, np.nan), **row))
     return pd.DataFrame(rows)

@@ -26,7 +26,7 @@ class TeacherObjective:
         self.cfg = cfg
         self.fine = DiceBCELoss(cfg.dice_weight, cfg.bce_weight)
         self.sphere = SphereLoss(cfg.dice_weight, cfg.bce_weight)
-        self.mt = CoarseMeanTeacherLoss(cfg.coarse_background_margin_mm, cfg.mt_confidence)
+        self.mt = CoarseMeanTeacherLoss(cfg.coarse_background_margin_mm, cfg.mt_confidence, cfg.coarse_core_fraction)
 
     @property
     def needs_two_views(self) -> bool:
@@ -44,9 +44,10 @@ class TeacherObjective:
         elif self.cfg.coarse == "mt" and coarse.any():
             with torch.no_grad():
                 teacher_prob = torch.sigmoid(ema(batch["image_b"][coarse]).float())
-            terms.update(self.mt(logits[coarse], batch["coarse_dist"][coarse], teacher_prob))
+            terms.update(self.mt(logits[coarse], batch["coarse_dist"][coarse], teacher_prob,
+                                 batch["radius_mm"][coarse]))
             ramp = sigmoid_rampup(progress, self.cfg.mt_rampup_epochs)
-            loss = terms["fine"] + weight * (terms["coarse_bg"] + ramp * terms["coarse_mt"])
+            loss = terms["fine"] + weight * (terms["coarse_bg"] + terms["coarse_core"] + ramp * terms["coarse_mt"])
         else:
             loss = terms["fine"]
         return loss, {k: float(v.detach()) for k, v in terms.items()}

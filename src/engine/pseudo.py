@@ -22,7 +22,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
 
@@ -32,7 +31,7 @@ from src.data.folds import fold_ids, split_uids
 from src.data.patches import DIST_UNITS_PER_MM
 from src.engine.checkpoint import model_from_checkpoint
 from src.engine.context import StageContext
-from src.engine.evaluate import predict_roi, segment_at
+from src.engine.evaluate import predict_roi, roi_prior, segment_at
 from src.engine.metrics import dice, size_bin
 from src.engine.runtime import Runtime
 from src.infer.predictor import Predictor
@@ -64,11 +63,6 @@ def _sigmoid(logits: np.ndarray, temperature: float) -> np.ndarray:
 def apply_prior(prob: np.ndarray, coarse_dist_mm: np.ndarray, margin_mm: float) -> np.ndarray:
     """Zero the probability beyond ``margin_mm`` outside every coarse sphere."""
     return np.where(coarse_dist_mm <= margin_mm, prob, 0.0).astype(prob.dtype)
-
-
-def roi_prior(coarse: np.ndarray, spacing_zyx, margin_mm: float) -> np.ndarray:
-    """Bool ROI mask: inside the coarse sphere or within ``margin_mm`` of it."""
-    return ndimage.distance_transform_edt(~coarse.astype(bool), sampling=spacing_zyx) <= margin_mm
 
 
 def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFrame]:

@@ -64,8 +64,8 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
 
     soft = SoftTargets(ctx.pseudo_path, ctx.cache_hash, ctx.folds_hash)
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
-    weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], stage.positive_fraction,
-                               stage.loss.small_nodule_boost)
+    weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], selection.fine_ok,
+                               stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost)
     dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), soft_targets=soft)
     feature_teacher = None
     if cfg.distill.feature_weight > 0:

@@ -44,10 +44,11 @@ class FoldValidator:
         return Predictor([model], self.rt, self.ctx.window, batch_size=self.stage.val_batch_size)
 
     def __call__(self, model) -> dict[str, float]:
-        threshold = self.ctx.cfg.infer.threshold
-        table, _ = evaluate_nodules(self.predictor(model), self.ctx.cache, self.nodules, threshold)
+        infer = self.ctx.cfg.infer
+        table, _ = evaluate_nodules(self.predictor(model), self.ctx.cache, self.nodules, infer)
         metrics = summarize_nodules(table)
-        metrics["val_patch_dice"] = evaluate_patches(self.predictor(model), self.ctx.cache, self.patch_rows, threshold)
+        metrics["val_patch_dice"] = evaluate_patches(self.predictor(model), self.ctx.cache, self.patch_rows,
+                                                     infer.threshold)
         return metrics
 
 
@@ -55,7 +56,7 @@ def write_oof(validator: FoldValidator, checkpoint: Path, out_dir: Path, fold: i
     """Score the best checkpoint on fold K and keep its predictions (OOF)."""
     model = model_from_checkpoint(checkpoint)
     table, probs = evaluate_nodules(validator.predictor(model), validator.ctx.cache, validator.nodules,
-                                    validator.ctx.cfg.infer.threshold, keep_probs=True, desc="OOF")
+                                    validator.ctx.cfg.infer, keep_probs=True, desc="OOF")
     table.insert(0, "fold", fold)
     atomic_to_csv(table, out_dir / "val_metrics.csv", float_format="%.5g")
     with atomic_path(out_dir / "val_predictions.h5", suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
@@ -80,8 +81,8 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
 
     objective = TeacherObjective(stage.loss)
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
-    weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], stage.positive_fraction,
-                               stage.loss.small_nodule_boost)
+    weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], selection.fine_ok,
+                               stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost)
     dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), views=2 if objective.needs_two_views else 1)
     model = build_model(stage.model, ctx.k, ctx.patch_size)
     info = RunInfo(stage="teacher", fold=fold, model_config=to_dict(stage.model), in_channels=ctx.k,

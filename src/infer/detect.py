@@ -23,10 +23,11 @@ LUNG_DILATION_MM = 6.0
 
 
 def lung_region(mv: ModelVolume) -> np.ndarray:
+    """The lungs grown by ~6 mm (a separable box maximum: ~100x faster than a 3D binary
+    dilation with a ball, and the exact shape of the margin does not matter here)."""
     lung = mv.lung_mask()
     radius = np.maximum(np.rint(LUNG_DILATION_MM / mv.geometry.spacing_zyx).astype(int), 1)
-    struct = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
-    return ndimage.binary_dilation(lung, structure=struct) if lung.any() else lung
+    return ndimage.maximum_filter(lung, size=tuple(2 * r + 1 for r in radius)) if lung.any() else lung
 
 
 def predict_volume(mv: ModelVolume, predictor: Predictor, slices_per_batch: int, progress: bool = True) -> np.ndarray:

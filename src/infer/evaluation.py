@@ -14,7 +14,7 @@ from src.infer.scoring import froc, nodule_scores
 
 def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:
     """Per-nodule metrics of a mode-1 run: label k of <uid> mask vs the fine mask of the
-    nodule given as row k (matched through nodule_uid, i.e. the same coordinate table)."""
+    true nodule nearest to the k-th given coordinate (within that nodule's radius)."""
     table = pd.read_csv(pred_dir / "nodules.csv", dtype={"seriesuid": str})
     rows = []
     for record in tqdm([r for r in records if r.seriesuid in set(table["seriesuid"])], desc="score"):
@@ -25,13 +25,14 @@ def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:
         labels, geometry = read_image(pred_files[0])
         if not geometry.same_grid(scan.geometry):
             raise DataError(f"{pred_files[0]}: geometry differs from its scan {record.image_path}")
-        by_uid = {n.nodule_uid: n for n in scan.nodules}
+        truth = [n for n in scan.nodules if n.fine_label]
         full = tuple(slice(0, s) for s in labels.shape)
         for row in table[table["seriesuid"] == record.seriesuid].itertuples(index=False):
-            nodule = by_uid.get(row.nodule_uid)
-            if nodule is None or not nodule.fine_label:
-                continue  # no truth for this coordinate
-            rows.append(nodule_scores(scan, nodule, full, labels == row.nodule_id))
+            given = np.array([row.given_coordX, row.given_coordY, row.given_coordZ])
+            dist = [np.linalg.norm(n.center_xyz - given) for n in truth]
+            if not dist or min(dist) > truth[int(np.argmin(dist))].diameter_mm / 2:
+                continue  # no fine mask for this coordinate
+            rows.append(nodule_scores(scan, truth[int(np.argmin(dist))], full, labels == row.nodule_id))
     return pd.DataFrame(rows)
 
 

@@ -23,6 +23,7 @@ from src.infer.detect import candidates, predict_volume
 from src.infer.predictor import Predictor
 from src.infer.segment import ModelVolume, NetworkSegmenter, segment_nodule, to_model_volume
 
+DEFAULT_CANDIDATE_DIAMETER_MM = 10.0   # candidates_V2.csv rows carry no size
 NODULE_TABLE = ["seriesuid", "nodule_id", "coordX", "coordY", "coordZ", "diameter_mm", "volume_mm3", "mean_hu",
                 "probability", "given_coordX", "given_coordY", "given_coordZ", "given_diameter_mm", "nodule_uid"]
 
@@ -74,9 +75,6 @@ def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[Sca
         r.nodules = groups.get(r.seriesuid, table.iloc[0:0][["seriesuid", *NODULE_COLUMNS]])
         r.source = str(path)
     return records
-
-
-DEFAULT_CANDIDATE_DIAMETER_MM = 10.0
 
 
 # ----------------------------------------------------------------------------- models
@@ -132,7 +130,7 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
     voxel_mm3 = float(np.prod(scan.geometry.spacing_zyx))
     rows = []
     for nid, nod in enumerate(scan.nodules, start=1):
-        seg = segment_nodule(mv, nod.center_xyz, nod.diameter_mm, segmenter, cfg.threshold, cfg.roi_margin_mm)
+        seg = segment_nodule(mv, nod.center_xyz, nod.diameter_mm, segmenter, cfg)
         free = labels[seg.box] == 0
         labels[seg.box][seg.mask & free] = nid
         np.maximum(prob[seg.box], seg.prob, out=prob[seg.box])

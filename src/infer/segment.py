@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from src.config import CacheConfig
+from src.config import CacheConfig, InferConfig
 from src.data.geometry import Geometry
 from src.data.patches import crop, sphere_distance
 from src.data.preprocess import lung_mask_from_hu, resample, to_model_space
@@ -72,7 +72,7 @@ class SphereSegmenter:
 class ThresholdSegmenter:
     """Classical baseline: HU >= threshold inside the coarse sphere (+ margin)."""
 
-    def __init__(self, threshold_hu: float, k: int, margin_mm: float = 2.0):
+    def __init__(self, threshold_hu: float, k: int, margin_mm: float):
         self.threshold, self.h, self.margin = threshold_hu, k // 2, margin_mm
 
     def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
@@ -80,7 +80,7 @@ class ThresholdSegmenter:
         return ((centre >= self.threshold) & (dist <= self.margin)).astype(np.float32)
 
 
-def fit_threshold(cache, nodules, k: int, candidates=range(-800, 101, 50), margin_mm: float = 2.0) -> tuple[float, float]:
+def fit_threshold(cache, nodules, k: int, margin_mm: float, candidates=range(-800, 101, 50)) -> tuple[float, float]:
     """The HU threshold with the best mean per-nodule Dice on (training) cache ROIs."""
     from src.engine.metrics import dice
 
@@ -120,16 +120,19 @@ def roi_window(mv: ModelVolume, centre_zyx: np.ndarray, radius_mm: float, margin
     return z_lo, z_hi, int(round(centre_zyx[1])) - size // 2, int(round(centre_zyx[2])) - size // 2, size
 
 
-def segment_nodule(mv: ModelVolume, centre_xyz, diameter_mm: float, segmenter, threshold: float,
-                   margin_mm: float) -> Segmented:
+def segment_nodule(mv: ModelVolume, centre_xyz, diameter_mm: float, segmenter, cfg: InferConfig) -> Segmented:
+    """``cfg``: threshold, ROI margin, and whether the coarse prior (sphere + margin) bounds
+    the result - it is the same information the coordinates give, for every segmenter."""
     geo, native = mv.geometry, mv.scan.geometry
     centre = geo.world_to_voxel(centre_xyz)
     radius = diameter_mm / 2.0
-    z_lo, z_hi, y0, x0, size = roi_window(mv, centre, radius, margin_mm)
+    z_lo, z_hi, y0, x0, size = roi_window(mv, centre, radius, cfg.roi_margin_mm)
     h = mv.cfg.k_slices // 2
     image = crop(mv.image, np.arange(z_lo - h, z_hi + h + 1), y0, x0, (size, size), int(mv.cfg.hu_clip[0]))
     dist = sphere_distance(centre, [radius], geo.spacing_zyx, np.arange(z_lo, z_hi + 1), y0, x0, (size, size))
     prob = segmenter(image, dist).astype(np.float32)
+    if cfg.coarse_prior:
+        prob[dist > cfg.prior_margin_mm] = 0.0
     roi_geo = geo.crop((z_lo, y0, x0), prob.shape)
 
     # Native voxel box covering the ROI, then linear resampling of the probabilities onto it.
@@ -139,5 +142,5 @@ def segment_nodule(mv: ModelVolume, centre_xyz, diameter_mm: float, segmenter, t
     hi = np.minimum(np.ceil(native_corners.max(0)).astype(int) + 1, native.shape_zyx)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     native_prob = resample(prob, roi_geo, native.crop(lo, hi - lo), "linear", default=0.0)
-    mask = segment_at(native_prob, native.world_to_voxel(centre_xyz) - lo, radius, native.spacing_zyx, threshold)
+    mask = segment_at(native_prob, native.world_to_voxel(centre_xyz) - lo, radius, native.spacing_zyx, cfg.threshold)
     return Segmented(box, mask, native_prob)

@@ -2,9 +2,11 @@
 
 * ``sphere``: the coarse sphere itself is the target (Dice + BCE); the naive baseline.
 * ``mt``: coarse-constrained mean teacher. Pixels farther than ``margin`` mm outside every
-  coarse sphere are certain background (BCE to 0). Inside sphere + margin the target is the
-  EMA teacher's probability on a differently augmented view of the same patch, kept only
-  where the teacher is confident, with a ramped-up weight.
+  coarse sphere are certain background (BCE to 0); pixels within ``core_fraction`` x radius
+  of the given centre are certain nodule (BCE to 1) - the two things a coordinate and a
+  diameter do say. In between, the target is the EMA teacher's probability on a differently
+  augmented view of the same patch, kept only where the teacher is confident, with a
+  ramped-up weight.
 * ``ignore``: coarse patches contribute nothing.
 """
 from __future__ import annotations
@@ -31,19 +33,29 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-class CoarseMeanTeacherLoss(nn.Module):
-    def __init__(self, background_margin_mm: float, confidence: float):
-        super().__init__()
-        self.margin, self.confidence = background_margin_mm, confidence
+def core_mask(coarse_dist: torch.Tensor, radius_mm: torch.Tensor, core_fraction: float) -> torch.Tensor:
+    """Pixels within ``core_fraction`` x radius of the patch's own nodule centre (3D), i.e.
+    at least (1 - core_fraction) x radius inside its sphere. Negatives (radius 0): none."""
+    depth = ((1.0 - core_fraction) * radius_mm).view(-1, 1, 1, 1)
+    return ((coarse_dist <= -depth) & (depth > 0) & (core_fraction > 0)).float()
 
-    def forward(self, logits: torch.Tensor, coarse_dist: torch.Tensor,
-                teacher_prob: torch.Tensor) -> dict[str, torch.Tensor]:
-        """logits, coarse_dist (mm to the nearest sphere surface), teacher_prob: (B, 1, H, W)."""
+
+class CoarseMeanTeacherLoss(nn.Module):
+    def __init__(self, background_margin_mm: float, confidence: float, core_fraction: float = 0.0):
+        super().__init__()
+        self.margin, self.confidence, self.core = background_margin_mm, confidence, core_fraction
+
+    def forward(self, logits: torch.Tensor, coarse_dist: torch.Tensor, teacher_prob: torch.Tensor,
+                radius_mm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """logits, coarse_dist (mm to the nearest sphere surface), teacher_prob: (B, 1, H, W);
+        radius_mm: (B,) radius of each patch's own nodule (0 for negatives)."""
         background = (coarse_dist > self.margin).float()
-        uncertain = 1.0 - background
+        core = core_mask(coarse_dist, radius_mm, self.core) if radius_mm is not None else torch.zeros_like(logits)
+        uncertain = (1.0 - background) * (1.0 - core)
         confident = ((teacher_prob > self.confidence) | (teacher_prob < 1.0 - self.confidence)).float()
         return {
             "coarse_bg": masked_bce(logits, torch.zeros_like(logits), background),
+            "coarse_core": masked_bce(logits, torch.ones_like(logits), core),
             "coarse_mt": masked_bce(logits, teacher_prob, uncertain * confident),
         }
 

@@ -6,6 +6,7 @@ rebuilds exactly the trained model with ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -37,6 +38,11 @@ def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Modul
         model = getattr(smp, cfg.arch)(**kwargs)
     except AttributeError:
         raise ValueError(f"unknown smp architecture '{cfg.arch}'") from None
+    if cfg.head_prior > 0:
+        # Start every pixel at a small nodule probability (RetinaNet's prior init). With a zero
+        # bias, slim decoders can settle on "background = active features, nodule = none",
+        # which caps the nodule probability near sigmoid(bias) (seen with 8-channel decoders).
+        nn.init.constant_(model.segmentation_head[0].bias, math.log(cfg.head_prior / (1 - cfg.head_prior)))
     if cfg.encoder_weights:
         load_encoder_weights(model, Path(cfg.encoder_weights))
     model.fixed_input_size = (patch_size, patch_size) if fixed else None
@@ -82,7 +88,8 @@ def count_parameters(model: nn.Module) -> int:
 def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Forward pass that also returns the encoder's feature pyramid (feature distillation).
     A hook, rather than calling encoder and decoder by hand, keeps DDP's gradient sync."""
-    net = getattr(model, "module", model)
+    net = getattr(model, "_orig_mod", model)   # torch.compile wrapper
+    net = getattr(net, "module", net)          # DDP wrapper
     captured: list = []
     handle = net.encoder.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
