@@ -232,21 +232,25 @@ class PatchCache:
         self.config = CacheConfig(**{k: tuple(v) if isinstance(v, list) else v
                                      for k, v in json.loads(self.attrs["config"]).items()})
         self._file: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
 
     @property
     def file(self) -> h5py.File:
         if self._file is None:
             self._file = h5py.File(self.path, "r")
+            # dataset handles looked up once: a lookup costs more than reading a patch
+            self._datasets = {name: self._file[f"patches/{name}"] for name in PATCH_ARRAYS}
         return self._file
 
     def __getstate__(self):  # h5py handles cannot be pickled into workers
         state = dict(self.__dict__)
-        state["_file"] = None
+        state["_file"], state["_datasets"] = None, {}
         return state
 
     def patch(self, index: int) -> dict[str, np.ndarray]:
-        f = self.file
-        return {name: f[f"patches/{name}"][index] for name in PATCH_ARRAYS}
+        if self._file is None:
+            self.file  # noqa: B018 - opens the file and looks up the datasets
+        return {name: ds[index] for name, ds in self._datasets.items()}
 
     def roi(self, roi_index: int) -> dict[str, np.ndarray]:
         g = self.file[f"rois/{int(roi_index)}"]
@@ -255,7 +259,7 @@ class PatchCache:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-            self._file = None
+            self._file, self._datasets = None, {}
 
 
 def summarize(cache: PatchCache) -> str:

@@ -114,11 +114,10 @@ def pseudo_quality(ctx: StageContext, predictor: Predictor, pseudo_path: Path) -
             prob = np.where(roi_prior(roi["coarse"], spacing, cfg.prior_margin_mm), prob, 0.0)
             centre = np.array([nod.center_z - nod.roi_z0, nod.center_y - nod.roi_y0, nod.center_x - nod.roi_x0])
             pred = segment_at(prob, centre, nod.diameter_mm / 2, spacing, ctx.cfg.infer.threshold)
-            # the same nodule's 2.5D patches, as stored in pseudo.h5
+            # the same nodule's 2.5D patches, as stored in pseudo.h5 (both row lists sorted)
             mine = np.flatnonzero((meta["nodule_uid"] == nod.nodule_uid).to_numpy())
-            pos = np.searchsorted(rows, mine)
-            truth = ctx.cache.file["patches/fine"][np.sort(mine)] > 0
-            patch_dice = [dice(soft[j] >= 0.5, t) for j, t in zip(np.sort(pos), truth)]
+            truth = ctx.cache.file["patches/fine"][mine] > 0
+            patch_dice = [dice(soft[j] >= 0.5, t) for j, t in zip(np.searchsorted(rows, mine), truth)]
             records.append(dict(nodule_uid=nod.nodule_uid, seriesuid=nod.seriesuid, diameter_mm=nod.diameter_mm,
                                 size_bin=size_bin(nod.diameter_mm), dice_3d=dice(pred, roi["fine"] > 0),
                                 patch_dice=float(np.mean(patch_dice)) if patch_dice else np.nan,
