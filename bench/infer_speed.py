@@ -50,10 +50,12 @@ def main() -> None:
             cmd = [sys.executable, "infer.py", "--input", str(data), "--out", f"{tmp}/out_{model}",
                    "--model", model, "--device", args.device, *(["--config", args.config] if args.config else []),
                    *(["--set", *args.overrides] if args.overrides else [])]
+            log = Path(tmp) / f"{model}.log"  # a file, not a pipe: wait4 must not block on a full pipe
             start = time.time()
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            _, status, usage = os.wait4(proc.pid, 0)
-            out = proc.stdout.read()
+            with open(log, "w") as stdout:
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True)
+                _, status, usage = os.wait4(proc.pid, 0)
+            out = log.read_text()
             if status != 0:
                 raise RuntimeError(out[-2000:])
             per_scan = float(re.search(r"([\d.]+) s/scan", out).group(1))

@@ -156,6 +156,10 @@ class InferConfig:
     prior_margin_mm: float = 2.0
     min_component_mm3: float = 10.0       # whole-scan mode: drop smaller components
     max_candidates_per_scan: int = 50
+    # whole-scan mode: nodules lie in the lungs. The prediction region is the lungs grown by
+    # a few mm (for pleural nodules), so components mostly outside them are chest wall or
+    # mediastinum; a pleural nodule that a lung mask cut off still keeps part of itself inside.
+    min_lung_fraction: float = 0.25
 
 
 @dataclass

@@ -10,10 +10,14 @@ import torch
 from src.data.io import read_image, write_image
 from src.data.luna16 import read_luna16
 from src.engine.holdout import score_holdout
+from src.config import CacheConfig, InferConfig
+from src.data.geometry import Geometry
+from src.data.scan import Scan
+from src.infer.detect import candidates
 from src.infer.evaluation import score_mode1
 from src.infer.export import export_onnx
 from src.infer.scoring import froc
-from src.infer.segment import NetworkSegmenter
+from src.infer.segment import ModelVolume, NetworkSegmenter
 
 import evaluate
 import infer
@@ -94,6 +98,26 @@ def test_bad_inputs_fail_per_scan_and_the_run_continues(tiny_trained, tmp_path, 
     rc = _run(infer, ["--input", str(tmp_path / "good.mhd"), "--coords", str(tmp_path / "coords.csv"),
                       "--out", str(tmp_path / "out2"), *_overrides(ctx)], monkeypatch)
     assert rc == 1 and "outside the volume" in capsys.readouterr().out
+
+
+def test_whole_scan_candidates_must_lie_in_the_lungs():
+    geometry = Geometry.axis_aligned((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (20, 40, 40))
+    lung = np.zeros((20, 40, 40), bool)
+    lung[:, :, :20] = True
+    scan = Scan(None, np.zeros(lung.shape, np.int16), geometry, [], None, lung, None,
+                np.zeros((0, 4)), np.zeros((0, 3)))
+    prob = np.zeros(lung.shape, np.float32)
+    prob[8:13, 8:13, 8:13] = 0.9     # in the lungs
+    prob[8:13, 8:13, 17:22] = 0.8    # straddles the boundary: 3 of 5 columns inside
+    prob[8:13, 28:33, 28:33] = 0.95  # chest wall: outside
+    mv = ModelVolume(scan, scan.image, geometry, CacheConfig())
+    cfg = InferConfig(threshold=0.5, min_component_mm3=10.0, min_lung_fraction=0.5)
+    labels, _, table = candidates(mv, prob, cfg)
+    assert table["probability"].tolist() == pytest.approx([0.9, 0.8])
+    assert table["coordX"].tolist() == pytest.approx([10.0, 19.0])
+    assert labels[10, 30, 30] == 0 and labels[10, 10, 10] == 1
+    cfg.min_lung_fraction = 0.0
+    assert len(candidates(mv, prob, cfg)[2]) == 3
 
 
 def test_froc_and_cpm():

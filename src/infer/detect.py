@@ -4,7 +4,8 @@ Inside the lungs' bounding box (LUNA16 seg-lungs when present, else a lung mask 
 dilated so that nodules on the pleura stay in), every axial slice is predicted as a 2.5D
 stack, streamed in batches of slices; the network is fully convolutional over the field.
 The probability volume is resampled to the scan's own grid, thresholded, split into 3D
-connected components (cc3d), and each component becomes a candidate with a probability.
+connected components (cc3d), and each component large enough and mostly inside the lungs
+becomes a candidate with a probability.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
+from src.config import InferConfig
 from src.data.patches import crop
 from src.data.preprocess import resample
 from src.infer.predictor import Predictor
@@ -51,25 +53,28 @@ def predict_volume(mv: ModelVolume, predictor: Predictor, slices_per_batch: int,
     return prob
 
 
-def candidates(mv: ModelVolume, prob_model: np.ndarray, threshold: float, min_volume_mm3: float,
-               max_candidates: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Native-grid (label volume, probability volume, one row per candidate).
 
-    Candidate probability = the highest probability inside the component: a confident core
-    outranks a large faint region."""
+    Candidates are components of at least `min_component_mm3` with at least
+    `min_lung_fraction` of their voxels in the lungs. Candidate probability = the highest
+    probability inside the component: a confident core outranks a large faint region."""
     native = mv.scan.geometry
     prob = resample(prob_model, mv.geometry, native, "linear", default=0.0)
-    labels = cc3d.connected_components(prob >= threshold, connectivity=26).astype(np.uint32)
+    labels = cc3d.connected_components(prob >= cfg.threshold, connectivity=26).astype(np.uint32)
     stats = cc3d.statistics(labels)
+    lung = mv.native_lung_mask()
     voxel_mm3 = float(np.prod(native.spacing_zyx))
     rows = []
     for label in range(1, len(stats["voxel_counts"])):
         count = int(stats["voxel_counts"][label])
         volume = count * voxel_mm3
-        if volume < min_volume_mm3:
+        if volume < cfg.min_component_mm3:
             continue
         box = stats["bounding_boxes"][label]
         inside = labels[box] == label
+        if lung[box][inside].mean() < cfg.min_lung_fraction:
+            continue
         x, y, z = native.voxel_to_world(stats["centroids"][label])
         rows.append(dict(label=label, coordX=x, coordY=y, coordZ=z, volume_mm3=volume,
                          diameter_mm=float((6.0 * volume / np.pi) ** (1 / 3)),
@@ -77,7 +82,7 @@ def candidates(mv: ModelVolume, prob_model: np.ndarray, threshold: float, min_vo
                          probability=float(prob[box][inside].max())))
     table = pd.DataFrame(rows, columns=["label", "coordX", "coordY", "coordZ", "volume_mm3", "diameter_mm",
                                         "mean_hu", "probability"])
-    table = table.sort_values("probability", ascending=False).head(max_candidates).reset_index(drop=True)
+    table = table.sort_values("probability", ascending=False).head(cfg.max_candidates_per_scan).reset_index(drop=True)
     # Relabel 1..n by rank; everything else is background.
     remap = np.zeros(len(stats["voxel_counts"]), dtype=np.uint16)
     remap[table["label"].to_numpy(dtype=int)] = np.arange(1, len(table) + 1)

@@ -151,8 +151,7 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
 def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Mode 2: candidates anywhere in the lungs."""
     prob_model = predict_volume(mv, models.predictor, cfg.batch_size)
-    labels, prob, table = candidates(mv, prob_model, cfg.threshold, cfg.min_component_mm3,
-                                     cfg.max_candidates_per_scan)
+    labels, prob, table = candidates(mv, prob_model, cfg)
     table.insert(0, "seriesuid", mv.scan.seriesuid)
     return labels, prob, table.reindex(columns=NODULE_TABLE)
 

@@ -42,6 +42,12 @@ class ModelVolume:
                 self.lung = lung_mask_from_hu(self.image, self.geometry)
         return self.lung
 
+    def native_lung_mask(self) -> np.ndarray:
+        """The lung mask on the scan's own grid."""
+        if self.scan.lung_mask is not None:
+            return self.scan.lung_mask
+        return resample(self.lung_mask().astype(np.uint8), self.geometry, self.scan.geometry, "nearest").astype(bool)
+
 
 def to_model_volume(scan: Scan, cfg: CacheConfig) -> ModelVolume:
     image, geometry = to_model_space(scan.image, scan.geometry, cfg.spacing_zyx, cfg.hu_clip)
