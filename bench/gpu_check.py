@@ -90,7 +90,7 @@ def main() -> None:
         if rt.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         pred = Predictor(models, rt, cfg.cache.window, batch_size=cfg.infer.batch_size * 4)
-        speed = patches_per_second(pred, stacks)
+        speed = patches_per_second({name: pred}, stacks)[name]
         peak = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else float("nan")
         rows.append((f"{name} inference", sum(count_parameters(m) for m in models[:1]) / 1e6, speed, peak, ""))
     print("| run | params (M) | patches/s | peak GPU GiB | note |\n|---|---|---|---|---|")

@@ -38,15 +38,20 @@ class ModelScan:
     avoid_zyx_mm: np.ndarray         # (n, 4): centre (voxel) + radius (mm) of every finding
 
 
+def model_lung_mask(scan: Scan, image: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The lungs in model space: the scan's own lung mask (LUNA16 seg-lungs) when it has one,
+    else computed from the model-space HU image."""
+    if scan.lung_mask is not None:
+        return resample(scan.lung_mask.astype(np.uint8), scan.geometry, geometry, "nearest").astype(bool)
+    return lung_mask_from_hu(image, geometry)
+
+
 def to_model_scan(scan: Scan, cfg: CacheConfig) -> ModelScan:
     image, geometry = to_model_space(scan.image, scan.geometry, cfg.spacing_zyx, cfg.hu_clip)
     fine = None
     if scan.fine_mask is not None:
         fine = resample_labels(scan.fine_mask.astype(np.uint16), scan.geometry, geometry)
-    if scan.lung_mask is not None:
-        lung = resample(scan.lung_mask.astype(np.uint8), scan.geometry, geometry, "nearest").astype(bool)
-    else:
-        lung = lung_mask_from_hu(image, geometry)
+    lung = model_lung_mask(scan, image, geometry)
     nodules = [ModelNodule(n, geometry.world_to_voxel(n.center_xyz), n.diameter_mm / 2) for n in scan.nodules]
     findings = [(geometry.world_to_voxel(n.center_xyz), n.diameter_mm / 2) for n in scan.nodules]
     for x, y, z, d in scan.excluded_xyzd:

@@ -53,13 +53,12 @@ def build_segmenters(ctx: StageContext, rt: Runtime) -> tuple[dict, pd.DataFrame
     rows = np.sort(np.random.default_rng(0).choice(len(ctx.cache.patches), min(SPEED_PATCHES, len(ctx.cache.patches)),
                                                    replace=False))
     stacks = ctx.cache.file["patches/image"][rows]
-    speed = []
-    for name, p in tqdm(predictors.items(), desc="speed", leave=False):
-        timed = Predictor(p.models, rt, ctx.window, batch_size=SPEED_BATCH)  # same batch for every model
-        speed.append(dict(model=name, params_M=sum(count_parameters(m) for m in p.models) / 1e6,
-                          gflops_per_patch=sum(gflops_per_patch(m, k, ctx.patch_size) for m in p.models),
-                          patches_per_s=patches_per_second(timed, stacks)))
-    speed = pd.DataFrame(speed)
+    timed = {name: Predictor(p.models, rt, ctx.window, batch_size=SPEED_BATCH)  # same batch for every model
+             for name, p in predictors.items()}
+    rates = patches_per_second(timed, stacks)
+    speed = pd.DataFrame([dict(model=name, params_M=sum(count_parameters(m) for m in p.models) / 1e6,
+                               gflops_per_patch=sum(gflops_per_patch(m, k, ctx.patch_size) for m in p.models),
+                               patches_per_s=rates[name]) for name, p in predictors.items()])
     ratio = float(speed.loc[speed["model"] == "student", "patches_per_s"].iloc[0] /
                   speed.loc[speed["model"] == "teacher ensemble", "patches_per_s"].iloc[0])
     speed["vs ensemble"] = speed["patches_per_s"] / float(

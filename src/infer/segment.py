@@ -16,8 +16,8 @@ from scipy import ndimage
 
 from src.config import CacheConfig, InferConfig
 from src.data.geometry import Geometry
-from src.data.patches import crop, sphere_distance
-from src.data.preprocess import lung_mask_from_hu, resample, to_model_space
+from src.data.patches import crop, model_lung_mask, sphere_distance
+from src.data.preprocess import resample, to_model_space
 from src.data.scan import Scan
 from src.engine.evaluate import segment_at, stacks_from_volume
 from src.infer.predictor import Predictor
@@ -35,11 +35,7 @@ class ModelVolume:
     def lung_mask(self) -> np.ndarray:
         """LUNA16 seg-lungs when the scan has one, else computed from HU (cached)."""
         if self.lung is None:
-            if self.scan.lung_mask is not None:
-                self.lung = resample(self.scan.lung_mask.astype(np.uint8), self.scan.geometry, self.geometry,
-                                     "nearest").astype(bool)
-            else:
-                self.lung = lung_mask_from_hu(self.image, self.geometry)
+            self.lung = model_lung_mask(self.scan, self.image, self.geometry)
         return self.lung
 
     def native_lung_mask(self) -> np.ndarray:
