@@ -1,12 +1,17 @@
 """Pseudo-labels and the student: coarse prior, hold-out isolation, checkpoints."""
+import time
+from types import SimpleNamespace
+
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from src.data.folds import split_uids
 from src.data.patches import DIST_UNITS_PER_MM
 from src.engine.checkpoint import model_from_checkpoint
 from src.engine.pseudo import apply_prior, teacher_checkpoints
+from src.engine.speed import patches_per_second
 
 
 def test_pseudo_labels_respect_the_coarse_prior(tiny_trained):
@@ -49,3 +54,20 @@ def test_student_checkpoint_loads_weights_only(tiny_trained):
     model = model_from_checkpoint(path)
     with torch.inference_mode():
         assert model(torch.zeros(1, tiny_trained.k, 64, 96)).shape == (1, 1, 64, 96)
+
+
+class _SleepyPredictor:
+    """Stands in for a Predictor whose pass over any input takes `seconds`."""
+    def __init__(self, seconds):
+        self.seconds, self.batch_size, self.rt = seconds, 4, SimpleNamespace(device=torch.device("cpu"))
+
+    def logits(self, stacks):
+        time.sleep(self.seconds)
+
+
+def test_throughput_counts_every_pass_of_every_model():
+    stacks = np.zeros((20, 5, 8, 8), np.int16)
+    rates = patches_per_second({"fast": _SleepyPredictor(0.02), "slow": _SleepyPredictor(0.06)}, stacks,
+                               rounds=2, min_seconds=0.15)
+    assert rates["fast"] == pytest.approx(20 / 0.02, rel=0.3)
+    assert rates["slow"] == pytest.approx(20 / 0.06, rel=0.3)
