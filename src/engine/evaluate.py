@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
 from scipy import ndimage
+from tqdm import tqdm
 
 from src.config import InferConfig
 from src.data.cache import PatchCache
@@ -27,6 +26,11 @@ def stacks_from_volume(volume: np.ndarray, k: int) -> np.ndarray:
 def segment_at(prob: np.ndarray, centre_zyx, radius_mm: float, spacing_zyx, threshold: float) -> np.ndarray:
     """The nodule at a given centre: thresholded probability, the component at the centre."""
     return component_at(prob >= threshold, centre_zyx, spacing_zyx, max_distance_mm=radius_mm)
+
+
+def roi_centre(nod) -> np.ndarray:
+    """A cache nodule row's centre as a voxel index (z, y, x) into its ROI crop."""
+    return np.array([nod.center_z - nod.roi_z0, nod.center_y - nod.roi_y0, nod.center_x - nod.roi_x0])
 
 
 def roi_prior(coarse: np.ndarray, spacing_zyx, margin_mm: float) -> np.ndarray:
@@ -51,7 +55,7 @@ def evaluate_nodules(predictor: Predictor, cache: PatchCache, nodules: pd.DataFr
         prob = predict_roi(predictor, roi, k)
         if cfg.coarse_prior:
             prob = np.where(roi_prior(roi["coarse"], spacing, cfg.prior_margin_mm), prob, 0.0).astype(np.float32)
-        centre = np.array([nod.center_z - nod.roi_z0, nod.center_y - nod.roi_y0, nod.center_x - nod.roi_x0])
+        centre = roi_centre(nod)
         pred = segment_at(prob, centre, nod.diameter_mm / 2, spacing, cfg.threshold)
         rows.append(dict(nodule_uid=nod.nodule_uid, seriesuid=nod.seriesuid, diameter_mm=nod.diameter_mm,
                          size_bin=size_bin(nod.diameter_mm), texture=texture_class(nod.texture),

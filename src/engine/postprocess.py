@@ -15,7 +15,7 @@ import numpy as np
 
 from src.config import InferConfig
 from src.data.cache import PatchCache
-from src.engine.evaluate import segment_at
+from src.engine.evaluate import roi_centre, segment_at
 from src.engine.metrics import dice
 from src.utils import atomic_write_text
 
@@ -32,7 +32,7 @@ def choose_threshold(cache: PatchCache, teacher_dir: Path) -> dict:
         with h5py.File(path, "r") as f:
             for key, ds in f["prob"].items():
                 prob, nod, roi = ds[()].astype(np.float32), nodules.loc[int(key)], cache.roi(int(key))
-                centre = np.array([nod.center_z - nod.roi_z0, nod.center_y - nod.roi_y0, nod.center_x - nod.roi_x0])
+                centre = roi_centre(nod)
                 for t in scores:
                     scores[t].append(dice(segment_at(prob, centre, nod.diameter_mm / 2, spacing, t), roi["fine"] > 0))
     if not scores[0.5]:

@@ -31,7 +31,7 @@ from src.data.folds import fold_ids, split_uids
 from src.data.patches import DIST_UNITS_PER_MM
 from src.engine.checkpoint import model_from_checkpoint
 from src.engine.context import StageContext
-from src.engine.evaluate import predict_roi, roi_prior, segment_at
+from src.engine.evaluate import predict_roi, roi_centre, roi_prior, segment_at
 from src.engine.metrics import dice, size_bin
 from src.engine.runtime import Runtime
 from src.infer.predictor import Predictor
@@ -112,7 +112,7 @@ def pseudo_quality(ctx: StageContext, predictor: Predictor, pseudo_path: Path) -
             roi = ctx.cache.roi(nod.roi)
             prob = predict_roi(predictor, roi, ctx.k)
             prob = np.where(roi_prior(roi["coarse"], spacing, cfg.prior_margin_mm), prob, 0.0)
-            centre = np.array([nod.center_z - nod.roi_z0, nod.center_y - nod.roi_y0, nod.center_x - nod.roi_x0])
+            centre = roi_centre(nod)
             pred = segment_at(prob, centre, nod.diameter_mm / 2, spacing, ctx.cfg.infer.threshold)
             # the same nodule's 2.5D patches, as stored in pseudo.h5 (both row lists sorted)
             mine = np.flatnonzero((meta["nodule_uid"] == nod.nodule_uid).to_numpy())

@@ -29,10 +29,10 @@ def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:
         full = tuple(slice(0, s) for s in labels.shape)
         for row in table[table["seriesuid"] == record.seriesuid].itertuples(index=False):
             given = np.array([row.given_coordX, row.given_coordY, row.given_coordZ])
-            dist = [np.linalg.norm(n.center_xyz - given) for n in truth]
-            if not dist or min(dist) > truth[int(np.argmin(dist))].diameter_mm / 2:
+            nearest = min(truth, key=lambda n: np.linalg.norm(n.center_xyz - given), default=None)
+            if nearest is None or np.linalg.norm(nearest.center_xyz - given) > nearest.diameter_mm / 2:
                 continue  # no fine mask for this coordinate
-            rows.append(nodule_scores(scan, truth[int(np.argmin(dist))], full, labels == row.nodule_id))
+            rows.append(nodule_scores(scan, nearest, full, labels == row.nodule_id))
     return pd.DataFrame(rows)
 
 

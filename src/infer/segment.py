@@ -19,7 +19,7 @@ from src.data.geometry import Geometry
 from src.data.patches import crop, model_lung_mask, sphere_distance
 from src.data.preprocess import resample, to_model_space
 from src.data.scan import Scan
-from src.engine.evaluate import segment_at, stacks_from_volume
+from src.engine.evaluate import roi_centre, segment_at, stacks_from_volume
 from src.infer.predictor import Predictor
 
 
@@ -91,7 +91,7 @@ def fit_threshold(cache, nodules, k: int, margin_mm: float, candidates=range(-80
     for nod in nodules.itertuples(index=False):
         roi = cache.roi(nod.roi)
         dist = ndimage.distance_transform_edt(roi["coarse"] == 0, sampling=spacing)
-        centre = np.array([nod.center_z - nod.roi_z0, nod.center_y - nod.roi_y0, nod.center_x - nod.roi_x0])
+        centre = roi_centre(nod)
         rois.append((roi, dist, centre, nod.diameter_mm / 2))
     best = (float("nan"), -1.0)
     for t in candidates:
