@@ -3,20 +3,20 @@
     python evaluate.py --pred outputs/cpu/infer_coords --data input/luna16 --split holdout
     python evaluate.py --pred outputs/cpu/infer_scan   --data input/luna16 --split holdout
 
-Mode 1 (nodules.csv from --coords): per-nodule Dice/IoU/sensitivity/precision/HD95 against
-the fine masks -> scores.csv. Mode 2 (submission.csv): LUNA16 FROC and CPM -> froc.csv,
-froc.png.
+Mode 1 (nodules.csv from --coords): per-nodule Dice/IoU/sensitivity/precision/HD95/NSD
+against the fine masks, as the leaderboards score them -> scores.csv. Mode 2
+(submission.csv): LUNA16 FROC and CPM -> froc.csv, froc.png. Only annotations.csv nodules
+count; annotations_excluded.csv findings are ignored.
 """
 import argparse
 from pathlib import Path
 
-import pandas as pd
 
-from src.config import add_config_args, load_config
+from src.cli import add_config_args, config_from_args, run
 from src.data.folds import holdout_uids, read_folds
 from src.data.manifest import read_dataset
-from src.infer.evaluation import score_mode1, score_mode2, summary_line
-from src.infer.scoring import plot_froc
+from src.evaluation.froc import plot_froc
+from src.evaluation.predictions import read_nodule_table, score_mode1, score_mode2, summary_line
 from src.utils import atomic_to_csv
 
 
@@ -28,14 +28,15 @@ def main() -> None:
                         help="score only the hold-out scans of folds.csv")
     add_config_args(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     pred, data = Path(args.pred), Path(args.data or cfg.paths.data)
+    cfg.paths.allow_partial = True  # a prediction folder may cover some scans only
 
-    records = read_dataset(data, None, allow_partial=True)
+    records = read_dataset(cfg.paths, data)
     if args.split == "holdout":
         keep = holdout_uids(read_folds(cfg.paths.folds))
         records = [r for r in records if r.seriesuid in keep]
-    done = set(pd.read_csv(pred / "nodules.csv", dtype={"seriesuid": str})["seriesuid"])
+    done = set(read_nodule_table(pred)["seriesuid"])
     uids = sorted({r.seriesuid for r in records} & done) or sorted({r.seriesuid for r in records})
 
     if (pred / "submission.csv").is_file():
@@ -51,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -2,34 +2,40 @@
 
     python export.py --config configs/cpu.yaml                      # -> outputs/<exp>/student/student.onnx
     python export.py --checkpoint outputs/cpu/teacher/fold_0/checkpoint_best.pt --out teacher0.onnx
+
+The model's metadata carries its input convention and the probability threshold stamped
+into the checkpoint at training (the OOF choice), or the experiment's.
 """
 import argparse
 from pathlib import Path
 
-from src.config import add_config_args, load_config
-from src.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from src.infer.export import export_onnx
+from src.cli import add_config_args, config_from_args, run
+from src.layout import ExperimentLayout
+from src.models.checkpoint import cache_config, load_checkpoint, model_from_checkpoint
+from src.models.export import export_onnx, onnx_metadata
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="default: outputs/<experiment>/student/checkpoint_best.pt")
-    parser.add_argument("--out", help="default: student.onnx beside the checkpoint")
+    parser.add_argument("--out", help="default: <stage>.onnx beside the checkpoint")
+    parser.add_argument("--experiment", help="outputs/<experiment>/ (paths.experiment)")
     add_config_args(parser)
-    parser.set_defaults(config="configs/default.yaml")
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
-    ckpt_path = Path(args.checkpoint or Path(cfg.paths.outputs) / cfg.paths.experiment / "student" / "checkpoint_best.pt")
-    out = Path(args.out or ckpt_path.with_name("student.onnx"))
+    cfg = config_from_args(args)
+    layout = ExperimentLayout.from_paths(cfg.paths, args.experiment)
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else layout.student_checkpoint()
+    out = Path(args.out) if args.out else layout.onnx(ckpt_path.parent)
 
     ckpt = load_checkpoint(ckpt_path)
-    cache = ckpt["config"]["cache"]
-    metadata = {"window_hu": cache["window"], "spacing_zyx_mm": cache["spacing_zyx"], "k_slices": cache["k_slices"],
-                "input": "HU clipped to window_hu, scaled to [0,1]; (N, k, H, W), H and W multiples of 32",
-                "output": "logits (N, 1, H, W); sigmoid > 0.5 = nodule", "source": str(ckpt_path)}
+    threshold = ckpt.get("threshold")
+    source = f"{ckpt_path} (stamped at training)"
+    if threshold is None:
+        threshold, source = layout.threshold(cfg.infer)
+    metadata = onnx_metadata(cache_config(ckpt), float(threshold), source, ckpt_path)
     export_onnx(model_from_checkpoint(ckpt_path), ckpt["in_channels"], ckpt["patch_size"], out, metadata)
-    print(f"-> {out}")
+    print(f"threshold {threshold} from {source} -> {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

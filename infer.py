@@ -4,21 +4,19 @@
     python infer.py --input input/luna16 --coords annotations.csv --out DIR   # segment given nodules
     python infer.py --input hospital.csv --model ensemble --tta --out DIR
 
-Inputs: LUNA16-layout folders, hospital manifests (.csv), .mhd/.nii(.gz)/.nrrd files or
-DICOM series folders. Outputs in DIR: <seriesuid>.nii.gz label masks in each scan's own
+Inputs: LUNA16-layout folders, hospital manifests (.csv), .mhd/.nii(.gz)/.nrrd files,
+flat folders of such files, DICOM series folders or folders of them. Outputs in DIR: <seriesuid>.nii.gz label masks in each scan's own
 geometry (optionally _prob), nodules.csv, and in whole-scan mode a LUNA16 submission.csv.
 Without --experiment, the models trained by `make demo` are used.
 """
 import argparse
-import sys
 from pathlib import Path
 
-from src.config import add_config_args, load_config
+from src.cli import add_config_args, config_from_args, run
 from src.data.folds import holdout_uids, read_folds
-from src.engine import postprocess
-from src.engine.runtime import setup_runtime
-from src.infer.run import (attach_coords, collect_inputs, find_experiment, load_models, model_checkpoints,
-                           run_inference)
+from src.layout import find_experiment
+from src.predict.run import attach_coords, collect_inputs, prepare_models, run_inference
+from src.runtime import setup_runtime
 
 
 def main() -> int:
@@ -39,19 +37,19 @@ def main() -> int:
     parser.add_argument("--qa", action="store_true", help="PNG per scan: slices through each nodule")
     add_config_args(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     infer_cfg = cfg.infer
     infer_cfg.batch_size = args.batch_size or infer_cfg.batch_size
 
     if args.checkpoint:
-        checkpoints = [Path(p) for p in args.checkpoint]
+        checkpoints, fallback = [Path(p) for p in args.checkpoint], (cfg.infer.threshold, "config infer.threshold")
     else:
-        experiment = find_experiment(Path(cfg.paths.outputs), args.experiment or cfg.paths.experiment, args.model)
-        checkpoints = model_checkpoints(experiment, args.model)
-        source = postprocess.apply(infer_cfg, experiment)
-        print(f"probability threshold {infer_cfg.threshold} from {source}")
+        experiment = find_experiment(cfg.paths, args.experiment or cfg.paths.experiment, args.model)
+        checkpoints, fallback = experiment.model_checkpoints(args.model), experiment.threshold(infer_cfg)
     rt = setup_runtime(args.device or cfg.device, cfg.amp)
-    models = load_models(checkpoints, rt, args.tta or infer_cfg.tta, infer_cfg.batch_size)
+    print(rt.describe())
+    models = prepare_models(checkpoints, rt, args.tta or infer_cfg.tta, infer_cfg.batch_size, fallback)
+    print(f"probability threshold {models.threshold} from {models.threshold_source}")
     records, failures = collect_inputs(args.input)
     if args.split == "holdout":
         records = [r for r in records if r.seriesuid in holdout_uids(read_folds(cfg.paths.folds))]
@@ -69,4 +67,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

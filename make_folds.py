@@ -1,13 +1,14 @@
 """Split the cached scans into patient-level folds plus a hold-out set.
 
-    python make_folds.py --cache input/cache/cache.h5 --out folds/folds.csv --fine-fraction 0.2
+    python make_folds.py                                  # paths.cache -> paths.folds
+    python make_folds.py --config configs/cpu.yaml --fine-fraction 0.2
 
 The CSV is human-editable and every later stage reads its splits from it.
 """
 import argparse
 from pathlib import Path
 
-from src.config import add_config_args, load_config
+from src.cli import add_config_args, config_from_args, run
 from src.data.cache import PatchCache
 from src.data.folds import make_folds
 from src.utils import atomic_to_csv
@@ -22,7 +23,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int)
     add_config_args(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     for key in ("fine_fraction", "holdout_fraction", "seed"):
         if getattr(args, key) is not None:
             setattr(cfg.folds, key, getattr(args, key))
@@ -41,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,6 +1,7 @@
 """Build the built-in dataset: real LIDC nodules in synthetic chest CT, LUNA16 layout.
 
-    python make_phantom.py --out input/luna16 --n-scans 24 --seed 0
+    python make_phantom.py                                  # paths.data, phantom.* of the config
+    python make_phantom.py --out input/luna16 --n-scans 30 --seed 0
 
 Same command, same bytes. Reruns with an unchanged config are skipped (phantom.json).
 """
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.config import add_config_args, load_config
-from src.data.phantom import clear_out_dir, generate_dataset, is_current, preview_items, stamp
+from src.cli import add_config_args, config_from_args, run
+from src.phantom.writer import clear_out_dir, generate_dataset, is_current, preview_items, stamp
 from src.utils import atomic_write_text
 from src.viz import nodule_gallery
 
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="parallel processes (phantom.workers)")
     add_config_args(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     for key in ("n_scans", "seed", "max_slices", "workers"):
         if getattr(args, key) is not None:
             setattr(cfg.phantom, key, getattr(args, key))
@@ -51,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,7 +1,8 @@
 """Build the 2.5D patch cache (HDF5) from a LUNA16-layout folder or a hospital manifest.
 
-    python prepare.py --data input/luna16 --out input/cache/cache.h5
-    python prepare.py --manifest hospital.csv --out input/cache/lc183.h5 --config configs/default.yaml
+    python prepare.py                                   # paths.data -> paths.cache of configs/default.yaml
+    python prepare.py --config configs/cpu.yaml
+    python prepare.py --manifest hospital.csv --out input/cache/lc183.h5
 
 Interrupted runs resume (finished scans are kept as shards); a cache built with another
 config or source is never overwritten unless --overwrite is given.
@@ -10,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from src.config import add_config_args, load_config
+from src.cli import add_config_args, config_from_args, run
 from src.data.cache import PatchCache, build_cache, summarize
 from src.data.manifest import read_dataset
 
@@ -24,19 +25,18 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     add_config_args(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     if args.workers:
         cfg.cache.workers = args.workers
-    manifest = args.manifest or (None if args.data else cfg.paths.manifest)
-    data = args.data or cfg.paths.data
     out = Path(args.out or cfg.paths.cache)
 
     start = time.time()
-    records = read_dataset(data, manifest, cfg.paths.allow_partial)
-    build_cache(records, cfg.cache, out, source=str(Path(manifest or data).resolve()), overwrite=args.overwrite)
+    records = read_dataset(cfg.paths, args.data, args.manifest)
+    source = args.manifest or (None if args.data else cfg.paths.manifest) or args.data or cfg.paths.data
+    build_cache(records, cfg.cache, out, source=str(Path(source).resolve()), overwrite=args.overwrite)
     print(summarize(PatchCache(out)))
     print(f"  built in {time.time() - start:.1f} s, {out.stat().st_size / 1e6:.0f} MB")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

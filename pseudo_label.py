@@ -7,10 +7,10 @@ withheld fine masks of coarse scans, where they exist). Hold-out scans are never
 """
 import argparse
 
-from src.config import add_config_args, load_config
-from src.engine.context import load_context
-from src.engine.pseudo import write_pseudo_labels
-from src.engine.runtime import setup_runtime
+from src.cli import add_config_args, config_from_args, run
+from src.data.context import load_context
+from src.runtime import setup_runtime
+from src.train.pseudo import write_pseudo_labels
 from src.utils import atomic_to_csv
 
 
@@ -18,21 +18,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     add_config_args(parser)
-    parser.set_defaults(config="configs/default.yaml")
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     cfg.device = args.device or cfg.device
     ctx = load_context(cfg)
+    rt = setup_runtime(cfg.device, cfg.amp)
+    print(rt.describe())
 
-    path, quality = write_pseudo_labels(ctx, setup_runtime(cfg.device, cfg.amp))
-    atomic_to_csv(quality, ctx.experiment_dir / "pseudo_quality.csv", float_format="%.4g")
+    path, quality = write_pseudo_labels(ctx, rt)
+    atomic_to_csv(quality, ctx.layout.pseudo_quality, float_format="%.4g")
     print(f"-> {path}")
     if not quality.empty:
         print(f"pseudo-labels vs withheld fine masks ({len(quality)} nodules of coarse scans): "
-              f"3D Dice {quality['dice_3d'].mean():.3f}, patch Dice {quality['patch_dice'].mean():.3f}; "
+              f"3D Dice {quality['dice_3d'].mean():.3f}, patch Dice (nodule patches) "
+              f"{quality['patch_dice'].mean():.3f}; "
               f"the coarse sphere itself: {quality['sphere_dice'].mean():.3f}")
         print(quality.groupby("size_bin")[["dice_3d", "sphere_dice"]].mean().round(3).to_string())
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

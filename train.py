@@ -10,9 +10,9 @@ Outputs go to outputs/<experiment>/teacher/fold_K/ or outputs/<experiment>/stude
 """
 import argparse
 
-from src.config import add_config_args, load_config
-from src.engine.context import load_context
-from src.engine.runtime import setup_runtime
+from src.cli import add_config_args, config_from_args, run
+from src.data.context import load_context
+from src.runtime import setup_runtime
 
 
 def main() -> None:
@@ -23,28 +23,28 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
     parser.add_argument("--experiment", help="outputs/<experiment>/ (paths.experiment)")
     add_config_args(parser)
-    parser.set_defaults(config="configs/default.yaml")
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
-    cfg.device = args.device or cfg.device
-    cfg.paths.experiment = args.experiment or cfg.paths.experiment
     if args.stage == "teacher" and args.fold is None:
         parser.error("--fold is required for --stage teacher")
+    cfg = config_from_args(args)
+    cfg.device = args.device or cfg.device
+    cfg.paths.experiment = args.experiment or cfg.paths.experiment
 
     rt = setup_runtime(cfg.device, cfg.amp)
+    print(rt.describe())
     ctx = load_context(cfg)
     if args.stage == "teacher":
-        from src.engine.teacher import train_teacher
+        from src.train.teacher import train_teacher
         out_dir, oof = train_teacher(ctx, args.fold, rt, resume=args.resume)
         if rt.is_main:
             print(f"fold {args.fold}: OOF mean nodule Dice {oof['dice'].mean():.4f} over {len(oof)} nodules "
-                  f"-> {out_dir}")
+                  f"at threshold {cfg.infer.threshold} -> {out_dir}")
     else:
-        from src.engine.student import train_student
+        from src.train.student import train_student
         out_dir = train_student(ctx, rt, resume=args.resume)
         if rt.is_main:
             print(f"student -> {out_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

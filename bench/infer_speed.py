@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src.config import PhantomConfig, add_config_args, load_config  # noqa: E402
-from src.data.phantom import generate_dataset  # noqa: E402
+from src.phantom.writer import generate_dataset  # noqa: E402
 
 
 def long_scan(folder: Path, min_slices: int) -> Path:

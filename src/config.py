@@ -2,7 +2,8 @@
 
 A run's config is built in three layers, later ones winning:
   1. the dataclass defaults below,
-  2. a YAML file (``--config configs/cpu.yaml``; may ``inherit: default.yaml``),
+  2. a YAML file: ``configs/default.yaml`` (GPU-sized) unless ``--config`` names another,
+     e.g. ``configs/cpu.yaml``; both ``inherit: base.yaml``, which holds what they share,
   3. dotted CLI overrides (``--set teacher.epochs=3 cache.patch_size=96``).
 The merged result is dumped as ``args.yaml`` beside every output, and its hash is
 stamped into every file a stage writes so that stages refuse to mix.
@@ -19,7 +20,10 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from src.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "configs/default.yaml"   # every script's config unless --config says otherwise
 
 
 @dataclass
@@ -31,11 +35,15 @@ class PathsConfig:
     outputs: str = "outputs"
     experiment: str = "default"           # outputs/<experiment>/...
     allow_partial: bool = False           # LUNA16: ignore table rows of scans not on disk
+    # Labels of a fine mask with no coordinate row: LUNA16 scores only annotations.csv nodules,
+    # so by default they are findings to ignore (never scored, never negatives). True: each
+    # becomes a nodule of its own (hospital masks that come without any coordinates).
+    mask_only_nodules: bool = False
 
 
 @dataclass
 class PhantomConfig:
-    n_scans: int = 24
+    n_scans: int = 30
     seed: int = 0
     max_slices: int = 96                  # z crop around the nodules, keeps files small
     max_slice_thickness_mm: float = 2.5   # LUNA16's inclusion rule
@@ -116,7 +124,6 @@ class StageConfig:
     ema_decay: float = 0.99
     positive_fraction: float = 0.5        # share of nodule patches per batch
     fine_share: float = 0.5               # of those, share drawn from fine-mask patches
-    val_batch_size: int = 64
     num_workers: int = 2
     compile: bool = False
     channels_last: bool = True
@@ -187,19 +194,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the dataclass field's type, or fail naming the key."""
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ValueError(f"config key '{where}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
         return _from_dict(hint, value, where)
     origin = get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key '{where}' must be a list, got {value!r}")
+            raise ConfigError(f"config key '{where}' must be a list, got {value!r}")
         args = get_args(hint)
         item = args[0] if args else Any
         return tuple(_coerce(v, item, where) for v in value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool) and not isinstance(value, hint):
-        raise ValueError(f"config key '{where}' must be {hint.__name__}, got {value!r}")
+        raise ConfigError(f"config key '{where}' must be {hint.__name__}, got {value!r}")
     return value
 
 
@@ -209,7 +216,8 @@ def _from_dict(cls: type, data: dict, where: str = "") -> Any:
     for key, value in data.items():
         name = f"{where}.{key}" if where else key
         if key not in hints:
-            raise ValueError(f"unknown config key '{name}'")
+            raise ConfigError(f"unknown config key '{name}'; valid keys{' of ' + where if where else ''}: "
+                              f"{', '.join(sorted(hints))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             value = _deep_merge(dataclasses.asdict(current), value)
@@ -229,8 +237,13 @@ def _deep_merge(base: dict, update: dict) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections")
     parent = data.pop("inherit", None)
     if parent:
         data = _deep_merge(_read_yaml(path.parent / parent), data)
@@ -242,23 +255,34 @@ def parse_overrides(items: list[str] | None) -> dict:
     out: dict = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"override '{item}' must look like key.sub=value")
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override '{item}': the value is not valid YAML") from None
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = DEFAULT_CONFIG, overrides: list[str] | None = None) -> Config:
+    """``path=None``: the dataclass defaults alone (tests); scripts pass ``--config``."""
     data: dict = {}
     if path:
         p = Path(path)
-        data = _read_yaml(p if p.is_absolute() or p.exists() else ROOT / p)
-    data = _deep_merge(data, parse_overrides(overrides))
-    return _from_dict(Config, data)
+        p = p if p.is_absolute() or p.exists() else ROOT / p
+        data = _read_yaml(p)
+        try:
+            _from_dict(Config, data)
+        except ConfigError as err:
+            raise ConfigError(f"{p}: {err}") from None
+    try:
+        return _from_dict(Config, _deep_merge(data, parse_overrides(overrides)))
+    except ConfigError as err:
+        raise ConfigError(f"--set: {err}") from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -289,10 +313,3 @@ def code_version() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def add_config_args(parser) -> None:
-    """The CLI options every top-level script shares."""
-    parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. teacher.epochs=3 cache.patch_size=96")

@@ -1,12 +1,14 @@
-"""Small helpers shared by every stage: atomic writes, seeding, logging."""
+"""Small helpers shared by every stage: atomic writes, seeding, progress."""
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -57,9 +59,54 @@ def parallel_map(fn, jobs: list, workers: int, desc: str) -> list:
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing as mp
 
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(job) for job in progress(jobs, desc=desc)]
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        return list(progress(pool.map(fn, jobs), total=len(jobs), desc=desc))
+
+
+LOG_EVERY_S = 10.0   # progress lines when stderr is not a terminal (a log file, CI)
+
+
+class _LogProgress:
+    """tqdm's interface for piped output: one plain line at most every ``LOG_EVERY_S``
+    seconds and one at the end, instead of a carriage-return bar per step."""
+
+    def __init__(self, iterable: Iterable, desc: str, total: int | None):
+        self.iterable, self.desc = iterable, desc
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.postfix = ""
+
+    def __len__(self) -> int:
+        return self.total or 0
+
+    def set_postfix(self, **kwargs) -> None:
+        self.postfix = " ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def _line(self, n: int, start: float) -> None:
+        of = f"/{self.total}" if self.total else ""
+        print(f"{self.desc}: {n}{of} ({time.time() - start:.0f} s) {self.postfix}".rstrip(), file=sys.stderr,
+              flush=True)
+
+    def __iter__(self):
+        start = last = time.time()
+        n = 0
+        for item in self.iterable:
+            yield item
+            n += 1
+            if time.time() - last >= LOG_EVERY_S:
+                last = time.time()
+                self._line(n, start)
+        if time.time() - start >= LOG_EVERY_S / 2:
+            self._line(n, start)
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: bool = True):
+    """A tqdm bar on a terminal; elsewhere plain lines a few seconds apart."""
     from tqdm import tqdm
 
-    if workers <= 1 or len(jobs) <= 1:
-        return [fn(job) for job in tqdm(jobs, desc=desc)]
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-        return list(tqdm(pool.map(fn, jobs), total=len(jobs), desc=desc))
+    if not enabled:
+        return tqdm(iterable, total=total, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    return _LogProgress(iterable, desc, total)

@@ -38,18 +38,29 @@ def nodule_gallery(items: list[dict], path: str | Path, columns: int = 4, title:
     return Path(path)
 
 
+def curve_axis(name: str) -> str:
+    """Which panel a training-curve column belongs on: values of one scale share an axis."""
+    if name.startswith("train_") or "loss" in name:
+        return "losses"
+    if name.endswith("_mm"):
+        return "distances (mm)"
+    return "overlap (0-1)"
+
+
 def line_plot(table, x: str, series: list[str], path: str | Path, title: str = "") -> Path:
-    """One panel per group of series sharing a prefix (loss*, val*), from a DataFrame."""
+    """One panel per scale (losses, overlap metrics, distances in mm), from a DataFrame."""
     groups: dict[str, list[str]] = {}
     for name in series:
         if name in table.columns and table[name].notna().any():
-            groups.setdefault(name.split("_")[0], []).append(name)
+            groups.setdefault(curve_axis(name), []).append(name)
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 3.5), squeeze=False)
     for ax, (group, names) in zip(axes[0], groups.items()):
         for name in names:
             ax.plot(table[x], table[name], marker="o", ms=3, label=name)
         ax.set_xlabel(x)
         ax.set_title(group)
+        if group.startswith("overlap"):
+            ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     if title:

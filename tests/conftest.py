@@ -85,10 +85,10 @@ TINY_OVERRIDES = [
     "folds.fine_fraction=0.4",
     "teacher.model.encoder=resnet18", "teacher.model.decoder_channels=[32,16,16,8,8]",
     "teacher.epochs=2", "teacher.steps_per_epoch=4", "teacher.batch_size=8", "teacher.num_workers=0",
-    "teacher.val_batch_size=16", "teacher.lr=0.003", "teacher.loss.mt_rampup_epochs=0.5",
+    "teacher.lr=0.003", "teacher.loss.mt_rampup_epochs=0.5",
     "student.model.encoder=resnet18", "student.model.decoder_channels=[16,16,8,8,8]",
     "student.epochs=1", "student.steps_per_epoch=3", "student.batch_size=8", "student.num_workers=0",
-    "pseudo.batch_size=32",
+    "pseudo.batch_size=32", "infer.batch_size=16",
 ]
 
 
@@ -124,25 +124,28 @@ def tiny_folds(tiny_cfg, tiny_cache):
 
 @pytest.fixture(scope="session")
 def tiny_ctx(tiny_cfg, tiny_cache, tiny_folds):
-    from src.engine.context import load_context
+    from src.data.context import load_context
     return load_context(tiny_cfg)
 
 
 @pytest.fixture(scope="session")
 def cpu_runtime():
-    from src.engine.runtime import setup_runtime
+    from src.runtime import setup_runtime
     return setup_runtime("cpu", "auto")
 
 
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_ctx, cpu_runtime):
-    """All fold teachers, pseudo-labels and the student of the tiny dataset (a minute)."""
+    """All fold teachers, the OOF threshold (as cv.py), pseudo-labels and the student of the
+    tiny dataset (a minute)."""
     from src.data.folds import fold_ids
-    from src.engine.pseudo import write_pseudo_labels
-    from src.engine.student import train_student
-    from src.engine.teacher import train_teacher
+    from src.evaluation.oof import choose_threshold, read_oof
+    from src.train.pseudo import write_pseudo_labels
+    from src.train.student import train_student
+    from src.train.teacher import train_teacher
     for fold in fold_ids(tiny_ctx.folds):
         train_teacher(tiny_ctx, fold, cpu_runtime)
+    tiny_ctx.layout.write_postprocessing(choose_threshold(read_oof(tiny_ctx.layout.all_oof_predictions())))
     write_pseudo_labels(tiny_ctx, cpu_runtime)
     train_student(tiny_ctx, cpu_runtime)
     return tiny_ctx

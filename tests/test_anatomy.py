@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.data.anatomy import PROFILES, NoduleSpec, RenderedCT, render_ct
+from src.phantom.anatomy import PROFILES, NoduleSpec, RenderedCT, render_ct
 
 RIGHT_LUNG, LEFT_LUNG, AIRWAY = 3, 4, 5     # LUNA16 seg-lungs convention
 

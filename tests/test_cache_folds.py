@@ -54,14 +54,22 @@ def test_patch_masks_agree_with_the_image(tiny_cache):
         assert centre_dist > 4.0, "negatives keep clear of every nodule"
 
 
-def test_every_nodule_has_a_roi(tiny_cache):
-    c = tiny_cache
-    for nod in c.nodules.itertuples(index=False):
-        roi = c.roi(nod.roi)
-        k = int(c.attrs["k_slices"])
-        assert roi["image"].shape[0] == roi["fine"].shape[0] + k - 1
-        assert roi["fine"].sum() > 0, "the ROI holds the whole fine mask"
-        assert roi["fine"].shape[1] % 32 == 0
+def test_cache_of_scans_without_any_patch_is_a_clear_error(tiny_cfg, tmp_path):
+    import dataclasses
+    records = read_luna16(tiny_cfg.paths.data)[:1]
+    records[0] = dataclasses.replace(records[0], nodules=records[0].nodules.iloc[0:0], lung_path=None,
+                                     candidates=records[0].candidates.iloc[0:0])
+    cfg = dataclasses.replace(tiny_cfg.cache, negatives_per_positive=0.0)
+    with pytest.raises(DataError, match="none of the 1 scan.* yielded a patch"):
+        build_cache(records, cfg, tmp_path / "c.h5", "tiny")
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_cache_settings_must_match_the_run(tiny_cache, tiny_cfg):
+    import dataclasses
+    tiny_cache.check_matches(tiny_cfg.cache)
+    with pytest.raises(DataError, match=r"built with patch_size=32 \(run asks 64\)"):
+        tiny_cache.check_matches(dataclasses.replace(tiny_cfg.cache, patch_size=64))
 
 
 def test_cache_refuses_to_mix_and_reuses_itself(tiny_cfg, tiny_cache, tmp_path):
@@ -115,3 +123,23 @@ def test_edited_folds_are_checked(tiny_folds, tmp_path):
     broken.to_csv(tmp_path / "f.csv", index=False)
     with pytest.raises(DataError, match="patient P001 spans several folds"):
         read_folds(tmp_path / "f.csv")
+
+
+@pytest.mark.parametrize("n_patients,n_folds", [(4, 3), (6, 5), (10, 5)])
+def test_folds_work_down_to_n_folds_plus_one_patients(tiny_cache, n_patients, n_folds):
+    scans = tiny_cache.scans.copy()
+    scans = pd.concat([scans.assign(seriesuid=scans["seriesuid"] + f"_{i}", patient_id=scans["patient_id"] + f"_{i}")
+                       for i in range(2)], ignore_index=True)
+    keep = scans["patient_id"].drop_duplicates().iloc[:n_patients]
+    scans = scans[scans["patient_id"].isin(keep)]
+    nodules = pd.concat([tiny_cache.nodules.assign(seriesuid=tiny_cache.nodules["seriesuid"] + f"_{i}")
+                         for i in range(2)], ignore_index=True)
+    folds = make_folds(scans, nodules, FoldsConfig(n_folds=n_folds, holdout_fraction=0.2))
+    assert set(folds.loc[folds["fold"] != HOLDOUT, "fold"]) == {str(k) for k in range(n_folds)}
+    assert (folds["fold"] == HOLDOUT).any()
+
+
+def test_too_few_patients_for_the_folds_is_a_clear_error(tiny_cache):
+    scans = tiny_cache.scans[tiny_cache.scans["patient_id"].isin(["P001", "P002", "P003"])]
+    with pytest.raises(DataError, match=r"3 patient\(s\) cannot fill 3 folds and a hold-out: need at least 4"):
+        make_folds(scans, tiny_cache.nodules, FoldsConfig(n_folds=3, holdout_fraction=0.2))

@@ -7,17 +7,20 @@ import pandas as pd
 import pytest
 import torch
 
-from src.data.io import read_image, write_image
-from src.data.luna16 import read_luna16
-from src.engine.holdout import score_holdout
 from src.config import CacheConfig, InferConfig
 from src.data.geometry import Geometry
+from src.data.io import read_image, write_image
+from src.data.luna16 import read_luna16
 from src.data.scan import Scan
-from src.infer.detect import candidates
-from src.infer.evaluation import score_mode1
-from src.infer.export import export_onnx
-from src.infer.scoring import froc
-from src.infer.segment import ModelVolume, NetworkSegmenter
+from src.evaluation.froc import froc
+from src.evaluation.holdout import score_holdout
+from src.evaluation.predictions import score_mode1
+from src.models.checkpoint import model_from_checkpoint
+from src.models.export import export_onnx
+from src.predict.detect import candidates
+from src.predict.predictor import Predictor
+from src.predict.segment import ModelVolume, NetworkSegmenter
+from src.runtime import setup_runtime
 
 import evaluate
 import infer
@@ -51,23 +54,18 @@ def test_mode1_outputs_have_input_geometry_and_match_the_leaderboard(tiny_traine
         assert geo.same_grid(scan.geometry, tol=1e-4), "masks overlay the input scan"
         assert set(np.unique(labels)) <= set(range(len(scan.nodules) + 1))
     scores = score_mode1(out, [records[u] for u in holdout])
-    # the hold-out leaderboard scores the student through the same path: identical numbers
-    from src.engine.checkpoint import model_from_checkpoint
-    from src.infer.predictor import Predictor
-    student = Predictor([model_from_checkpoint(ctx.student_dir / "checkpoint_best.pt")],
-                        infer_runtime(), ctx.window, batch_size=ctx.cfg.infer.batch_size)
-    board = score_holdout(ctx, {"student": NetworkSegmenter(student, ctx.k)})
+    # the hold-out leaderboard scores the student through the same path, at the threshold
+    # stamped into its checkpoint: identical numbers
+    path = ctx.layout.student_checkpoint()
+    model = model_from_checkpoint(path)
+    student = Predictor([model], setup_runtime("cpu"), ctx.window, batch_size=ctx.cfg.infer.batch_size)
+    board = score_holdout(ctx, {"student": (NetworkSegmenter(student, ctx.k), model.checkpoint_meta["threshold"])})
     merged = scores.merge(board, on="nodule_uid", suffixes=("_infer", "_board"))
     assert len(merged) == len(board) > 0
     np.testing.assert_allclose(merged["dice_infer"], merged["dice_board"], atol=1e-9)
 
 
-def infer_runtime():
-    from src.engine.runtime import setup_runtime
-    return setup_runtime("cpu", "auto")
-
-
-def test_whole_scan_mode_writes_submission_and_scores(tiny_trained, tmp_path, monkeypatch):
+def test_whole_scan_mode_writes_submission_and_scores(tiny_trained, tmp_path, monkeypatch, capsys):
     ctx = tiny_trained
     out = tmp_path / "scan"
     assert _run(infer, ["--input", ctx.cfg.paths.data, "--split", "holdout", "--out", str(out), "--save-prob",
@@ -77,8 +75,15 @@ def test_whole_scan_mode_writes_submission_and_scores(tiny_trained, tmp_path, mo
     uid = sub["seriesuid"].iloc[0] if len(sub) else ctx.folds.loc[ctx.folds["fold"] == "holdout", "seriesuid"].iloc[0]
     prob, geo = read_image(out / f"{uid}_prob.nii.gz")
     assert prob.min() >= 0 and prob.max() <= 1
-    assert _run(evaluate, ["--pred", str(out), "--split", "holdout", *_overrides(ctx)], monkeypatch) is None
-    assert (out / "froc.png").is_file()
+    capsys.readouterr()
+    _run(evaluate, ["--pred", str(out), "--split", "holdout", *_overrides(ctx)], monkeypatch)
+    printed = capsys.readouterr().out
+    holdout = sorted(ctx.folds.loc[ctx.folds["fold"] == "holdout", "seriesuid"])
+    ann = pd.read_csv(f"{ctx.cfg.paths.data}/annotations.csv", dtype={"seriesuid": str})
+    _, cpm, _ = froc(pd.read_csv(out / "submission.csv", dtype={"seriesuid": str}), ann, ann.iloc[0:0], holdout)
+    assert f"CPM {cpm:.4f} over {len(holdout)} scans" in printed
+    curve = pd.read_csv(out / "froc.csv")
+    assert curve["sensitivity"].is_monotonic_increasing and (out / "froc.png").is_file()
 
 
 def test_bad_inputs_fail_per_scan_and_the_run_continues(tiny_trained, tmp_path, monkeypatch, capsys):
@@ -110,14 +115,14 @@ def test_whole_scan_candidates_must_lie_in_the_lungs():
     prob[8:13, 8:13, 8:13] = 0.9     # in the lungs
     prob[8:13, 8:13, 17:22] = 0.8    # straddles the boundary: 3 of 5 columns inside
     prob[8:13, 28:33, 28:33] = 0.95  # chest wall: outside
-    mv = ModelVolume(scan, scan.image, geometry, CacheConfig())
-    cfg = InferConfig(threshold=0.5, min_component_mm3=10.0, min_lung_fraction=0.5)
-    labels, _, table = candidates(mv, prob, cfg)
+    mv = ModelVolume(scan.image, geometry, geometry, CacheConfig(), scan=scan)
+    cfg = InferConfig(min_component_mm3=10.0, min_lung_fraction=0.5)
+    labels, _, table = candidates(mv, prob, cfg, 0.5)
     assert table["probability"].tolist() == pytest.approx([0.9, 0.8])
     assert table["coordX"].tolist() == pytest.approx([10.0, 19.0])
     assert labels[10, 30, 30] == 0 and labels[10, 10, 10] == 1
     cfg.min_lung_fraction = 0.0
-    assert len(candidates(mv, prob, cfg)[2]) == 3
+    assert len(candidates(mv, prob, cfg, 0.5)[2]) == 3
 
 
 def test_froc_and_cpm():
@@ -135,13 +140,18 @@ def test_froc_and_cpm():
     # one FP above both hits: at 1/8 and 1/4 FP/scan nothing is found, from 1/2 on both are
     assert points["sensitivity"].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     assert cpm == pytest.approx(5 / 7)
-    miss = pd.DataFrame([dict(seriesuid="b", coordX=54.0, coordY=0.0, coordZ=0.0, probability=0.9)])
-    assert froc(miss, ann, excluded, ["a", "b"])[1] == 0.0, "4 mm away from a 6 mm nodule is a miss"
+    # a hit lies within the radius: 2.9 mm from a 6 mm nodule is a hit, 4 mm a false positive
+    edge = pd.DataFrame([dict(seriesuid="a", coordX=0.0, coordY=0.0, coordZ=0.0, probability=0.9),
+                         dict(seriesuid="b", coordX=52.9, coordY=0.0, coordZ=0.0, probability=0.8)])
+    assert froc(edge, ann, excluded, ["a", "b"])[1] == pytest.approx(1.0)
+    miss = edge.assign(coordX=[0.0, 54.0])
+    _, cpm, points = froc(miss, ann, excluded, ["a", "b"])
+    # the FP (0.8) ranks below the hit on a (0.9): half the nodules found at every rate
+    assert points["sensitivity"].tolist() == [0.5] * 7 and cpm == pytest.approx(0.5)
 
 
 def test_onnx_matches_pytorch(tiny_trained, tmp_path):
-    from src.engine.checkpoint import model_from_checkpoint
-    model = model_from_checkpoint(tiny_trained.student_dir / "checkpoint_best.pt")
+    model = model_from_checkpoint(tiny_trained.layout.student_checkpoint())
     path = export_onnx(model, tiny_trained.k, tiny_trained.patch_size, tmp_path / "s.onnx", {"k": tiny_trained.k})
     x = np.random.default_rng(0).random((3, tiny_trained.k, 64, 96), dtype=np.float32)
     onnx_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]

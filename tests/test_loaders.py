@@ -37,16 +37,40 @@ def test_round_trip_and_coordinates_inside_their_masks(tiny_luna):
     assert n == len(ann)
 
 
-def test_mask_only_nodules_get_centre_and_diameter(luna_copy):
+def test_mask_labels_without_coordinates_are_ignored_unless_asked_for(luna_copy):
     ann = pd.read_csv(luna_copy / "annotations.csv")
     first = ann["seriesuid"].iloc[0]
     ann[ann["seriesuid"] != first].to_csv(luna_copy / "annotations.csv", index=False)
-    scan = next(r for r in read_luna16(luna_copy) if r.seriesuid == first).load()
     labels, geo = read_image(luna_copy / "masks" / f"{first}.mhd")
+    # LUNA16 rule: only annotations.csv rows are nodules; the labels become ignored findings
+    scan = next(r for r in read_luna16(luna_copy) if r.seriesuid == first).load()
+    assert scan.nodules == [] and len(scan.excluded_xyzd) == labels.max()
+    # hospital masks without any coordinates: each label is a nodule of its own
+    scan = next(r for r in read_luna16(luna_copy, mask_only_nodules=True) if r.seriesuid == first).load()
     assert len(scan.nodules) == labels.max() and all(n.from_mask for n in scan.nodules)
     for nod in scan.nodules:
         volume = (labels == nod.fine_label).sum() * np.prod(geo.spacing_zyx)
         assert nod.diameter_mm == pytest.approx((6 * volume / np.pi) ** (1 / 3), rel=1e-6)
+    np.testing.assert_allclose(np.array([n.center_xyz for n in scan.nodules]), scan_excluded(luna_copy, first)[:, :3])
+
+
+def scan_excluded(folder, uid):
+    return next(r for r in read_luna16(folder) if r.seriesuid == uid).load().excluded_xyzd
+
+
+def test_annotations_csv_wins_over_nodules_csv(luna_copy):
+    ann = pd.read_csv(luna_copy / "annotations.csv")
+    rich = ann.assign(texture=3.0, n_readers=4)
+    rich.to_csv(luna_copy / "nodules.csv", index=False)
+    records = read_luna16(luna_copy)
+    first = records[0]
+    assert (first.nodules["texture"] == 3.0).all(), "nodules.csv adds its columns to matching rows"
+    ann.loc[0, "coordX"] = 5000.0   # an edit of annotations.csv alone must be seen
+    ann.to_csv(luna_copy / "annotations.csv", index=False)
+    record = next(r for r in read_luna16(luna_copy) if r.seriesuid == ann["seriesuid"].iloc[0])
+    assert record.nodules["coordX"].iloc[0] == 5000.0 and np.isnan(record.nodules["texture"].iloc[0])
+    with pytest.raises(DataError, match="outside the volume"):
+        record.load()
 
 
 def _edit_annotations(folder, **changes):
@@ -124,7 +148,7 @@ def test_hospital_manifest_with_nifti_and_dicom(tiny_luna, tmp_path):
                          coordY=n.center_xyz[1], coordZ=n.center_xyz[2], diameter_mm=n.diameter_mm))
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
 
-    case1, case2 = (r.load() for r in read_manifest(tmp_path / "manifest.csv"))
+    case1, case2 = (r.load() for r in read_manifest(tmp_path / "manifest.csv", mask_only_nodules=True))
     np.testing.assert_array_equal(case2.image, base.image)
     assert case2.geometry.same_grid(base.geometry, tol=1e-3)
     assert case2.fine_mask is None and len(case2.nodules) == len(base.nodules)

@@ -2,7 +2,7 @@
 import torch
 
 from src.config import DistillConfig, LossConfig
-from src.engine.objectives import StudentObjective, TeacherObjective
+from src.train.objectives import StudentObjective, TeacherObjective
 from src.losses.coarse import CoarseMeanTeacherLoss, sigmoid_rampup
 from src.losses.distill import AttentionTransferLoss, BinaryKDLoss
 

@@ -7,7 +7,7 @@ import pytest
 
 from src.config import PhantomConfig
 from src.data.luna16 import read_luna16
-from src.data.phantom import clear_out_dir, generate_dataset
+from src.phantom.writer import clear_out_dir, generate_dataset
 
 CFG = PhantomConfig(n_scans=2, seed=5, max_slices=40, workers=1)
 

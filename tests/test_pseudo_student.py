@@ -9,15 +9,15 @@ import torch
 
 from src.data.folds import split_uids
 from src.data.patches import DIST_UNITS_PER_MM
-from src.engine.checkpoint import model_from_checkpoint
-from src.engine.pseudo import apply_prior, teacher_checkpoints
-from src.engine.speed import patches_per_second
+from src.evaluation.speed import patches_per_second
+from src.models.checkpoint import model_from_checkpoint
+from src.train.pseudo import apply_prior
 
 
 def test_pseudo_labels_respect_the_coarse_prior(tiny_trained):
     ctx = tiny_trained
     margin = ctx.cfg.pseudo.prior_margin_mm
-    with h5py.File(ctx.pseudo_path, "r") as f:
+    with h5py.File(ctx.layout.pseudo_labels, "r") as f:
         rows, soft, constrained = f["rows"][()], f["soft"][()].astype(np.float32), f["constrained"][()]
         assert f.attrs["cache_hash"] == ctx.cache_hash
     assert soft.min() >= 0.0 and soft.max() <= 1.0
@@ -38,19 +38,21 @@ def test_holdout_never_enters_pseudo_labels_or_training(tiny_trained):
     ctx = tiny_trained
     holdout = split_uids(ctx.folds, None)["holdout"]
     assert holdout
-    with h5py.File(ctx.pseudo_path, "r") as f:
+    with h5py.File(ctx.layout.pseudo_labels, "r") as f:
         rows = f["rows"][()]
     assert not set(ctx.cache.patches["seriesuid"].to_numpy()[rows]) & holdout
-    for path in [*teacher_checkpoints(ctx), ctx.student_dir / "checkpoint_best.pt"]:
+    for path in [*ctx.layout.teacher_checkpoints(), ctx.layout.student_checkpoint()]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         seen = set(ckpt["train_uids"]) | set(ckpt.get("val_uids", []))
         assert seen and not seen & holdout, path
 
 
 def test_student_checkpoint_loads_weights_only(tiny_trained):
-    path = tiny_trained.student_dir / "checkpoint_best.pt"
+    path = tiny_trained.layout.student_checkpoint()
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["stage"] == "student" and ckpt["model_config"]["encoder"] == tiny_trained.cfg.student.model.encoder
+    threshold, _ = tiny_trained.layout.threshold(tiny_trained.cfg.infer)
+    assert ckpt["threshold"] == threshold, "the student carries the threshold it was trained to be used at"
     model = model_from_checkpoint(path)
     with torch.inference_mode():
         assert model(torch.zeros(1, tiny_trained.k, 64, 96)).shape == (1, 1, 64, 96)

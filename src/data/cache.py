@@ -12,7 +12,9 @@ faster than with lzf/gzip, see docs/data.md):
     patches/meta/*  one column per dataset       see PATCH_COLUMNS
     nodules/meta/*  one row per nodule           joins patches on nodule_uid
     scans/meta/*    one row per scan             joins folds.csv on seriesuid
-    rois/<i>/{image,fine,coarse}                 3D crop of nodule i for per-nodule validation
+
+The cache is for training only. Validation and every leaderboard segment nodules from their
+coordinates in the scans themselves (``src.evaluation.cases``), never from cached crops.
 """
 from __future__ import annotations
 
@@ -24,18 +26,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from src.config import CacheConfig, code_version, config_hash, to_dict
-from src.data.io import DataError
-from src.data.patches import ModelScan, nodule_roi, sample_patch_centres, stack_at, to_model_scan
+from src.data.groups import SIZE_BIN_LABELS, size_bin
+from src.data.patches import ModelScan, sample_patch_centres, stack_at, to_model_scan
 from src.data.scan import ScanRecord
-from src.engine.metrics import inter_reader_dice
-from src.utils import atomic_path, parallel_map
+from src.errors import DataError
+from src.utils import atomic_path, parallel_map, progress
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2    # 2: no validation ROIs (validation reads the scans)
 PATCH_ARRAYS = {"image": np.int16, "fine": np.uint8, "coarse": np.uint8, "coarse_dist": np.int8}
-ROI_ARRAYS = ("image", "fine", "coarse")
+# Cache settings that change what a network sees; a run asking for others must rebuild.
+MODEL_SPACE_KEYS = ("spacing_zyx", "hu_clip", "window", "k_slices", "patch_size")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -81,23 +83,6 @@ def _patch_rows(ms: ModelScan, items: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _reader_dice(scan, nodule) -> float:
-    """Inter-reader Dice in the scan's own grid, around this nodule only."""
-    if scan.reader_bits is None:
-        return float("nan")
-    geo = scan.geometry
-    c = geo.world_to_voxel(nodule.center_xyz)
-    r = (0.75 * nodule.diameter_mm + 3.0) / geo.spacing_zyx
-    lo = np.maximum(np.floor(c - r).astype(int), 0)
-    hi = np.minimum(np.ceil(c + r).astype(int) + 1, geo.shape_zyx)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    bits = scan.reader_bits[box]
-    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1)
-    bits = np.where((((grid - c) / r) ** 2).sum(-1) <= 1, bits, 0)
-    n = int(nodule.n_readers) if np.isfinite(nodule.n_readers) else int(bits.max()).bit_length()
-    return inter_reader_dice(bits, n)
-
-
 def build_scan_shard(record: ScanRecord, cfg: CacheConfig, shard: Path) -> Path:
     """Load one scan, cut its patches and ROIs, write them to ``shard`` (atomically)."""
     scan = record.load()
@@ -109,25 +94,16 @@ def build_scan_shard(record: ScanRecord, cfg: CacheConfig, shard: Path) -> Path:
     patches = {name: (np.stack([s[name] for s in stacks]) if stacks else
                       np.zeros((0, k, p, p) if name == "image" else (0, p, p), dtype))
                for name, dtype in PATCH_ARRAYS.items()}
-    nodule_rows = []
+    nodule_rows = [dict(nodule_uid=n.nodule_uid, seriesuid=record.seriesuid, patient_id=record.patient_id,
+                        coordX=n.center_xyz[0], coordY=n.center_xyz[1], coordZ=n.center_xyz[2],
+                        diameter_mm=n.diameter_mm, texture=n.texture, n_readers=n.n_readers,
+                        has_fine=n.fine_label > 0, from_mask=n.from_mask,
+                        center_z=mn.center_zyx[0], center_y=mn.center_zyx[1], center_x=mn.center_zyx[2])
+                   for mn in ms.nodules for n in [mn.nodule]]
     with atomic_path(shard, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         for name, arr in patches.items():
             f.create_dataset(f"patches/{name}", data=arr)
         write_table(f.create_group("patches/meta"), _patch_rows(ms, items))
-        for i, mn in enumerate(ms.nodules):
-            roi = nodule_roi(ms, mn, cfg)
-            g = f.create_group(f"rois/{i}")
-            for name in ROI_ARRAYS:
-                g.create_dataset(name, data=roi[name])
-            n = mn.nodule
-            nodule_rows.append(dict(
-                nodule_uid=n.nodule_uid, seriesuid=record.seriesuid, patient_id=record.patient_id,
-                coordX=n.center_xyz[0], coordY=n.center_xyz[1], coordZ=n.center_xyz[2],
-                diameter_mm=n.diameter_mm, texture=n.texture, n_readers=n.n_readers,
-                has_fine=n.fine_label > 0, from_mask=n.from_mask, reader_dice=_reader_dice(scan, n),
-                center_z=mn.center_zyx[0], center_y=mn.center_zyx[1], center_x=mn.center_zyx[2],
-                roi_z0=int(roi["origin_zyx"][0]), roi_y0=int(roi["origin_zyx"][1]),
-                roi_x0=int(roi["origin_zyx"][2])))
         write_table(f.create_group("nodules/meta"), pd.DataFrame(nodule_rows, columns=NODULE_COLUMNS))
         write_table(f.create_group("scans/meta"), pd.DataFrame([dict(
             seriesuid=record.seriesuid, patient_id=record.patient_id, image_path=str(record.image_path),
@@ -138,8 +114,7 @@ def build_scan_shard(record: ScanRecord, cfg: CacheConfig, shard: Path) -> Path:
 
 
 NODULE_COLUMNS = ["nodule_uid", "seriesuid", "patient_id", "coordX", "coordY", "coordZ", "diameter_mm",
-                  "texture", "n_readers", "has_fine", "from_mask", "reader_dice", "center_z", "center_y",
-                  "center_x", "roi_z0", "roi_y0", "roi_x0"]
+                  "texture", "n_readers", "has_fine", "from_mask", "center_z", "center_y", "center_x"]
 
 
 # ----------------------------------------------------------------------------- whole cache
@@ -185,6 +160,9 @@ def merge_shards(shards: list[Path], out: Path, attrs: dict) -> None:
         with h5py.File(s, "r") as f:
             counts.append(f["patches/image"].shape[0])
     total = int(sum(counts))
+    if total == 0:
+        raise DataError(f"{out}: none of the {len(shards)} scan(s) yielded a patch (no nodule and no lung "
+                        "voxels found); check the coordinates and the images")
     k, p = attrs["k_slices"], attrs["patch_size"]
     tables: dict[str, list[pd.DataFrame]] = {"patches": [], "nodules": [], "scans": []}
     with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as dst:
@@ -192,22 +170,17 @@ def merge_shards(shards: list[Path], out: Path, attrs: dict) -> None:
         dsets = {name: dst.create_dataset(f"patches/{name}", (total, *shape), dtype, chunks=(1, *shape))
                  for name, dtype in PATCH_ARRAYS.items()
                  for shape in [(k, p, p) if name == "image" else (p, p)]}
-        start, roi_index = 0, 0
-        for shard, n in tqdm(list(zip(shards, counts)), desc="merge cache", leave=False):
+        start = 0
+        for shard, n in progress(list(zip(shards, counts)), desc="merge cache"):
             with h5py.File(shard, "r") as src:
                 for name, ds in dsets.items():
                     ds[start:start + n] = src[f"patches/{name}"][()]
                 for group in tables:
                     tables[group].append(read_table(src[f"{group}/meta"]))
-                for i in range(len(tables["nodules"][-1])):
-                    src.copy(src[f"rois/{i}"], dst, name=f"rois/{roi_index + i}")
-                roi_index += len(tables["nodules"][-1])
             start += n
         for group, parts in tables.items():
             parts = [p for p in parts if len(p)]  # empty shard tables carry no dtypes
             df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-            if group == "nodules":
-                df["roi"] = np.arange(len(df))
             write_table(dst.create_group(f"{group}/meta"), df)
 
 
@@ -221,14 +194,18 @@ class PatchCache:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: cache not found; run prepare.py first")
-        with h5py.File(self.path, "r") as f:
-            if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
-                raise DataError(f"{self.path}: cache format {f.attrs.get('format_version')} != "
-                                f"{FORMAT_VERSION}; rebuild it with prepare.py")
-            self.attrs = {key: f.attrs[key] for key in f.attrs}
-            self.patches = read_table(f["patches/meta"])
-            self.nodules = read_table(f["nodules/meta"])
-            self.scans = read_table(f["scans/meta"])
+        try:
+            with h5py.File(self.path, "r") as f:
+                if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+                    raise DataError(f"{self.path}: cache format {f.attrs.get('format_version')} != "
+                                    f"{FORMAT_VERSION}; rebuild it with prepare.py --overwrite")
+                self.attrs = {key: f.attrs[key] for key in f.attrs}
+                self.patches = read_table(f["patches/meta"])
+                self.nodules = read_table(f["nodules/meta"])
+                self.scans = read_table(f["scans/meta"])
+        except (OSError, KeyError) as err:  # truncated or foreign file
+            raise DataError(f"{self.path}: not a readable patch cache ({str(err).splitlines()[0]}); "
+                            "rebuild it with prepare.py --overwrite") from None
         self.config = CacheConfig(**{k: tuple(v) if isinstance(v, list) else v
                                      for k, v in json.loads(self.attrs["config"]).items()})
         self._file: h5py.File | None = None
@@ -252,9 +229,13 @@ class PatchCache:
             self.file  # noqa: B018 - opens the file and looks up the datasets
         return {name: ds[index] for name, ds in self._datasets.items()}
 
-    def roi(self, roi_index: int) -> dict[str, np.ndarray]:
-        g = self.file[f"rois/{int(roi_index)}"]
-        return {name: g[name][()] for name in ROI_ARRAYS}
+    def check_matches(self, cfg: CacheConfig) -> None:
+        """A run must ask for the model space the cache was built in."""
+        differ = [f"{key}={getattr(self.config, key)} (run asks {getattr(cfg, key)})" for key in MODEL_SPACE_KEYS
+                  if tuple(np.ravel(getattr(self.config, key))) != tuple(np.ravel(getattr(cfg, key)))]
+        if differ:
+            raise DataError(f"{self.path}: built with {'; '.join(differ)}; rebuild it with prepare.py "
+                            "--overwrite, or run with the cache's settings")
 
     def close(self) -> None:
         if self._file is not None:
@@ -264,8 +245,6 @@ class PatchCache:
 
 def summarize(cache: PatchCache) -> str:
     """Counts for the terminal: scans, nodules by size bin, patches by kind."""
-    from src.engine.metrics import SIZE_BIN_LABELS, size_bin
-
     bins = cache.nodules["diameter_mm"].map(size_bin).value_counts()
     kinds = cache.patches["kind"].value_counts()
     fine = int(cache.nodules["has_fine"].sum()) if len(cache.nodules) else 0

@@ -6,7 +6,9 @@ it (move a patient, withhold a mask); ``read_folds`` re-checks it on every load.
 
 * A patient never spans two folds; the hold-out patients are never trained on by any
   teacher or student and are drawn only from scans with fine masks (they are scored).
-* Folds are stratified by the size bin of each patient's largest nodule.
+* Folds are stratified by the size bin of each patient's largest nodule; size bins with
+  fewer patients than folds are pooled, so any dataset of at least ``n_folds`` patients
+  (plus one for the hold-out) can be split.
 * ``label_kind`` says what training may use: ``fine`` scans keep their masks, ``coarse``
   scans contribute only centre + diameter (their masks, where they exist, are withheld
   from training and used solely to measure pseudo-label quality).
@@ -21,23 +23,31 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from src.config import FoldsConfig
-from src.data.io import DataError
-from src.engine.metrics import size_bin
+from src.data.groups import size_bin
+from src.errors import DataError
 
 HOLDOUT = "holdout"
 COLUMNS = ["seriesuid", "patient_id", "fold", "label_kind", "has_fine_mask", "n_nodules",
            "max_diameter_mm", "size_bin"]
 
 
-def _group_split(patients: pd.DataFrame, n_splits: int, seed: int) -> np.ndarray:
+def _group_split(patients: pd.DataFrame, n_splits: int, seed: int, what: str) -> np.ndarray:
     """Fold index per patient row, stratified by size bin, patients as groups."""
     if len(patients) < n_splits:
-        raise DataError(f"{len(patients)} patients cannot fill {n_splits} folds")
+        raise DataError(f"{what}: {len(patients)} patient(s) cannot fill {n_splits} groups; need at least "
+                        f"{n_splits} (lower folds.n_folds or folds.holdout_fraction, or add scans)")
+    # Size bins with fewer patients than groups are pooled; a pool still too small joins the
+    # largest bin (scikit-learn refuses strata smaller than n_splits when all are).
+    strata = patients["size_bin"].copy()
+    rare = strata.map(strata.value_counts()) < n_splits
+    strata[rare] = "pooled"
+    if 0 < rare.sum() < n_splits:
+        strata[rare] = strata.value_counts().index[0]
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold = np.full(len(patients), -1)
-    with warnings.catch_warnings():  # tiny strata are expected on small datasets
+    with warnings.catch_warnings():  # uneven strata are expected on small datasets
         warnings.simplefilter("ignore", UserWarning)
-        for k, (_, test) in enumerate(splitter.split(patients, patients["size_bin"], patients["patient_id"])):
+        for k, (_, test) in enumerate(splitter.split(patients, strata, patients["patient_id"])):
             fold[test] = k
     return fold
 
@@ -56,15 +66,22 @@ def make_folds(scans: pd.DataFrame, nodules: pd.DataFrame, cfg: FoldsConfig) -> 
     patients["size_bin"] = [size_bin(d) if d > 0 else "none" for d in patients["max_diameter_mm"]]
     patients["fold"] = ""
 
+    need = cfg.n_folds + (1 if cfg.holdout_fraction > 0 else 0)
+    if len(patients) < need:
+        raise DataError(f"{len(patients)} patient(s) cannot fill {cfg.n_folds} folds"
+                        f"{' and a hold-out' if need > cfg.n_folds else ''}: need at least {need}")
     if cfg.holdout_fraction > 0:
         eligible = patients[patients["has_fine"]]
-        n_splits = int(round(1.0 / cfg.holdout_fraction))
-        if len(eligible) < n_splits:
-            raise DataError(f"hold-out needs >= {n_splits} patients with fine masks; found {len(eligible)}")
-        first = _group_split(eligible.reset_index(drop=True), n_splits, cfg.seed) == 0
+        if len(eligible) < 2:
+            raise DataError(f"hold-out: needs at least 2 patients with fine masks; found {len(eligible)}")
+        n_splits = min(max(2, int(round(1.0 / cfg.holdout_fraction))), len(eligible))
+        if len(patients) - int(np.ceil(len(eligible) / n_splits)) < cfg.n_folds:
+            n_splits = len(eligible)  # small data: hold out a single patient, so every fold keeps one
+        first = _group_split(eligible.reset_index(drop=True), n_splits, cfg.seed, "hold-out") == 0
         patients.loc[eligible.index[first], "fold"] = HOLDOUT
     rest = patients[patients["fold"] != HOLDOUT]
-    patients.loc[rest.index, "fold"] = _group_split(rest.reset_index(drop=True), cfg.n_folds, cfg.seed).astype(str)
+    patients.loc[rest.index, "fold"] = _group_split(rest.reset_index(drop=True), cfg.n_folds, cfg.seed,
+                                                    "folds").astype(str)
 
     table["fold"] = table["patient_id"].map(dict(zip(patients["patient_id"], patients["fold"])))
     table["label_kind"] = np.where(table["has_fine_mask"], "fine", "coarse")

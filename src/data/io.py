@@ -15,15 +15,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from src.data.geometry import Geometry
+from src.errors import DataError
 
 IMAGE_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr")
 
 _MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
               "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8}
-
-
-class DataError(ValueError):
-    """Unreadable or inconsistent input; the message names the file and the problem."""
 
 
 def is_image_path(path: Path) -> bool:

@@ -11,6 +11,9 @@
       scans.csv                  seriesuid,patient_id[,...]                    (optional)
       nodules.csv                annotations.csv + texture,n_readers,...        (optional)
 
+annotations.csv is the reference standard: only its rows are nodules. nodules.csv (written by
+the built-in phantom) only adds columns to rows it shares with annotations.csv.
+
 LUNA16 itself has no patient ids; without ``scans.csv`` the seriesuid stands in for the
 patient (LIDC has a handful of patients with two series: add scans.csv to group them).
 """
@@ -20,8 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.data.io import IMAGE_SUFFIXES, DataError, image_stem
-from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
+from src.data.io import IMAGE_SUFFIXES, image_stem
+from src.data.scan import NODULE_COLUMNS, OPTIONAL_NODULE_COLUMNS, ScanRecord, check_nodule_table
+from src.errors import DataError
+
+MATCH_DECIMALS = 3   # mm: nodules.csv rows join annotations.csv rows on rounded coordinates
 
 
 def _find_images(folder: Path) -> dict[str, Path]:
@@ -52,7 +58,27 @@ def _check_known(df: pd.DataFrame, known: set[str], path: Path, allow_partial: b
     return df[df["seriesuid"].isin(known)]
 
 
-def read_luna16(data_dir: str | Path, allow_partial: bool = False) -> list[ScanRecord]:
+def _with_reader_columns(annotations: pd.DataFrame, rich_path: Path) -> pd.DataFrame:
+    """annotations.csv plus the optional columns of the nodules.csv rows that match it."""
+    rich = check_nodule_table(_read_table(rich_path, ["seriesuid", *NODULE_COLUMNS]), str(rich_path))
+    extra = [c for c in OPTIONAL_NODULE_COLUMNS if c in rich.columns]
+    if not extra:
+        return annotations
+    key = ["seriesuid", *NODULE_COLUMNS]
+    rich = rich[key + extra].copy()
+    left = annotations.drop(columns=[c for c in extra if c in annotations.columns])
+    for df in (left, rich):
+        df[NODULE_COLUMNS] = df[NODULE_COLUMNS].round(MATCH_DECIMALS)
+    merged = left.merge(rich.drop_duplicates(key), on=key, how="left")
+    stale = len(rich) - int(merged[extra[0]].notna().sum())
+    if stale > 0:
+        print(f"note: {rich_path}: {stale} row(s) match no annotations.csv row; annotations.csv wins")
+    merged[NODULE_COLUMNS] = annotations[NODULE_COLUMNS].to_numpy()  # the unrounded coordinates
+    return merged
+
+
+def read_luna16(data_dir: str | Path, allow_partial: bool = False, mask_only_nodules: bool = False
+                ) -> list[ScanRecord]:
     data = Path(data_dir)
     if not data.is_dir():
         raise DataError(f"{data}: LUNA16 folder does not exist")
@@ -69,11 +95,10 @@ def read_luna16(data_dir: str | Path, allow_partial: bool = False) -> list[ScanR
     ann_path = data / "annotations.csv"
     if not ann_path.is_file():
         raise DataError(f"{ann_path}: annotations file is missing")
-    # nodules.csv is annotations.csv plus reader metadata (built-in phantom); prefer it.
-    rich = data / "nodules.csv"
-    table_path = rich if rich.is_file() else ann_path
-    annotations = check_nodule_table(_read_table(table_path, ["seriesuid", *NODULE_COLUMNS]),
-                                     str(table_path))
+    table_path = ann_path
+    annotations = check_nodule_table(_read_table(ann_path, ["seriesuid", *NODULE_COLUMNS]), str(ann_path))
+    if (data / "nodules.csv").is_file():
+        annotations = _with_reader_columns(annotations, data / "nodules.csv")
     annotations = _check_known(annotations, known, table_path, allow_partial)
 
     excluded = pd.DataFrame(columns=["seriesuid", *NODULE_COLUMNS])
@@ -119,5 +144,5 @@ def read_luna16(data_dir: str | Path, allow_partial: bool = False) -> list[ScanR
             nodules=by_uid.get(uid, empty).reset_index(drop=True),
             excluded=ex_by_uid.get(uid, excluded.iloc[0:0]).reset_index(drop=True),
             candidates=cand_by_uid.get(uid, cand_negative.iloc[0:0]).reset_index(drop=True),
-            source=str(table_path)))
+            source=str(table_path), mask_only_nodules=mask_only_nodules))
     return records

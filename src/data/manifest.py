@@ -11,7 +11,9 @@ One row per nodule, or one row per scan when it has no coordinates::
 ``image`` is a .mhd/.nii(.gz)/.nrrd file or a DICOM series folder; ``mask`` (optional) a
 label volume on the same grid; coordinates are world mm (x, y, z), as a viewer such as
 3D Slicer shows them in LPS. Paths are relative to the manifest's folder. A scan may have
-a mask, coordinates, or both; ``patient_id`` defaults to ``seriesuid``.
+a mask, coordinates, or both; ``patient_id`` defaults to ``seriesuid``. Mask labels without
+a coordinate row are nodules only with ``paths.mask_only_nodules=true`` (masks that come
+with no coordinates at all); otherwise they are ignored findings, as in LUNA16.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.data.io import DataError
+from src.config import PathsConfig
 from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
+from src.errors import DataError
 
 REQUIRED = ["seriesuid", "image"]
 
@@ -35,7 +38,7 @@ def _path(base: Path, value, manifest: Path, what: str, uid: str) -> Path | None
     return path
 
 
-def read_manifest(manifest: str | Path) -> list[ScanRecord]:
+def read_manifest(manifest: str | Path, mask_only_nodules: bool = False) -> list[ScanRecord]:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise DataError(f"{manifest}: manifest not found")
@@ -75,15 +78,19 @@ def read_manifest(manifest: str | Path) -> list[ScanRecord]:
             mask_path=_path(base, first["mask"], manifest, "mask", uid),
             lung_path=_path(base, first["lung"], manifest, "lung mask", uid),
             nodules=coords[coords["seriesuid"] == uid].reset_index(drop=True),
-            source=str(manifest)))
+            source=str(manifest), mask_only_nodules=mask_only_nodules))
     if not records:
         raise DataError(f"{manifest}: no scans listed")
     return records
 
 
-def read_dataset(data: str | Path | None, manifest: str | Path | None, allow_partial: bool = False):
-    """The records of whichever dataset the config names (a manifest wins)."""
-    if manifest:
-        return read_manifest(manifest)
+def read_dataset(paths: PathsConfig, data: str | Path | None = None, manifest: str | Path | None = None
+                 ) -> list[ScanRecord]:
+    """The records of the dataset the config names (``paths.manifest`` wins over
+    ``paths.data``); ``data``/``manifest`` override the config's."""
     from src.data.luna16 import read_luna16
-    return read_luna16(data, allow_partial=allow_partial)
+
+    manifest = manifest or (None if data else paths.manifest)
+    if manifest:
+        return read_manifest(manifest, paths.mask_only_nodules)
+    return read_luna16(data or paths.data, paths.allow_partial, paths.mask_only_nodules)

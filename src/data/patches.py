@@ -1,4 +1,4 @@
-"""2.5D patches and 3D nodule ROIs cut from a scan in model space.
+"""2.5D training patches cut from a scan in model space.
 
 A 2.5D patch is ``k`` adjacent axial slices (channels) of ``P x P`` pixels, centred on a
 slice ``z``; its targets are the masks of slice ``z`` only. Near the volume's top and
@@ -168,33 +168,3 @@ def sample_patch_centres(ms: ModelScan, cfg: CacheConfig, rng: np.random.Generat
                 items.append(dict(kind=kind, nodule=None, z=int(zyx[0]), y=int(zyx[1]), x=int(zyx[2])))
                 made += 1
     return items
-
-
-# ----------------------------------------------------------------------------- 3D ROIs
-
-
-def roi_box(ms: ModelScan, mn: ModelNodule, cfg: CacheConfig) -> tuple[int, int, int, int, int]:
-    """(z_lo, z_hi, y0, x0, size): slices to predict and the square in-plane window."""
-    lo, hi = nodule_z_range(ms, mn)
-    margin = cfg.roi_margin_mm / ms.geometry.spacing_zyx
-    lo = max(int(lo - np.ceil(margin[0])), 0)
-    hi = min(int(hi + np.ceil(margin[0])), ms.image.shape[0] - 1)
-    radius_px = mn.radius_mm / ms.geometry.spacing_zyx[1:].min() + margin[1:].max()
-    size = max(cfg.patch_size, int(np.ceil(2 * radius_px / 32.0)) * 32)
-    return lo, hi, int(round(mn.center_zyx[1])) - size // 2, int(round(mn.center_zyx[2])) - size // 2, size
-
-
-def nodule_roi(ms: ModelScan, mn: ModelNodule, cfg: CacheConfig) -> dict[str, np.ndarray]:
-    """3D crop for per-nodule validation: image with k//2 context slices on each side,
-    this nodule's fine mask and coarse sphere on the predicted slices."""
-    lo, hi, y0, x0, size = roi_box(ms, mn, cfg)
-    h = cfg.k_slices // 2
-    zs = np.arange(lo, hi + 1)
-    image = crop(ms.image, np.arange(lo - h, hi + h + 1), y0, x0, (size, size), int(cfg.hu_clip[0]))
-    if ms.fine is not None and mn.nodule.fine_label:
-        fine = crop(ms.fine, zs, y0, x0, (size, size), 0) == mn.nodule.fine_label
-    else:
-        fine = np.zeros((len(zs), size, size), bool)
-    coarse = sphere_distance(mn.center_zyx, [mn.radius_mm], ms.geometry.spacing_zyx, zs, y0, x0, (size, size)) <= 0
-    return dict(image=image, fine=fine.astype(np.uint8), coarse=coarse.astype(np.uint8),
-                origin_zyx=np.array([lo, y0, x0]))

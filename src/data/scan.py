@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from src.data.geometry import Geometry
-from src.data.io import DataError, read_image
+from src.data.io import read_image
+from src.errors import DataError
 
 # Nodule table columns (world mm, LUNA16 naming). Optional columns may be NaN.
 NODULE_COLUMNS = ["coordX", "coordY", "coordZ", "diameter_mm"]
@@ -46,6 +47,10 @@ class ScanRecord:
     excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=NODULE_COLUMNS))
     candidates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["coordX", "coordY", "coordZ"]))
     source: str = ""                # which table(s) the coordinates came from, for messages
+    mask_only_nodules: bool = False # mask labels without a coordinate: nodules (True) or ignored findings
+
+    def __post_init__(self) -> None:
+        check_seriesuid(self.seriesuid, self.source or str(self.image_path))
 
     def load(self, with_image: bool = True) -> "Scan":
         return load_scan(self, with_image=with_image)
@@ -73,6 +78,16 @@ class Scan:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def check_seriesuid(uid: str, where: str) -> str:
+    """A seriesuid names output files, so it must be a plain file name: no folders, no '..'."""
+    text = str(uid)
+    if (not text.strip() or text != text.strip() or any(c in text for c in '/\\\0:') or text.startswith(".")
+            or Path(text).is_absolute()):
+        raise DataError(f"{where}: seriesuid {text!r} is not a plain file name (no '/', '\\', ':' or "
+                        "leading '.'); it would name files outside the output folder")
+    return text
 
 
 def check_nodule_table(df: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -161,12 +176,28 @@ def _read_aligned(path: Path | None, geometry: Geometry, image_path: Path, what:
     return array
 
 
+def check_hu(image: np.ndarray, path: Path) -> np.ndarray:
+    """CT in Hounsfield units as int16, or a clear error; a warning for images that read
+    but do not look like HU (8-bit exports, no air)."""
+    if not np.issubdtype(image.dtype, np.integer):
+        finite = np.isfinite(image)
+        if not finite.all():
+            raise DataError(f"{path}: {int((~finite).sum())} of {image.size} voxels are NaN or infinite")
+        image = np.rint(image)
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -32768 or hi > 32767:
+        raise DataError(f"{path}: intensities {lo:.4g}..{hi:.4g} are not Hounsfield units (outside int16)")
+    if lo >= 0 and hi <= 255:
+        print(f"warning: {path}: intensities {lo:.0f}..{hi:.0f} look like an 8-bit image, not CT in HU")
+    elif lo > -500:
+        print(f"warning: {path}: no air-like voxels (minimum {lo:.0f}); is this CT in HU?")
+    return image.astype(np.int16)
+
+
 def load_scan(record: ScanRecord, with_image: bool = True) -> Scan:
     if with_image:
         image, geometry = read_image(record.image_path)
-        if not np.issubdtype(image.dtype, np.integer):
-            image = np.rint(image)
-        image = np.clip(image, -32768, 32767).astype(np.int16)
+        image = check_hu(image, record.image_path)
     else:  # header only: used to validate tables cheaply
         from src.data.io import read_sitk
         image, geometry = None, Geometry.from_sitk(read_sitk(record.image_path))
@@ -196,14 +227,16 @@ def load_scan(record: ScanRecord, with_image: bool = True) -> Scan:
                               float(getattr(row, "n_readers", np.nan))))
     if binary and nodules:
         _merge_fragments(labels, geometry, nodules, used)
-    if labels is not None:  # mask-only nodules: centre and diameter come from the mask
-        extra = sorted(set(np.unique(labels)) - used - {0})
-        for label, center, diameter in nodules_from_labels(labels, geometry, extra):
-            nodules.append(Nodule(f"{record.seriesuid}#m{label}", center, diameter, label,
-                                  from_mask=True))
-
     excluded = record.excluded
     excluded_xyzd = np.c_[_xyz(excluded), excluded["diameter_mm"].to_numpy(dtype=float)] \
         if len(excluded) else np.zeros((0, 4))
+    if labels is not None:  # labels with no coordinate: centre and diameter come from the mask
+        extra = sorted(set(np.unique(labels)) - used - {0})
+        found = nodules_from_labels(labels, geometry, extra)
+        if record.mask_only_nodules:
+            nodules += [Nodule(f"{record.seriesuid}#m{label}", center, diameter, label, from_mask=True)
+                        for label, center, diameter in found]
+        elif found:  # LUNA16 rule: not a nodule of the reference standard, so never scored
+            excluded_xyzd = np.concatenate([excluded_xyzd, [[*c, d] for _, c, d in found]])
     return Scan(record, image, geometry, nodules, labels, lung, readers,
                 excluded_xyzd, _xyz(record.candidates))

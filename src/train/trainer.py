@@ -23,14 +23,17 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from src.config import StageConfig, code_version
-from src.data.dataset import EpochSampler
-from src.engine.checkpoint import load_checkpoint, save_checkpoint
-from src.engine.runtime import Runtime, make_optimizer, warmup_cosine
-from src.utils import atomic_to_csv
+from src.errors import UserError
+from src.models.checkpoint import load_checkpoint, save_checkpoint
+from src.runtime import Runtime
+from src.train.datasets import EpochSampler
+from src.train.optim import make_optimizer, warmup_cosine
+from src.utils import atomic_to_csv, progress
 from src.viz import line_plot
+
+MAX_BAD_STEPS = 20   # consecutive non-finite losses before a run gives up
 
 Objective = Callable[[nn.Module, nn.Module, dict, float], tuple[torch.Tensor, dict[str, float]]]
 
@@ -49,9 +52,13 @@ class RunInfo:
     extra: dict = field(default_factory=dict)
 
 
+class TrainingDiverged(UserError):
+    """The loss stayed NaN/inf: lower the learning rate, or turn AMP off (``amp=off``)."""
+
+
 class Trainer:
     def __init__(self, stage: StageConfig, model: nn.Module, objective: Objective, dataset: Dataset,
-                 weights: np.ndarray, validate: Callable[[nn.Module], dict[str, float]],
+                 weights: np.ndarray, validate: Callable[[nn.Module], dict[str, float]] | None,
                  out_dir: Path, rt: Runtime, info: RunInfo, select_metric: str = "val_dice",
                  checkpoint_every_steps: int = 0):
         self.stage, self.objective, self.validate, self.rt, self.info = stage, objective, validate, rt, info
@@ -76,6 +83,8 @@ class Trainer:
                                  drop_last=True, persistent_workers=False)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best, self.history = -math.inf, []
+        self.epoch_sums: dict[str, float] = {}   # running loss sums of the current epoch (kept on resume)
+        self.bad_steps = 0
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self) -> dict:
@@ -87,7 +96,7 @@ class Trainer:
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                     scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
                     global_step=self.global_step, best=self.best, history=self.history,
-                    torch_rng=torch.get_rng_state())
+                    epoch_sums=dict(self.epoch_sums), torch_rng=torch.get_rng_state())
 
     def save(self, name: str) -> None:
         if self.rt.is_main:
@@ -109,6 +118,7 @@ class Trainer:
         torch.set_rng_state(ckpt["torch_rng"])
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
         self.global_step, self.best, self.history = ckpt["global_step"], ckpt["best"], list(ckpt["history"])
+        self.epoch_sums = dict(ckpt.get("epoch_sums", {}))
         return True
 
     # ------------------------------------------------------------------ loop
@@ -117,7 +127,15 @@ class Trainer:
         with self.rt.autocast():
             loss, logs = self.objective(self.train_model, self.ema.module, batch, progress)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: {logs}")
+            # a bad batch (or an fp16 overflow) is skipped, never stepped into the weights
+            self.bad_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            print(f"warning: loss is {loss.item()} at step {self.global_step}; step skipped ({logs})")
+            if self.bad_steps >= MAX_BAD_STEPS:
+                raise TrainingDiverged(f"{self.out_dir}: the loss was not finite for {self.bad_steps} steps in a row; "
+                                       "lower the learning rate or set amp=off (checkpoints keep the last good state)")
+            return {}
+        self.bad_steps = 0
         self.scaler.scale(loss).backward()
         if self.stage.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -136,22 +154,24 @@ class Trainer:
             self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.stage.batch_size)
             self.train_model.train()
             self.ema.module.eval()  # the EMA model is a teacher (mean teacher, validation): never in train mode
-            sums: dict[str, float] = {}
-            bar = tqdm(self.loader, total=steps - self.step_in_epoch, leave=False, disable=not self.rt.is_main,
-                       desc=f"{self.info.stage} epoch {self.epoch + 1}/{self.stage.epochs}")
+            bar = progress(self.loader, total=steps - self.step_in_epoch, enabled=self.rt.is_main,
+                           desc=f"{self.info.stage} epoch {self.epoch + 1}/{self.stage.epochs}")
             for batch in bar:
                 logs = self._train_step(batch, self.epoch + self.step_in_epoch / steps)
                 for key, value in logs.items():
-                    sums[key] = sums.get(key, 0.0) + value
+                    self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value
+                self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0.0) + bool(logs)
                 self.step_in_epoch += 1
                 self.global_step += 1
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                if logs:
+                    bar.set_postfix(loss=f"{logs['loss']:.3f}")
                 if self.every and self.step_in_epoch % self.every == 0 and self.step_in_epoch < steps:
                     self.save("checkpoint_last.pt")
-            n = max(1, len(bar))
+            n = max(1.0, self.epoch_sums.pop("steps", 0.0))
             row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
-                   **{f"train_{k}": v / n for k, v in sums.items()}}
-            if self.rt.is_main:
+                   **{f"train_{k}": v / n for k, v in self.epoch_sums.items()}}
+            self.epoch_sums = {}
+            if self.rt.is_main and self.validate is not None:
                 row.update(self.validate(self.ema.module))
             self.rt.barrier()
             row["seconds"] = time.time() - start

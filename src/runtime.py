@@ -1,4 +1,4 @@
-"""Where and how training runs: device, mixed precision, DDP, optimizer.
+"""Where and how models run: device, mixed precision, DDP.
 
 GPU is the real target: on CUDA, ``torch.autocast`` runs in bf16 where the card supports
 it (no GradScaler needed) and in fp16 with ``torch.amp.GradScaler`` otherwise. On CPU
@@ -37,6 +37,11 @@ class Runtime:
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def describe(self) -> str:
+        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[self.amp_dtype]
+        ranks = f", rank {self.rank}/{self.world}" if self.distributed else ""
+        return f"device: {self.device} ({amp}{ranks})"
 
     def barrier(self) -> None:
         if self.distributed:
@@ -83,27 +88,3 @@ def setup_runtime(device: str = "auto", amp: str = "auto", threads: int | None =
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Runtime(dev, resolve_amp(dev, amp), rank, world)
-
-
-def make_optimizer(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; fused on CUDA. NVIDIA apex's FusedAdam is used only if it is importable
-    (apex.amp no longer exists; PyPI's 'apex' is an unrelated package)."""
-    if device.type == "cuda":
-        try:
-            from apex.optimizers import FusedAdam  # type: ignore
-            return FusedAdam(params, lr=lr, weight_decay=weight_decay, adam_w_mode=True)
-        except ImportError:
-            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up then cosine decay to 1% of the base rate, stepped per iteration."""
-    import math
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

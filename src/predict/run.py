@@ -12,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from src.config import CacheConfig, InferConfig
-from src.data.io import DataError, image_stem, is_image_path, write_image
+from src.data.io import IMAGE_SUFFIXES, image_stem, is_image_path, write_image
 from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
-from src.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from src.engine.runtime import Runtime
-from src.infer.detect import candidates, predict_volume
-from src.infer.predictor import Predictor
-from src.infer.segment import ModelVolume, NetworkSegmenter, segment_nodule, to_model_volume
+from src.errors import DataError
+from src.models.checkpoint import load_models
+from src.predict.detect import candidates, predict_volume
+from src.predict.predictor import Predictor
+from src.predict.segment import ModelVolume, NetworkSegmenter, segment_nodule, to_model_volume
+from src.runtime import Runtime
+from src.utils import atomic_to_csv, progress
 
 DEFAULT_CANDIDATE_DIAMETER_MM = 10.0   # candidates_V2.csv rows carry no size
 NODULE_TABLE = ["seriesuid", "nodule_id", "coordX", "coordY", "coordZ", "diameter_mm", "volume_mm3", "mean_hu",
@@ -31,9 +32,26 @@ NODULE_TABLE = ["seriesuid", "nodule_id", "coordX", "coordY", "coordZ", "diamete
 # ----------------------------------------------------------------------------- inputs
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+                  and not p.name.lower().endswith(".raw"))
+
+
+def _folder_records(folder: Path) -> list[ScanRecord]:
+    """A flat folder of image files, a folder of DICOM series folders, or one DICOM series."""
+    files = _image_files(folder)
+    if files:
+        return [ScanRecord(image_stem(p), image_stem(p), p, source=str(folder)) for p in files]
+    series = sorted(p for p in folder.iterdir() if p.is_dir() and any(q.is_file() for q in p.iterdir()))
+    if series and not any(p.is_file() and not p.name.startswith(".") for p in folder.iterdir()):
+        return [ScanRecord(p.name, p.name, p, source=str(folder)) for p in series]
+    return [ScanRecord(image_stem(folder), image_stem(folder), folder, source=str(folder))]
+
+
 def collect_inputs(inputs: list[str], allow_partial: bool = True) -> tuple[list[ScanRecord], list[str]]:
-    """Scan records from LUNA16 folders, manifests, image files or DICOM folders, and the
-    inputs that could not be read at all (as 'path: reason')."""
+    """Scan records from LUNA16 folders, manifests, image files, flat folders of images,
+    DICOM series folders (or folders of them), and the inputs that could not be read at all
+    (as 'path: reason')."""
     from src.data.luna16 import read_luna16
     from src.data.manifest import read_manifest
 
@@ -41,21 +59,30 @@ def collect_inputs(inputs: list[str], allow_partial: bool = True) -> tuple[list[
     for item in inputs:
         path = Path(item)
         try:
+            if not path.exists():
+                raise DataError(f"{path}: file or folder does not exist")
             if path.is_dir() and any(path.glob("subset*")):
                 records += read_luna16(path, allow_partial=allow_partial)
             elif path.suffix.lower() == ".csv":
                 records += read_manifest(path)
             elif path.is_dir() and not any(path.iterdir()):
                 raise DataError(f"{path}: folder is empty")
-            elif path.is_dir() or is_image_path(path):
-                if not path.exists():
-                    raise DataError(f"{path}: file or folder does not exist")
+            elif path.is_dir():
+                records += _folder_records(path)
+            elif is_image_path(path):
                 records.append(ScanRecord(image_stem(path), image_stem(path), path, source=str(path)))
             else:
                 raise DataError(f"{path}: not a LUNA16 folder, manifest (.csv), image file or DICOM folder")
         except DataError as err:
             failures.append(str(err))
-    return records, failures
+    seen: dict[str, Path] = {}
+    for r in records:
+        if r.seriesuid in seen and seen[r.seriesuid] != r.image_path:
+            failures.append(f"{r.image_path}: seriesuid {r.seriesuid} also names {seen[r.seriesuid]}; outputs would "
+                            "collide (rename one)")
+        seen.setdefault(r.seriesuid, r.image_path)
+    bad = {f.split(": seriesuid ")[1].split(" ")[0] for f in failures if ": seriesuid " in f and "also names" in f}
+    return [r for r in records if r.seriesuid not in bad], failures
 
 
 def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[ScanRecord]:
@@ -80,42 +107,27 @@ def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[Sca
 # ----------------------------------------------------------------------------- models
 
 
-def find_experiment(outputs: Path, preferred: str, model: str) -> Path:
-    """outputs/<preferred>/ if it holds the wanted models, else the newest experiment that does."""
-    def has(exp: Path) -> bool:
-        return (exp / "student" / "checkpoint_best.pt").is_file() if model == "student" \
-            else any(exp.glob("teacher/fold_*/checkpoint_best.pt"))
-    if has(outputs / preferred):
-        return outputs / preferred
-    found = sorted((p for p in outputs.glob("*") if p.is_dir() and has(p)), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no trained {model} under {outputs}/*/; run `make demo` or train.py first")
-    print(f"note: using models of {found[-1]} (outputs/{preferred} has no {model})")
-    return found[-1]
-
-
-def model_checkpoints(experiment: Path, model: str) -> list[Path]:
-    if model == "student":
-        return [experiment / "student" / "checkpoint_best.pt"]
-    if model == "ensemble":
-        return sorted(experiment.glob("teacher/fold_*/checkpoint_best.pt"))
-    raise ValueError(f"--model must be student or ensemble, got {model!r}")
-
-
 @dataclass
 class Models:
     predictor: Predictor
     cache_cfg: CacheConfig      # model space the networks were trained in
+    threshold: float            # probability threshold applied to them
+    threshold_source: str
     checkpoints: list[Path] = field(default_factory=list)
 
 
-def load_models(checkpoints: list[Path], rt: Runtime, tta: bool, batch_size: int) -> Models:
-    if not checkpoints:
-        raise FileNotFoundError("no checkpoints to load")
-    cfg = load_checkpoint(checkpoints[0])["config"]["cache"]
-    cache_cfg = CacheConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    models = [model_from_checkpoint(p) for p in checkpoints]
-    return Models(Predictor(models, rt, cache_cfg.window, tta=tta, batch_size=batch_size), cache_cfg, checkpoints)
+def prepare_models(checkpoints: list[Path], rt: Runtime, tta: bool, batch_size: int,
+                   fallback: tuple[float, str]) -> Models:
+    """The networks and their threshold: the one stamped into a (student) checkpoint, else
+    ``fallback`` (the experiment's OOF choice, or the config's)."""
+    models, cache_cfg = load_models(checkpoints)
+    stamped = {m.checkpoint_meta.get("threshold") for m in models}
+    if len(stamped) == 1 and None not in stamped:
+        threshold, source = float(stamped.pop()), f"{checkpoints[0]} (stamped at training)"
+    else:
+        threshold, source = fallback
+    return Models(Predictor(models, rt, cache_cfg.window, tta=tta, batch_size=batch_size), cache_cfg,
+                  threshold, source, checkpoints)
 
 
 # ----------------------------------------------------------------------------- per scan
@@ -130,7 +142,7 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
     voxel_mm3 = float(np.prod(scan.geometry.spacing_zyx))
     rows = []
     for nid, nod in enumerate(scan.nodules, start=1):
-        seg = segment_nodule(mv, nod.center_xyz, nod.diameter_mm, segmenter, cfg)
+        seg = segment_nodule(mv, nod.center_xyz, nod.diameter_mm, segmenter, cfg, models.threshold)
         free = labels[seg.box] == 0
         labels[seg.box][seg.mask & free] = nid
         np.maximum(prob[seg.box], seg.prob, out=prob[seg.box])
@@ -151,7 +163,7 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
 def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Mode 2: candidates anywhere in the lungs."""
     prob_model = predict_volume(mv, models.predictor, cfg.batch_size)
-    labels, prob, table = candidates(mv, prob_model, cfg)
+    labels, prob, table = candidates(mv, prob_model, cfg, models.threshold)
     table.insert(0, "seriesuid", mv.scan.seriesuid)
     return labels, prob, table.reindex(columns=NODULE_TABLE)
 
@@ -188,11 +200,9 @@ def write_qa(scan, labels: np.ndarray, table: pd.DataFrame, path: Path, max_pane
 def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, out_dir: Path, given: bool,
                   fmt: str = ".nii.gz", save_prob: bool = False, qa: bool = False) -> tuple[pd.DataFrame, list[str], dict]:
     """-> (nodules table of all scans, failures as 'file: reason', timing)."""
-    from src.utils import atomic_to_csv
-
     out_dir.mkdir(parents=True, exist_ok=True)
     tables, failures, seconds = [], [], []
-    for record in tqdm(records, desc="scans"):
+    for record in progress(records, desc="scans"):
         start = time.time()
         try:
             tables.append(run_scan(record, models, cfg, out_dir, given, fmt, save_prob, qa))

@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from src.data.augment import Augmenter
 from src.data.cache import PatchCache
 from src.data.patches import DIST_UNITS_PER_MM
 from src.data.preprocess import normalise
+from src.train.augment import Augmenter
 
 SMALL_NODULE_MM = 6.0
 

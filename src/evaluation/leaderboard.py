@@ -1,7 +1,7 @@
 """Leaderboard tables from per-nodule metrics: overall, by size bin, by texture.
 
-Input: one row per (model, nodule) with dice/iou/sensitivity/precision/hd95_mm, size_bin,
-texture and reader_dice (the inter-reader Dice of the same nodule: the ceiling).
+Input: one row per (model, nodule) with the metrics of ``src.evaluation.metrics``,
+size_bin, texture and reader_dice (the inter-reader Dice of the same nodule: the ceiling).
 Output: a tidy CSV (one row per model x group x metric) and Markdown tables.
 """
 from __future__ import annotations
@@ -9,9 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from src.engine.metrics import SIZE_BIN_LABELS
+from src.data.groups import SIZE_BIN_LABELS
+from src.evaluation.metrics import METRICS, NSD_TOLERANCE_MM
 
-METRICS = ("dice", "iou", "sensitivity", "precision", "hd95_mm")
+SCORED_NOTE = ("Scored: every nodule of the reference standard (LUNA16 layout: annotations.csv) that has a "
+               "fine mask, segmented from its centre and diameter alone; annotations_excluded.csv findings and "
+               "mask labels without a coordinate are ignored (paths.mask_only_nodules=true scores the latter). "
+               f"HD95 (mm) is the mean over non-empty predictions (n = empty ones excluded); NSD at "
+               f"{NSD_TOLERANCE_MM:g} mm.")
 
 
 def _mean_std(values: pd.Series) -> str:
@@ -26,6 +31,7 @@ def overall_table(per_nodule: pd.DataFrame) -> pd.DataFrame:
     for model, g in per_nodule.groupby("model", sort=False):
         row = {"model": model, "nodules": len(g)}
         row.update({m: _mean_std(g[m]) for m in METRICS})
+        row["empty predictions"] = int(g["hd95_mm"].isna().sum())
         row["reader ceiling"] = _mean_std(g["reader_dice"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -75,24 +81,11 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def render(per_nodule: pd.DataFrame, title: str, extra: pd.DataFrame | None = None) -> str:
     """The full Markdown leaderboard: overall, optional extra table, size bins, texture."""
-    sections = [f"# {title}", "", "## Per-nodule metrics (mean ± std)", "", to_markdown(overall_table(per_nodule))]
+    sections = [f"# {title}", "", SCORED_NOTE, "", "## Per-nodule metrics (mean ± std)", "",
+                to_markdown(overall_table(per_nodule))]
     if extra is not None and not extra.empty:
         sections += ["", "## Speed", "", to_markdown(extra)]
     sections += ["", "## Dice by nodule size (mm), (n)", "",
                  to_markdown(breakdown_table(per_nodule, "size_bin", list(SIZE_BIN_LABELS))),
                  "", "## Dice by texture, (n)", "", to_markdown(breakdown_table(per_nodule, "texture"))]
     return "\n".join(sections) + "\n"
-
-
-def gather_oof(teacher_dir) -> pd.DataFrame:
-    """Per-nodule OOF metrics of every fold teacher (teacher/fold_K/val_metrics.csv), with a
-    row per fold and the pooled OOF set as models."""
-    from pathlib import Path
-
-    files = sorted(Path(teacher_dir).glob("fold_*/val_metrics.csv"))
-    if not files:
-        raise FileNotFoundError(f"{teacher_dir}: no fold_*/val_metrics.csv; train the teachers first")
-    oof = pd.concat([pd.read_csv(f, dtype={"seriesuid": str}) for f in files], ignore_index=True)
-    per_fold = oof.assign(model=[f"teacher fold {f}" for f in oof["fold"]])
-    pooled = oof.assign(model=f"OOF, {len(files)} folds pooled")
-    return pd.concat([per_fold, pooled], ignore_index=True)

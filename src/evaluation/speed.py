@@ -4,10 +4,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from src.infer.predictor import Predictor
+from src.models.factory import count_parameters
+from src.predict.predictor import Predictor
+
+SPEED_PATCHES = 512
+SPEED_BATCH = 128
 
 
 def gflops_per_patch(model: torch.nn.Module, k: int, patch: int) -> float:
@@ -46,3 +51,22 @@ def patches_per_second(predictors: dict[str, Predictor], stacks_hu: np.ndarray, 
                 passes += 1
             best[name] = max(best[name], passes * len(stacks_hu) / seconds)
     return best
+
+
+def speed_table(predictors: dict[str, Predictor], cache, rt, k: int, patch: int) -> pd.DataFrame:
+    """Parameters, GFLOPs and patches/s of each predictor on the same real cache patches, at
+    one batch size for all; ``attrs['student_over_ensemble']`` when both are present."""
+    rows = np.sort(np.random.default_rng(0).choice(len(cache.patches), min(SPEED_PATCHES, len(cache.patches)),
+                                                   replace=False))
+    stacks = cache.file["patches/image"][rows]
+    timed = {name: Predictor(p.models, rt, p.window, batch_size=SPEED_BATCH) for name, p in predictors.items()}
+    rates = patches_per_second(timed, stacks)
+    speed = pd.DataFrame([dict(model=name, params_M=sum(count_parameters(m) for m in p.models) / 1e6,
+                               gflops_per_patch=sum(gflops_per_patch(m, k, patch) for m in p.models),
+                               patches_per_s=rates[name]) for name, p in predictors.items()])
+    if {"student", "teacher ensemble"} <= set(speed["model"]):
+        ensemble = float(speed.loc[speed["model"] == "teacher ensemble", "patches_per_s"].iloc[0])
+        speed["vs ensemble"] = speed["patches_per_s"] / ensemble
+        speed.attrs["student_over_ensemble"] = float(
+            speed.loc[speed["model"] == "student", "patches_per_s"].iloc[0]) / ensemble
+    return speed

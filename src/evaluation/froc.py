@@ -1,4 +1,4 @@
-"""Scoring in the scan's own geometry: per-nodule segmentation metrics, and LUNA16 FROC/CPM.
+"""LUNA16 FROC and CPM of a whole-scan submission.
 
 FROC follows the LUNA16 evaluation: a candidate is a hit when it lies within the radius
 (diameter / 2) of an annotated nodule; each nodule counts once (its best candidate);
@@ -13,33 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data.scan import Nodule, Scan
-from src.engine.metrics import segmentation_metrics, size_bin, texture_class
-
 FROC_FPS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def _bbox(mask: np.ndarray, offset=0) -> tuple[np.ndarray, np.ndarray] | None:
-    idx = np.argwhere(mask)
-    return (idx.min(0) + offset, idx.max(0) + 1 + offset) if len(idx) else None
-
-
-def nodule_scores(scan: Scan, nodule: Nodule, box: tuple[slice, ...], pred_in_box: np.ndarray) -> dict:
-    """Metrics of one predicted nodule (a bool mask inside ``box``) against its fine mask,
-    on the native grid, over the union of both bounding boxes (+1 voxel)."""
-    truth = scan.fine_mask == nodule.fine_label
-    pred = np.zeros_like(truth)
-    pred[box] = pred_in_box
-    start = np.array([s.start for s in box])
-    spans = [b for b in (_bbox(pred_in_box, start), _bbox(truth[box], start)) if b is not None]
-    if (truth.sum() != truth[box].sum()):  # truth reaching beyond the ROI: take all of it
-        spans.append(_bbox(truth))
-    lo = np.min([s[0] for s in spans], axis=0) if spans else start
-    hi = np.max([s[1] for s in spans], axis=0) if spans else start + 1
-    region = tuple(slice(a, b) for a, b in zip(np.maximum(lo - 1, 0), np.minimum(hi + 1, truth.shape)))
-    return dict(nodule_uid=nodule.nodule_uid, seriesuid=scan.seriesuid, diameter_mm=nodule.diameter_mm,
-                size_bin=size_bin(nodule.diameter_mm), texture=texture_class(nodule.texture),
-                **segmentation_metrics(pred[region], truth[region], scan.geometry.spacing_zyx))
 
 
 # ----------------------------------------------------------------------------- FROC / CPM

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from src.config import PhantomConfig
-from src.data.anatomy import PROFILES, NoduleSpec, render_ct
 from src.data.geometry import Geometry
 from src.data.io import write_image
-from src.data.lidc import IMAGE_SIZE, LidcNodule, LidcScan
+from src.phantom.anatomy import PROFILES, NoduleSpec, render_ct
+from src.phantom.lidc import IMAGE_SIZE, LidcNodule, LidcScan
 
 
 @dataclass
@@ -129,7 +129,7 @@ LUNA_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 def select_scans(cfg: PhantomConfig) -> list[LidcScan]:
     """``n_scans`` LIDC scans (thin slices, >= 1 annotated nodule in the z window), chosen
     by a seeded shuffle of the database ids, so the same seed gives the same scans."""
-    from src.data.lidc import candidate_scan_ids, load_lidc_scan
+    from src.phantom.lidc import candidate_scan_ids, load_lidc_scan
 
     ids = candidate_scan_ids(cfg.max_slice_thickness_mm)
     order = np.random.default_rng(cfg.seed).permutation(ids)

@@ -1,14 +1,15 @@
-"""What every training/scoring stage loads first: config paths resolved, cache, folds."""
+"""What every training and scoring stage loads first: the config, the cache, the folds and
+the experiment's layout, checked against each other."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from src.config import Config, config_hash
 from src.data.cache import PatchCache
 from src.data.folds import check_against_cache, file_hash, read_folds
+from src.layout import ExperimentLayout
 
 
 @dataclass
@@ -17,21 +18,7 @@ class StageContext:
     cache: PatchCache
     folds: pd.DataFrame
     folds_hash: str
-
-    @property
-    def experiment_dir(self) -> Path:
-        return Path(self.cfg.paths.outputs) / self.cfg.paths.experiment
-
-    def teacher_dir(self, fold: int) -> Path:
-        return self.experiment_dir / "teacher" / f"fold_{fold}"
-
-    @property
-    def student_dir(self) -> Path:
-        return self.experiment_dir / "student"
-
-    @property
-    def pseudo_path(self) -> Path:
-        return self.experiment_dir / "pseudo.h5"
+    layout: ExperimentLayout
 
     @property
     def cache_hash(self) -> str:
@@ -57,6 +44,7 @@ class StageContext:
 
 def load_context(cfg: Config) -> StageContext:
     cache = PatchCache(cfg.paths.cache)
+    cache.check_matches(cfg.cache)
     folds = read_folds(cfg.paths.folds)
     check_against_cache(folds, cache.scans, cfg.paths.folds)
-    return StageContext(cfg, cache, folds, file_hash(cfg.paths.folds))
+    return StageContext(cfg, cache, folds, file_hash(cfg.paths.folds), ExperimentLayout.from_paths(cfg.paths))

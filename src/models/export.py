@@ -15,9 +15,18 @@ import torch
 from timm.utils.model import reparameterize_model
 from torch import nn
 
+from src.config import CacheConfig, code_version
 from src.utils import atomic_path
 
 OPSET = 17
+
+
+def onnx_metadata(cache: CacheConfig, threshold: float, threshold_source: str, checkpoint: Path) -> dict:
+    """What a consumer needs to reproduce the input and read the output."""
+    return {"window_hu": list(cache.window), "spacing_zyx_mm": list(cache.spacing_zyx), "k_slices": cache.k_slices,
+            "input": "HU clipped to window_hu, scaled to [0,1]; (N, k, H, W), H and W multiples of 32",
+            "output": f"logits (N, 1, H, W); sigmoid >= {threshold:g} = nodule", "threshold": threshold,
+            "threshold_source": threshold_source, "source": str(checkpoint), "code_version": code_version()}
 
 
 def export_onnx(model: nn.Module, k: int, patch_size: int, path: str | Path, metadata: dict) -> Path:

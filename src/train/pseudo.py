@@ -12,7 +12,8 @@ sphere. Fine patches keep the unconstrained ensemble output (targets for logit K
     constrained  (M,) bool    the coarse prior was applied (coarse patch)
 
 Where a coarse scan's fine mask exists but was withheld (built-in dataset), the quality
-of the pseudo-labels against it is measured, per patch and per nodule in 3D.
+of the pseudo-labels against it is measured: per nodule in 3D through the one scoring path
+(the ensemble segments each nodule from its coordinates), and per 2.5D patch as stored.
 """
 from __future__ import annotations
 
@@ -22,38 +23,23 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-from torch import nn
-from tqdm import tqdm
 
 from src.config import PseudoConfig, to_dict
-from src.data.dataset import select_patches
+from src.data.context import StageContext
 from src.data.folds import fold_ids, split_uids
+from src.data.manifest import read_dataset
 from src.data.patches import DIST_UNITS_PER_MM
-from src.engine.checkpoint import model_from_checkpoint
-from src.engine.context import StageContext
-from src.engine.evaluate import predict_roi, roi_centre, roi_prior, segment_at
-from src.engine.metrics import dice, size_bin
-from src.engine.runtime import Runtime
-from src.infer.predictor import Predictor
-from src.utils import atomic_path
+from src.evaluation.baselines import BINARY_LEVEL, SphereSegmenter
+from src.evaluation.cases import load_cases
+from src.evaluation.metrics import dice
+from src.models.checkpoint import load_ensemble
+from src.predict.predictor import Predictor
+from src.predict.segment import NetworkSegmenter
+from src.runtime import Runtime
+from src.train.datasets import select_patches
+from src.utils import atomic_path, progress
 
 SIGMOID_CLIP = 60.0
-
-
-def teacher_checkpoints(ctx: StageContext) -> list[Path]:
-    paths = [ctx.teacher_dir(f) / "checkpoint_best.pt" for f in fold_ids(ctx.folds)]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"teacher checkpoints missing: {missing}; run train.py --fold K first")
-    return paths
-
-
-def load_ensemble(ctx: StageContext) -> list[nn.Module]:
-    models = [model_from_checkpoint(p) for p in teacher_checkpoints(ctx)]
-    for path, model in zip(teacher_checkpoints(ctx), models):
-        if model.checkpoint_meta.get("cache_hash") != ctx.cache_hash:
-            raise ValueError(f"{path}: trained on another cache than {ctx.cfg.paths.cache}")
-    return models
 
 
 def _sigmoid(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -74,18 +60,19 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
     holdout_rows = ctx.cache.patches["seriesuid"].isin(splits["holdout"]).to_numpy()
     assert not holdout_rows[rows].any(), "hold-out patches reached pseudo-labelling"
 
-    predictor = Predictor(load_ensemble(ctx), rt, ctx.window, tta=cfg.tta, batch_size=cfg.batch_size)
+    teachers, paths = load_ensemble(ctx.layout, fold_ids(ctx.folds), ctx.cache_hash)
+    predictor = Predictor(teachers, rt, ctx.window, tta=cfg.tta, batch_size=cfg.batch_size)
     p = ctx.patch_size
-    out = ctx.pseudo_path
+    out = ctx.layout.pseudo_labels
     attrs = dict(cache_hash=ctx.cache_hash, folds_hash=ctx.folds_hash, config=json.dumps(to_dict(cfg)),
-                 teachers=json.dumps([str(t) for t in teacher_checkpoints(ctx)]))
+                 teachers=json.dumps([str(t) for t in paths]))
     f_cache = ctx.cache.file
     with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(attrs)
         f.create_dataset("rows", data=rows.astype(np.int64))
         f.create_dataset("constrained", data=constrained)
         soft = f.create_dataset("soft", (len(rows), p, p), np.float16, chunks=(1, p, p))
-        for i in tqdm(range(0, len(rows), cfg.batch_size), desc="pseudo-labels"):
+        for i in progress(range(0, len(rows), cfg.batch_size), desc="pseudo-labels"):
             idx = rows[i:i + cfg.batch_size]
             prob = _sigmoid(predictor.logits(f_cache["patches/image"][idx]), cfg.temperature)
             dist = f_cache["patches/coarse_dist"][idx].astype(np.float32) / DIST_UNITS_PER_MM
@@ -96,30 +83,26 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
 
 
 def pseudo_quality(ctx: StageContext, predictor: Predictor, pseudo_path: Path) -> pd.DataFrame:
-    """Pseudo-labels of coarse scans vs their withheld fine masks: per nodule in 3D (ROI,
-    prior applied, component at the centre) and per patch. Empty if no truth is known."""
-    coarse_scans = set(ctx.folds.loc[(ctx.folds["label_kind"] == "coarse") & (ctx.folds["fold"] != "holdout"),
-                                     "seriesuid"])
-    nodules = ctx.cache.nodules
-    nodules = nodules[nodules["seriesuid"].isin(coarse_scans) & nodules["has_fine"].astype(bool)]
-    spacing = np.asarray(ctx.cache.attrs["spacing_zyx"], dtype=float)
-    cfg = ctx.cfg.pseudo
+    """Pseudo-labels of coarse scans vs their withheld fine masks: per nodule in 3D (the
+    ensemble through the one scoring path, at the OOF-chosen threshold) and per patch (the
+    stored soft labels at 0.5). Empty if no truth is known."""
+    coarse = set(ctx.folds.loc[(ctx.folds["label_kind"] == "coarse") & (ctx.folds["fold"] != "holdout"), "seriesuid"])
+    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in coarse]
+    cases = load_cases(records, ctx.cache.config, ctx.cfg.infer, desc="read coarse scans")
+    threshold, _ = ctx.layout.threshold(ctx.cfg.infer)
+    segmenter = NetworkSegmenter(predictor, ctx.k)
+    meta = ctx.cache.patches
+    rows = []
     with h5py.File(pseudo_path, "r") as f:
-        rows, soft = f["rows"][()], f["soft"]
-        meta = ctx.cache.patches
-        records = []
-        for nod in tqdm(nodules.itertuples(index=False), total=len(nodules), desc="pseudo quality", leave=False):
-            roi = ctx.cache.roi(nod.roi)
-            prob = predict_roi(predictor, roi, ctx.k)
-            prob = np.where(roi_prior(roi["coarse"], spacing, cfg.prior_margin_mm), prob, 0.0)
-            centre = roi_centre(nod)
-            pred = segment_at(prob, centre, nod.diameter_mm / 2, spacing, ctx.cfg.infer.threshold)
+        stored, soft = f["rows"][()], f["soft"]
+        for case in progress(cases, desc="pseudo quality"):
+            scored = case.score(case.segment(segmenter, ctx.cfg.infer, threshold))
             # the same nodule's 2.5D patches, as stored in pseudo.h5 (both row lists sorted)
-            mine = np.flatnonzero((meta["nodule_uid"] == nod.nodule_uid).to_numpy())
+            mine = np.flatnonzero((meta["nodule_uid"] == case.nodule.nodule_uid).to_numpy())
             truth = ctx.cache.file["patches/fine"][mine] > 0
-            patch_dice = [dice(soft[j] >= 0.5, t) for j, t in zip(np.searchsorted(rows, mine), truth)]
-            records.append(dict(nodule_uid=nod.nodule_uid, seriesuid=nod.seriesuid, diameter_mm=nod.diameter_mm,
-                                size_bin=size_bin(nod.diameter_mm), dice_3d=dice(pred, roi["fine"] > 0),
-                                patch_dice=float(np.mean(patch_dice)) if patch_dice else np.nan,
-                                sphere_dice=dice(roi["coarse"] > 0, roi["fine"] > 0)))
-    return pd.DataFrame(records)
+            patch_dice = [dice(soft[j] >= 0.5, t) for j, t in zip(np.searchsorted(stored, mine), truth) if t.any()]
+            rows.append(dict(**case.describe(), dice_3d=scored["dice"], nsd_3d=scored["nsd"],
+                             patch_dice=float(np.mean(patch_dice)) if patch_dice else np.nan,
+                             sphere_dice=case.score(case.segment(SphereSegmenter(), ctx.cfg.infer, BINARY_LEVEL))["dice"]))
+    return pd.DataFrame(rows)
+

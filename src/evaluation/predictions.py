@@ -5,34 +5,42 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from src.data.io import DataError, read_image
+from src.data.io import read_image
 from src.data.scan import ScanRecord
-from src.infer.scoring import froc, nodule_scores
+from src.errors import DataError
+from src.evaluation.cases import score_full
+from src.evaluation.froc import froc
+from src.utils import progress
+
+
+def read_nodule_table(pred_dir: Path) -> pd.DataFrame:
+    path = pred_dir / "nodules.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; is {pred_dir} an output folder of infer.py?")
+    return pd.read_csv(path, dtype={"seriesuid": str})
 
 
 def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:
     """Per-nodule metrics of a mode-1 run: label k of <uid> mask vs the fine mask of the
     true nodule nearest to the k-th given coordinate (within that nodule's radius)."""
-    table = pd.read_csv(pred_dir / "nodules.csv", dtype={"seriesuid": str})
+    table = read_nodule_table(pred_dir)
     rows = []
-    for record in tqdm([r for r in records if r.seriesuid in set(table["seriesuid"])], desc="score"):
+    for record in progress([r for r in records if r.seriesuid in set(table["seriesuid"])], desc="score"):
         scan = record.load()
-        pred_files = list(pred_dir.glob(f"{record.seriesuid}.*"))
+        pred_files = sorted(p for p in pred_dir.glob(f"{record.seriesuid}.*") if "_prob" not in p.name)
         if not pred_files:
             raise DataError(f"{pred_dir}: no mask for {record.seriesuid}")
         labels, geometry = read_image(pred_files[0])
         if not geometry.same_grid(scan.geometry):
             raise DataError(f"{pred_files[0]}: geometry differs from its scan {record.image_path}")
         truth = [n for n in scan.nodules if n.fine_label]
-        full = tuple(slice(0, s) for s in labels.shape)
         for row in table[table["seriesuid"] == record.seriesuid].itertuples(index=False):
             given = np.array([row.given_coordX, row.given_coordY, row.given_coordZ])
             nearest = min(truth, key=lambda n: np.linalg.norm(n.center_xyz - given), default=None)
             if nearest is None or np.linalg.norm(nearest.center_xyz - given) > nearest.diameter_mm / 2:
                 continue  # no fine mask for this coordinate
-            rows.append(nodule_scores(scan, nearest, full, labels == row.nodule_id))
+            rows.append(score_full(scan, nearest, labels == row.nodule_id))
     return pd.DataFrame(rows)
 
 
@@ -49,5 +57,5 @@ def summary_line(per_nodule: pd.DataFrame) -> str:
     if per_nodule.empty:
         return "no nodules with fine masks to score"
     return (f"{len(per_nodule)} nodules: Dice {per_nodule['dice'].mean():.4f}, IoU {per_nodule['iou'].mean():.4f}, "
-            f"sensitivity {per_nodule['sensitivity'].mean():.4f}, precision {per_nodule['precision'].mean():.4f}, "
+            f"sensitivity {per_nodule['sensitivity'].mean():.4f}, NSD {per_nodule['nsd'].mean():.4f}, "
             f"HD95 {np.nanmean(per_nodule['hd95_mm']):.2f} mm")

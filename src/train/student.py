@@ -4,7 +4,10 @@ Trains on every non-hold-out patient: fine masks where ``label_kind`` is fine, a
 ensemble's soft targets from pseudo.h5 everywhere (KD, weighted toward the nodule region),
 optionally with attention transfer from one fold teacher's encoder. There is no validation
 split left (the hold-out is only for the final score), so checkpoint_best is the latest.
-Outputs in ``outputs/<experiment>/student/``, with the teachers' conventions.
+Outputs in ``outputs/<experiment>/student/``, with the teachers' conventions. The
+checkpoints carry the probability threshold chosen on the teachers' OOF predictions
+(``postprocessing.json``, or ``infer.threshold`` before cv.py has run), which
+``infer.py`` and the ONNX export apply.
 """
 from __future__ import annotations
 
@@ -14,16 +17,16 @@ import h5py
 import numpy as np
 
 from src.config import dump_config, to_dict
-from src.data.augment import Augmenter
-from src.data.dataset import PatchDataset, sampling_weights, select_patches
+from src.data.context import StageContext
 from src.data.folds import split_uids
-from src.data.io import DataError
-from src.engine.checkpoint import model_from_checkpoint
-from src.engine.context import StageContext
-from src.engine.objectives import StudentObjective
-from src.engine.runtime import Runtime
-from src.engine.trainer import RunInfo, Trainer
+from src.errors import DataError
+from src.models.checkpoint import model_from_checkpoint
 from src.models.factory import build_model
+from src.runtime import Runtime
+from src.train.augment import Augmenter
+from src.train.datasets import PatchDataset, sampling_weights, select_patches
+from src.train.objectives import StudentObjective
+from src.train.trainer import RunInfo, Trainer
 from src.utils import seed_everything
 
 
@@ -57,27 +60,30 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     splits = split_uids(ctx.folds, None)
     assert not splits["train"] & splits["holdout"], "hold-out scans leaked into the student's training set"
     seed_everything(stage.seed)
-    out_dir = ctx.student_dir
+    out_dir = ctx.layout.student_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
         dump_config(cfg, out_dir / "args.yaml")
+    threshold, source = ctx.layout.threshold(cfg.infer)
+    print(f"probability threshold {threshold} from {source}; stamped into the student's checkpoints")
 
-    soft = SoftTargets(ctx.pseudo_path, ctx.cache_hash, ctx.folds_hash)
+    soft = SoftTargets(ctx.layout.pseudo_labels, ctx.cache_hash, ctx.folds_hash)
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
     weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], selection.fine_ok,
                                stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost)
     dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), soft_targets=soft)
     feature_teacher = None
     if cfg.distill.feature_weight > 0:
-        path = ctx.teacher_dir(cfg.distill.feature_teacher_fold) / "checkpoint_best.pt"
-        feature_teacher = model_from_checkpoint(path).to(rt.device)
+        feature_teacher = model_from_checkpoint(ctx.layout.teacher_checkpoint(cfg.distill.feature_teacher_fold))
+        feature_teacher = feature_teacher.to(rt.device)
     objective = StudentObjective(stage.loss, cfg.distill, feature_teacher)
     model = build_model(stage.model, ctx.k, ctx.patch_size)
     info = RunInfo(stage="student", fold=None, model_config=to_dict(stage.model), in_channels=ctx.k,
                    patch_size=ctx.patch_size, config=to_dict(cfg), cache_hash=ctx.cache_hash,
-                   config_hash=ctx.run_hash(stage, cfg.augment, cfg.distill, {"pseudo": str(ctx.pseudo_path)}),
-                   extra={"train_uids": sorted(splits["train"])})
-    trainer = Trainer(stage, model, objective, dataset, weights, lambda m: {}, out_dir, rt, info,
+                   config_hash=ctx.run_hash(stage, cfg.augment, cfg.distill, {"pseudo": str(ctx.layout.pseudo_labels)}),
+                   extra={"train_uids": sorted(splits["train"]), "threshold": threshold,
+                          "threshold_source": source})
+    trainer = Trainer(stage, model, objective, dataset, weights, None, out_dir, rt, info,
                       select_metric="", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
     if resume and trainer.resume() and rt.is_main:
         print(f"resumed the student at epoch {trainer.epoch}, step {trainer.step_in_epoch}")

@@ -13,13 +13,12 @@ import cc3d
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from tqdm import tqdm
 
 from src.config import InferConfig
-from src.data.patches import crop
 from src.data.preprocess import resample
-from src.infer.predictor import Predictor
-from src.infer.segment import ModelVolume
+from src.predict.predictor import Predictor
+from src.predict.segment import ModelVolume
+from src.utils import progress
 
 LUNG_DILATION_MM = 6.0
 
@@ -32,7 +31,8 @@ def lung_region(mv: ModelVolume) -> np.ndarray:
     return ndimage.maximum_filter(lung, size=tuple(2 * r + 1 for r in radius)) if lung.any() else lung
 
 
-def predict_volume(mv: ModelVolume, predictor: Predictor, slices_per_batch: int, progress: bool = True) -> np.ndarray:
+def predict_volume(mv: ModelVolume, predictor: Predictor, slices_per_batch: int,
+                   show_progress: bool = True) -> np.ndarray:
     """float32 probability volume in model space; zero outside the (dilated) lungs."""
     region = lung_region(mv)
     prob = np.zeros(mv.image.shape, dtype=np.float32)
@@ -44,24 +44,24 @@ def predict_volume(mv: ModelVolume, predictor: Predictor, slices_per_batch: int,
     y0, x0 = int(ys[0]), int(xs[0])
     size = (int(ys[-1]) - y0 + 1, int(xs[-1]) - x0 + 1)
     h = mv.cfg.k_slices // 2
-    for i in tqdm(range(0, len(zs), slices_per_batch), desc="slices", leave=False, disable=not progress):
+    for i in progress(range(0, len(zs), slices_per_batch), desc="slices", enabled=show_progress):
         batch = zs[i:i + slices_per_batch]
-        stacks = np.stack([crop(mv.image, np.arange(z - h, z + h + 1), y0, x0, size, int(mv.cfg.hu_clip[0]))
-                           for z in batch])
+        stacks = np.stack([mv.stacks(np.arange(z - h, z + h + 1), y0, x0, size) for z in batch])
         prob[batch, y0:y0 + size[0], x0:x0 + size[1]] = predictor.prob(stacks)
     prob *= region
     return prob
 
 
-def candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: InferConfig,
+               threshold: float) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Native-grid (label volume, probability volume, one row per candidate).
 
     Candidates are components of at least `min_component_mm3` with at least
     `min_lung_fraction` of their voxels in the lungs. Candidate probability = the highest
     probability inside the component: a confident core outranks a large faint region."""
-    native = mv.scan.geometry
+    native = mv.native
     prob = resample(prob_model, mv.geometry, native, "linear", default=0.0)
-    labels = cc3d.connected_components(prob >= cfg.threshold, connectivity=26).astype(np.uint32)
+    labels = cc3d.connected_components(prob >= threshold, connectivity=26).astype(np.uint32)
     stats = cc3d.statistics(labels)
     lung = mv.native_lung_mask()
     voxel_mm3 = float(np.prod(native.spacing_zyx))

@@ -1,0 +1,46 @@
+"""References that need no training, segmented through the same path as the networks:
+the coarse sphere itself, and the classical HU threshold inside it (the component at the
+centre kept, as for every segmenter). Every learned result must clearly beat the latter."""
+from __future__ import annotations
+
+import numpy as np
+
+from src.config import InferConfig
+from src.evaluation.cases import NoduleCase
+from src.evaluation.metrics import dice
+
+HU_CANDIDATES = tuple(range(-800, 101, 50))
+BINARY_LEVEL = 0.5   # baselines give 0/1; after linear resampling to the scan, half-way is the edge
+
+
+class SphereSegmenter:
+    """The coarse label itself taken as the mask."""
+
+    def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        return (dist <= 0).astype(np.float32)
+
+
+class ThresholdSegmenter:
+    """HU >= threshold inside the coarse sphere + ``margin_mm``."""
+
+    def __init__(self, threshold_hu: float, k: int, margin_mm: float):
+        self.threshold, self.h, self.margin = threshold_hu, k // 2, margin_mm
+
+    def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        centre = image[self.h:image.shape[0] - self.h]
+        return ((centre >= self.threshold) & (dist <= self.margin)).astype(np.float32)
+
+
+def fit_threshold(cases: list[NoduleCase], k: int, cfg: InferConfig,
+                  candidates=HU_CANDIDATES) -> tuple[float, float]:
+    """The HU threshold with the best mean nodule Dice on (training) cases -> (HU, Dice)."""
+    if not cases:
+        return float("nan"), float("nan")
+    best = (float("nan"), -1.0)
+    for t in candidates:
+        seg = ThresholdSegmenter(t, k, cfg.prior_margin_mm)
+        score = float(np.mean([dice(case.to_region(s.mask, s.box), case.truth)
+                               for case in cases for s in [case.segment(seg, cfg, BINARY_LEVEL)]]))
+        if score > best[1]:
+            best = (float(t), score)
+    return best

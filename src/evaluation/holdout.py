@@ -1,0 +1,68 @@
+"""Hold-out leaderboard: every model scored on patients no teacher or student trained on.
+
+Rows: each fold teacher, the teacher ensemble, the student, and two references that need
+no training: the coarse sphere itself, and HU thresholding inside it (the threshold fit on
+the training scans' fine nodules). All go through the one scoring path
+(``src.evaluation.cases``), as the CV leaderboard and ``infer.py`` + ``evaluate.py`` do,
+the networks at the threshold chosen on OOF, the baselines at their 0/1 edge. Speed
+columns are measured in the same run.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from src.config import InferConfig
+from src.data.context import StageContext
+from src.data.folds import fold_ids, split_uids
+from src.data.manifest import read_dataset
+from src.evaluation.baselines import BINARY_LEVEL, SphereSegmenter, ThresholdSegmenter, fit_threshold
+from src.evaluation.cases import NoduleCase, load_cases
+from src.evaluation.speed import speed_table
+from src.models.checkpoint import load_ensemble, model_from_checkpoint
+from src.predict.predictor import Predictor
+from src.predict.segment import NetworkSegmenter
+from src.runtime import Runtime
+from src.utils import progress
+
+
+def split_cases(ctx: StageContext, uids: set[str], desc: str) -> list[NoduleCase]:
+    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in uids]
+    return load_cases(records, ctx.cache.config, ctx.cfg.infer, desc=desc)
+
+
+def build_segmenters(ctx: StageContext, rt: Runtime, threshold: float) -> tuple[dict, pd.DataFrame]:
+    """name -> (segmenter, probability threshold), and the speed table of the learned ones."""
+    cfg, k = ctx.cfg, ctx.k
+    teachers, _ = load_ensemble(ctx.layout, fold_ids(ctx.folds), ctx.cache_hash)
+    student = model_from_checkpoint(ctx.layout.student_checkpoint())
+    batch = cfg.infer.batch_size
+    predictors = {f"teacher fold {m.checkpoint_meta['fold']}": Predictor([m], rt, ctx.window, batch_size=batch)
+                  for m in teachers}
+    predictors["teacher ensemble"] = Predictor(teachers, rt, ctx.window, batch_size=batch)
+    predictors["student"] = Predictor([student], rt, ctx.window, batch_size=batch)
+
+    # the baseline may learn from what the networks learn from: masks of `fine` training scans
+    fine = set(ctx.folds.loc[(ctx.folds["label_kind"] == "fine") & (ctx.folds["fold"] != "holdout"), "seriesuid"])
+    hu, fit_dice = fit_threshold(split_cases(ctx, fine, "read fine training scans"), k, cfg.infer)
+    segmenters = {name: (NetworkSegmenter(p, k), threshold) for name, p in predictors.items()}
+    segmenters["coarse sphere (no training)"] = (SphereSegmenter(), BINARY_LEVEL)
+    segmenters[f"HU >= {hu:.0f} in sphere (fit on train)"] = (ThresholdSegmenter(hu, k, cfg.infer.prior_margin_mm),
+                                                              BINARY_LEVEL)
+    speed = speed_table(predictors, ctx.cache, rt, k, ctx.patch_size)
+    speed.attrs.update(n_teachers=len(teachers), threshold_hu=hu, threshold_fit_dice=fit_dice)
+    return segmenters, speed
+
+
+def score_cases(cases: list[NoduleCase], segmenters: dict, cfg: InferConfig) -> pd.DataFrame:
+    """One row per (model, case): ``segmenters`` maps a name to (segmenter, threshold)."""
+    rows = []
+    for case in progress(cases, desc="score nodules"):
+        for name, (segmenter, threshold) in segmenters.items():
+            rows.append(dict(model=name, **case.score(case.segment(segmenter, cfg, threshold))))
+    return pd.DataFrame(rows)
+
+
+def score_holdout(ctx: StageContext, segmenters: dict) -> pd.DataFrame:
+    """One row per (model, hold-out nodule with a fine mask), on the scans' own grids."""
+    cases = split_cases(ctx, split_uids(ctx.folds, None)["holdout"], "read hold-out scans")
+    return score_cases(cases, segmenters, ctx.cfg.infer)

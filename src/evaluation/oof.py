@@ -1,0 +1,93 @@
+"""Out-of-fold (OOF) predictions, and the postprocessing chosen on them (as nnU-Net does).
+
+Each fold teacher's best checkpoint segments every scored nodule of its own validation
+patients (``NoduleCase``); ``teacher/fold_K/val_predictions.h5`` keeps, per nodule, the
+probability over the scored region and the truth there, so that any threshold can be
+re-applied later through the same ``segment_at`` rule. ``cv.py`` picks the threshold
+with the best pooled OOF Dice and writes it to ``postprocessing.json``; the CV leaderboard
+is then scored at that threshold, as are the hold-out leaderboard and ``infer.py``. The
+choice sees training patients only, so the hold-out stays untouched.
+
+``val_predictions.h5``: attrs fold, checkpoint, cache_hash; one group per nodule, ``n/<i>``,
+with ``prob`` (float32, gzip), ``truth`` (uint8) and attrs nodule_uid, seriesuid,
+diameter_mm, size_bin, texture, reader_dice, centre_zyx (voxel in the region), radius_mm,
+spacing_zyx.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from src.errors import DataError
+from src.evaluation.cases import NoduleCase
+from src.evaluation.metrics import dice, segmentation_metrics
+from src.predict.segment import Segmented, segment_at
+from src.utils import atomic_path
+
+THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.1, 0.71, 0.05), 2))
+DESCRIPTION = ("nodule_uid", "seriesuid", "diameter_mm", "size_bin", "texture", "reader_dice")
+
+
+def write_oof(cases: list[NoduleCase], segs: list[Segmented], path: Path, attrs: dict) -> Path:
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(attrs)
+        for i, (case, seg) in enumerate(zip(cases, segs)):
+            g = f.create_group(f"n/{i}")
+            g.create_dataset("prob", data=case.to_region(seg.prob, seg.box), compression="gzip", compression_opts=1)
+            g.create_dataset("truth", data=case.truth.astype(np.uint8), compression="gzip", compression_opts=1)
+            origin = np.array([b.start - r.start for b, r in zip(seg.box, case.region)])
+            g.attrs.update({k: v for k, v in case.describe().items()},
+                           centre_zyx=seg.centre_zyx + origin, radius_mm=seg.radius_mm,
+                           spacing_zyx=case.spacing_zyx)
+    return path
+
+
+@dataclass
+class OOFNodule:
+    info: dict
+    prob: np.ndarray
+    truth: np.ndarray
+    centre_zyx: np.ndarray
+    radius_mm: float
+    spacing_zyx: np.ndarray
+
+    def mask(self, threshold: float) -> np.ndarray:
+        return segment_at(self.prob, self.centre_zyx, self.radius_mm, self.spacing_zyx, threshold)
+
+
+def read_oof(paths: list[Path]) -> list[tuple[int, OOFNodule]]:
+    """(fold, nodule) for every nodule of the given fold files."""
+    if not paths:
+        raise DataError("no teacher/fold_*/val_predictions.h5; train the fold teachers first")
+    out = []
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as f:
+                fold = int(f.attrs["fold"])
+                for key in sorted(f.get("n", {}), key=int):
+                    g = f["n"][key]
+                    info = {k: (g.attrs[k].item() if hasattr(g.attrs[k], "item") else g.attrs[k]) for k in DESCRIPTION}
+                    out.append((fold, OOFNodule(info, g["prob"][()], g["truth"][()] > 0, g.attrs["centre_zyx"],
+                                                float(g.attrs["radius_mm"]), g.attrs["spacing_zyx"])))
+        except (OSError, KeyError) as err:
+            raise DataError(f"{path}: unreadable OOF predictions ({str(err).splitlines()[0]}); retrain that fold") from None
+    return out
+
+
+def choose_threshold(oof: list[tuple[int, OOFNodule]]) -> dict:
+    """Pooled OOF Dice at each candidate threshold; the best one (ties: closest to 0.5)."""
+    if not oof:
+        raise DataError("no OOF nodules with fine masks to choose a threshold on")
+    mean = {t: float(np.mean([dice(n.mask(t), n.truth) for _, n in oof])) for t in THRESHOLDS}
+    best = max(mean, key=lambda t: (round(mean[t], 6), -abs(t - 0.5)))
+    return {"threshold": best, "oof_dice_at_threshold": mean, "nodules": len(oof)}
+
+
+def score_oof(oof: list[tuple[int, OOFNodule]], threshold: float) -> pd.DataFrame:
+    """One row per OOF nodule at ``threshold``, with its fold."""
+    return pd.DataFrame([dict(fold=fold, **n.info, **segmentation_metrics(n.mask(threshold), n.truth, n.spacing_zyx))
+                         for fold, n in oof])

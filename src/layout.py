@@ -1,0 +1,147 @@
+"""The one owner of the ``outputs/<experiment>/`` layout (as nnU-Net's file_path_utilities).
+
+    outputs/<experiment>/
+      teacher/fold_K/   args.yaml, summary.csv, training_curves.png,
+                        checkpoint_{last,best,final}.pt, val_metrics.csv, val_predictions.h5
+      student/          the same files (no validation split), student.onnx
+      pseudo.h5, pseudo_quality.csv          soft pseudo-labels and their quality
+      postprocessing.json                    the probability threshold chosen on OOF
+      leaderboard.{csv,md}, oof_nodules.csv  cross-validation (cv.py)
+      holdout_leaderboard.{csv,md}, holdout_nodules.csv
+
+Every stage asks this module for its paths; none builds them by hand. Postprocessing is
+read from its file and passed on explicitly, never written into a config in place.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.config import InferConfig, PathsConfig
+from src.errors import DataError
+from src.utils import atomic_write_text
+
+CHECKPOINTS = ("last", "best", "final")
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    root: Path
+
+    @classmethod
+    def from_paths(cls, paths: PathsConfig, experiment: str | None = None) -> "ExperimentLayout":
+        return cls(Path(paths.outputs) / (experiment or paths.experiment))
+
+    # ------------------------------------------------------------------ models
+    def teacher_dir(self, fold: int) -> Path:
+        return self.root / "teacher" / f"fold_{fold}"
+
+    @property
+    def student_dir(self) -> Path:
+        return self.root / "student"
+
+    def stage_dir(self, stage: str, fold: int | None = None) -> Path:
+        return self.teacher_dir(fold) if stage == "teacher" else self.student_dir
+
+    @staticmethod
+    def checkpoint(stage_dir: Path, kind: str = "best") -> Path:
+        if kind not in CHECKPOINTS:
+            raise ValueError(f"checkpoint kind must be one of {CHECKPOINTS}")
+        return stage_dir / f"checkpoint_{kind}.pt"
+
+    def teacher_checkpoint(self, fold: int, kind: str = "best") -> Path:
+        return self.checkpoint(self.teacher_dir(fold), kind)
+
+    def student_checkpoint(self, kind: str = "best") -> Path:
+        return self.checkpoint(self.student_dir, kind)
+
+    def teacher_checkpoints(self, folds: list[int] | None = None) -> list[Path]:
+        """Best checkpoint of each fold teacher (all trained folds when ``folds`` is None)."""
+        if folds is None:
+            paths = sorted(self.root.glob("teacher/fold_*/checkpoint_best.pt"))
+        else:
+            paths = [self.teacher_checkpoint(f) for f in folds]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing or not paths:
+            raise DataError(f"{self.root}: teacher checkpoint(s) missing ({', '.join(missing) or 'none trained'}); "
+                            "run train.py --fold K first")
+        return paths
+
+    def model_checkpoints(self, model: str) -> list[Path]:
+        """``student`` -> its best checkpoint; ``ensemble`` -> every fold teacher's."""
+        if model == "ensemble":
+            return self.teacher_checkpoints()
+        path = self.student_checkpoint()
+        if not path.is_file():
+            raise DataError(f"{path}: no trained student; run train.py --stage student first")
+        return [path]
+
+    def has(self, model: str) -> bool:
+        if model == "ensemble":
+            return any(self.root.glob("teacher/fold_*/checkpoint_best.pt"))
+        return self.student_checkpoint().is_file()
+
+    def onnx(self, stage_dir: Path) -> Path:
+        return stage_dir / f"{stage_dir.name}.onnx"
+
+    # ------------------------------------------------------------------ stage outputs
+    @property
+    def pseudo_labels(self) -> Path:
+        return self.root / "pseudo.h5"
+
+    @property
+    def pseudo_quality(self) -> Path:
+        return self.root / "pseudo_quality.csv"
+
+    @staticmethod
+    def oof_predictions(fold_dir: Path) -> Path:
+        return fold_dir / "val_predictions.h5"
+
+    @staticmethod
+    def oof_metrics(fold_dir: Path) -> Path:
+        return fold_dir / "val_metrics.csv"
+
+    def all_oof_predictions(self) -> list[Path]:
+        return sorted(self.root.glob("teacher/fold_*/val_predictions.h5"))
+
+    def leaderboard(self, name: str) -> tuple[Path, Path]:
+        """(tidy CSV, Markdown) of a leaderboard: ``leaderboard`` or ``holdout_leaderboard``."""
+        return self.root / f"{name}.csv", self.root / f"{name}.md"
+
+    def per_nodule(self, name: str) -> Path:
+        return self.root / f"{name}_nodules.csv"
+
+    # ------------------------------------------------------------------ postprocessing
+    @property
+    def postprocessing(self) -> Path:
+        return self.root / "postprocessing.json"
+
+    def write_postprocessing(self, result: dict) -> Path:
+        atomic_write_text(self.postprocessing, json.dumps(result, indent=1))
+        return self.postprocessing
+
+    def threshold(self, cfg: InferConfig) -> tuple[float, str]:
+        """The probability threshold to apply and where it comes from: the OOF choice when
+        ``infer.threshold_from_oof`` and cv.py wrote one, else ``infer.threshold``."""
+        if cfg.threshold_from_oof and self.postprocessing.is_file():
+            try:
+                value = float(json.loads(self.postprocessing.read_text())["threshold"])
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{self.postprocessing}: unreadable; rerun cv.py") from None
+            return value, f"{self.postprocessing} (chosen on OOF)"
+        return float(cfg.threshold), "config infer.threshold"
+
+
+def find_experiment(paths: PathsConfig, preferred: str, model: str) -> ExperimentLayout:
+    """outputs/<preferred>/ if it holds the wanted models, else the newest experiment that does."""
+    outputs = Path(paths.outputs)
+    wanted = ExperimentLayout(outputs / preferred)
+    if wanted.has(model):
+        return wanted
+    found = sorted((ExperimentLayout(p) for p in outputs.glob("*") if p.is_dir() and ExperimentLayout(p).has(model)),
+                   key=lambda e: e.root.stat().st_mtime)
+    if not found:
+        raise DataError(f"{outputs}: no trained {model} in any experiment; run `make demo` or train.py first")
+    print(f"note: using the models of {found[-1].root} ({wanted.root} has no {model})")
+    return found[-1]

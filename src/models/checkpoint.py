@@ -1,0 +1,93 @@
+"""Checkpoints: plain dicts of tensors and primitives, loadable with ``weights_only=True``.
+
+Every checkpoint carries what is needed to rebuild its network (model config, number of
+slices, patch size, the cache config of its model space) next to the raw and EMA weights,
+plus the optimizer/scaler/scheduler state, epoch, step and history needed to resume. A
+student checkpoint also carries the probability threshold chosen on OOF.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from src.config import CacheConfig, ModelConfig
+from src.errors import DataError
+from src.layout import ExperimentLayout
+from src.models.factory import build_model
+from src.utils import atomic_path
+
+REQUIRED_KEYS = ("model_config", "in_channels", "patch_size", "model")
+
+
+def save_checkpoint(payload: dict, path: str | Path) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's dict, or one clear error: never a pickle that runs code."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):
+            raise DataError(f"{path}: refused: not a plain checkpoint (it holds objects other than tensors and "
+                            "primitive values, which are never loaded)") from None
+        raise DataError(f"{path}: not a readable checkpoint (not a torch checkpoint file)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise DataError(f"{path}: not a nodule-kd checkpoint (needs {', '.join(REQUIRED_KEYS)})")
+    return ckpt
+
+
+def _model_config(ckpt: dict) -> ModelConfig:
+    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()})
+
+
+def cache_config(ckpt: dict) -> CacheConfig:
+    """The model space (spacing, window, k, patch) the checkpoint's network was trained in."""
+    cfg = ckpt["config"]["cache"]
+    return CacheConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+
+def model_from_checkpoint(path: str | Path, weights: str = "ema") -> nn.Module:
+    """Rebuild the network a checkpoint was trained as and load its ``ema`` or ``model`` weights."""
+    ckpt = load_checkpoint(path)
+    model = build_model(_model_config(ckpt), ckpt["in_channels"], ckpt["patch_size"])
+    try:
+        model.load_state_dict(ckpt[weights] if ckpt.get(weights) is not None else ckpt["model"])
+    except RuntimeError as err:
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line or "Missing" in line),
+                     str(err).splitlines()[0])
+        raise DataError(f"{path}: weights do not fit the architecture it names ({first[:160]})") from None
+    model.checkpoint_meta = {k: ckpt[k] for k in ("stage", "fold", "epoch", "config_hash", "cache_hash", "threshold")
+                             if k in ckpt}
+    return model.eval()
+
+
+def load_models(paths: list[Path]) -> tuple[list[nn.Module], CacheConfig]:
+    """The networks of several checkpoints (an ensemble), which must share one model space."""
+    if not paths:
+        raise DataError("no checkpoints to load")
+    spaces = {str(p): cache_config(load_checkpoint(p)) for p in paths}
+    first = next(iter(spaces.values()))
+    for path, space in spaces.items():
+        if space != first:
+            raise DataError(f"{path}: trained in another model space than {paths[0]}")
+    return [model_from_checkpoint(p) for p in paths], first
+
+
+def load_ensemble(layout: ExperimentLayout, folds: list[int], cache_hash: str) -> tuple[list[nn.Module], list[Path]]:
+    """Every fold teacher of an experiment, checked to have trained on the cache in use."""
+    paths = layout.teacher_checkpoints(folds)
+    models, _ = load_models(paths)
+    for path, model in zip(paths, models):
+        if model.checkpoint_meta.get("cache_hash") != cache_hash:
+            raise DataError(f"{path}: trained on another patch cache (retrain, or use that cache)")
+    return models, paths

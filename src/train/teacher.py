@@ -1,0 +1,80 @@
+"""Stage 2: the teacher of fold K - a hybrid-encoder UNet trained on every non-hold-out
+patient outside fold K, validated per nodule on fold K (out-of-fold, OOF).
+
+Outputs in ``outputs/<experiment>/teacher/fold_K/`` (``src.layout``): args.yaml,
+summary.csv, training_curves.png, checkpoint_{last,best,final}.pt, and the OOF predictions
+of the best checkpoint: val_metrics.csv (one row per nodule, at ``infer.threshold``) and
+val_predictions.h5 (probabilities, for the threshold choice of cv.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from src.config import dump_config, to_dict
+from src.data.context import StageContext
+from src.data.folds import split_uids
+from src.data.manifest import read_dataset
+from src.evaluation.cases import load_cases
+from src.evaluation.oof import write_oof
+from src.models.checkpoint import model_from_checkpoint
+from src.models.factory import build_model
+from src.runtime import Runtime
+from src.train.augment import Augmenter
+from src.train.datasets import PatchDataset, sampling_weights, select_patches
+from src.train.objectives import TeacherObjective
+from src.train.trainer import RunInfo, Trainer
+from src.train.validation import NoduleValidator
+from src.utils import atomic_to_csv, seed_everything
+
+
+def fold_validator(ctx: StageContext, val_uids: set[str], rt: Runtime) -> NoduleValidator:
+    """Every scored nodule of the fold's validation scans, read once."""
+    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in val_uids]
+    cases = load_cases(records, ctx.cache.config, ctx.cfg.infer, desc="read validation scans")
+    return NoduleValidator(cases, rt, ctx.window, ctx.k, ctx.cfg.infer, ctx.cfg.infer.threshold)
+
+
+def write_fold_oof(ctx: StageContext, validator: NoduleValidator, fold: int) -> pd.DataFrame:
+    """Score the best checkpoint on fold K and keep its probabilities (OOF)."""
+    out_dir = ctx.layout.teacher_dir(fold)
+    checkpoint = ctx.layout.teacher_checkpoint(fold)
+    table, segs = validator.segment(model_from_checkpoint(checkpoint), desc="OOF")
+    table.insert(0, "fold", fold)
+    atomic_to_csv(table, ctx.layout.oof_metrics(out_dir), float_format="%.5g")
+    write_oof(validator.cases, segs, ctx.layout.oof_predictions(out_dir),
+              dict(fold=fold, checkpoint=str(checkpoint), cache_hash=ctx.cache_hash))
+    return table
+
+
+def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = False) -> tuple[Path, pd.DataFrame]:
+    cfg, stage = ctx.cfg, ctx.cfg.teacher
+    splits = split_uids(ctx.folds, fold)
+    if not splits["val"]:
+        raise ValueError(f"fold {fold} has no scans in {cfg.paths.folds}")
+    assert not (splits["train"] | splits["val"]) & splits["holdout"], "hold-out scans leaked into a fold"
+    seed_everything(stage.seed + fold)
+    out_dir = ctx.layout.teacher_dir(fold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rt.is_main:
+        dump_config(cfg, out_dir / "args.yaml")
+
+    objective = TeacherObjective(stage.loss)
+    selection = select_patches(ctx.cache, ctx.folds, splits["train"])
+    weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], selection.fine_ok,
+                               stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost)
+    dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), views=2 if objective.needs_two_views else 1)
+    model = build_model(stage.model, ctx.k, ctx.patch_size)
+    info = RunInfo(stage="teacher", fold=fold, model_config=to_dict(stage.model), in_channels=ctx.k,
+                   patch_size=ctx.patch_size, config=to_dict(cfg), cache_hash=ctx.cache_hash,
+                   config_hash=ctx.run_hash(stage, cfg.augment, {"fold": fold}),
+                   extra={"train_uids": sorted(splits["train"]), "val_uids": sorted(splits["val"])})
+    validator = fold_validator(ctx, splits["val"], rt) if rt.is_main else None
+    trainer = Trainer(stage, model, objective, dataset, weights, validator, out_dir, rt, info,
+                      select_metric="val_dice", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
+    if resume and trainer.resume() and rt.is_main:
+        print(f"resumed fold {fold} at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
+    trainer.fit()
+    oof = write_fold_oof(ctx, validator, fold) if rt.is_main else pd.DataFrame()
+    return out_dir, oof

@@ -1,0 +1,84 @@
+"""User errors reach the user as one line on stderr with exit code 2, never a traceback;
+every script defaults to the same config."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ("make_phantom.py", "prepare.py", "make_folds.py", "train.py", "cv.py", "pseudo_label.py",
+           "infer.py", "evaluate.py", "export.py")
+
+
+def _run(*argv, cwd=ROOT):
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT)})
+
+
+def _one_clean_line(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_names_the_default_config(script, monkeypatch, capsys):
+    import runpy
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    assert done.value.code == 0 and "default: configs/default.yaml" in capsys.readouterr().out
+
+
+def test_missing_cache_is_one_line(tmp_path):
+    result = _run(str(ROOT / "train.py"), "--fold", "0", "--set", f"paths.cache={tmp_path}/nope.h5", "device=cpu")
+    _one_clean_line(result, "nope.h5: cache not found; run prepare.py first")
+
+
+def test_unknown_config_key_lists_the_valid_ones(tmp_path):
+    result = _run(str(ROOT / "make_folds.py"), "--set", "folds.n_fold=3")
+    _one_clean_line(result, "unknown config key 'folds.n_fold'", "valid keys of folds: fine_fraction, "
+                    "holdout_fraction, n_folds, seed")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inherit: " + str(ROOT / "configs" / "base.yaml") + "\nteacher:\n  epochz: 3\n")
+    _one_clean_line(_run(str(ROOT / "prepare.py"), "--config", str(bad)), f"{bad}: unknown config key 'teacher.epochz'")
+    _one_clean_line(_run(str(ROOT / "prepare.py"), "--set", "teacher.epochs=many"), "must be int")
+
+
+def test_bad_checkpoints_are_refused_in_one_line(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    result = _run(str(ROOT / "export.py"), "--checkpoint", str(junk), "--out", str(tmp_path / "x.onnx"))
+    _one_clean_line(result, "junk.pt: not a readable checkpoint")
+    assert "weights_only=False" not in result.stderr + result.stdout
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"model": Evil()}))
+    import torch
+    import zipfile
+    torch.save({"model": {}}, evil)  # a real torch zip, with the payload swapped in
+    with zipfile.ZipFile(evil) as z:
+        names = z.namelist()
+    data = {n: zipfile.ZipFile(evil).read(n) for n in names}
+    pkl = next(n for n in names if n.endswith("data.pkl"))
+    data[pkl] = pickle.dumps({"model": Evil()}, protocol=2)
+    with zipfile.ZipFile(evil, "w") as z:
+        for n, b in data.items():
+            z.writestr(n, b)
+    result = _run(str(ROOT / "export.py"), "--checkpoint", str(evil), "--out", str(tmp_path / "x.onnx"))
+    _one_clean_line(result, "evil.pt: refused")
+    assert not marker.exists(), "nothing in the pickle was executed"
