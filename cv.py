@@ -15,6 +15,7 @@ import argparse
 import pandas as pd
 
 from src.cli import add_config_args, config_from_args, run
+from src.config import code_version, config_hash
 from src.data.context import load_context
 from src.evaluation.leaderboard import render, tidy
 from src.evaluation.oof import choose_threshold, read_oof, score_oof
@@ -60,7 +61,7 @@ def main() -> None:
                  f"{speed.attrs['student_over_ensemble']:.1f}x the {speed.attrs['n_teachers']}-teacher ensemble")
         speed = speed.round(3)
 
-    text = render(per_nodule, title, extra=speed)
+    text = render(per_nodule, title, extra=speed) + f"\n_code version {code_version()}, config hash {config_hash(cfg)}_\n"
     csv_path, md_path = layout.leaderboard(name)
     atomic_to_csv(tidy(per_nodule), csv_path, float_format="%.5g")
     atomic_write_text(md_path, text)

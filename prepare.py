@@ -4,8 +4,9 @@
     python prepare.py --config configs/cpu.yaml
     python prepare.py --manifest hospital.csv --out input/cache/lc183.h5
 
-Interrupted runs resume (finished scans are kept as shards); a cache built with another
-config or source is never overwritten unless --overwrite is given.
+The dataset is checked first (verify.py --quick: headers, masks, coordinates), and a bad
+one stops before any work. Interrupted runs resume (finished scans are kept as shards); a
+cache built with another config or source is never overwritten unless --overwrite is given.
 """
 import argparse
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 from src.cli import add_config_args, config_from_args, run
 from src.data.cache import PatchCache, build_cache, summarize
 from src.data.manifest import read_dataset
+from src.data.verify import verify_records
+from src.errors import DataError
 
 
 def main() -> None:
@@ -32,6 +35,10 @@ def main() -> None:
 
     start = time.time()
     records = read_dataset(cfg.paths, args.data, args.manifest)
+    report = verify_records(records, full=False, desc="check scans")
+    if not report.ok:
+        print(report.render())
+        raise DataError(f"{len(report.errors)} error(s) in the dataset (listed above); nothing was built")
     source = args.manifest or (None if args.data else cfg.paths.manifest) or args.data or cfg.paths.data
     build_cache(records, cfg.cache, out, source=str(Path(source).resolve()), overwrite=args.overwrite)
     print(summarize(PatchCache(out)))

@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.config import add_config_args, load_config  # noqa: E402
+from src.cli import add_config_args, config_from_args  # noqa: E402
 from src.data.cache import PatchCache  # noqa: E402
-from src.data.dataset import PatchDataset, PatchSelection  # noqa: E402
+from src.train.datasets import PatchDataset, PatchSelection  # noqa: E402
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=50)
     add_config_args(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     cache = PatchCache(cfg.paths.cache)
     n = len(cache.patches)
     rng = np.random.default_rng(0)

@@ -17,12 +17,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.config import add_config_args, load_config  # noqa: E402
-from src.engine.objectives import TeacherObjective  # noqa: E402
-from src.engine.runtime import make_optimizer, setup_runtime  # noqa: E402
-from src.engine.speed import patches_per_second  # noqa: E402
-from src.infer.predictor import Predictor  # noqa: E402
+from src.cli import add_config_args, config_from_args  # noqa: E402
+from src.evaluation.speed import patches_per_second  # noqa: E402
 from src.models.factory import build_model, count_parameters  # noqa: E402
+from src.predict.predictor import Predictor  # noqa: E402
+from src.runtime import setup_runtime  # noqa: E402
+from src.train.objectives import TeacherObjective  # noqa: E402
+from src.train.optim import make_optimizer  # noqa: E402
 
 
 def sync(rt):
@@ -70,9 +71,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--patches", type=int, default=2048, help="inference patches per timing")
     add_config_args(parser)
-    parser.set_defaults(config="configs/default.yaml")
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     rt = setup_runtime(args.device, cfg.amp)
     k, p = cfg.cache.k_slices, cfg.cache.patch_size
     print(f"device {rt.device} ({torch.cuda.get_device_name() if rt.device.type == 'cuda' else 'cpu'}), "

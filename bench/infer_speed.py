@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.config import PhantomConfig, add_config_args, load_config  # noqa: E402
+from src.cli import add_config_args, config_from_args  # noqa: E402
+from src.config import PhantomConfig  # noqa: E402
 from src.phantom.writer import generate_dataset  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--min-slices", type=int, default=280)
     add_config_args(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    config_from_args(args)
     with tempfile.TemporaryDirectory() as tmp:
         data = long_scan(Path(tmp), args.min_slices)
         import pandas as pd

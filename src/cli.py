@@ -7,6 +7,7 @@ traceback always means a bug.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Callable
 
@@ -30,11 +31,27 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Config:
     return cfg
 
 
+# the machine's answers a user can act on: a full disk, a read-only or foreign folder
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+WRITE_PHRASES = ("No space left", "Read-only file system", "Permission denied", "Disk quota")
+
+
+def _is_write_error(err: OSError) -> bool:
+    return err.errno in WRITE_ERRNOS or any(p in str(err) for p in WRITE_PHRASES)
+
+
 def run(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if not _is_write_error(err):
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or str(err).splitlines()[0]} (earlier outputs are left as they were)",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from src.errors import ConfigError
+
 
 @dataclass
 class Runtime:
@@ -58,7 +60,7 @@ def resolve_amp(device: torch.device, amp: str) -> torch.dtype | None:
     if amp == "fp16":
         return torch.float16
     if amp != "auto":
-        raise ValueError(f"amp must be auto|bf16|fp16|off, got {amp!r}")
+        raise ConfigError(f"amp must be auto|bf16|fp16|off, got {amp!r}")
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -71,9 +73,9 @@ def setup_runtime(device: str = "auto", amp: str = "auto", threads: int | None =
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA device is visible")
+        raise ConfigError("--device cuda asked for, but no CUDA device is visible")
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto|cpu|cuda, got {device!r}")
+        raise ConfigError(f"device must be auto|cpu|cuda, got {device!r}")
     if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

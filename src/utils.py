@@ -21,13 +21,20 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     ``suffix`` keeps the extension (libraries pick the format from it).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    except OSError as err:  # a read-only or full output folder: name the file we wanted
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno is not None and err.filename in (None, str(tmp_path), tmp):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -90,14 +97,14 @@ class _LogProgress:
 
     def __iter__(self):
         start = last = time.time()
-        n = 0
+        n = shown = 0
         for item in self.iterable:
             yield item
             n += 1
             if time.time() - last >= LOG_EVERY_S:
-                last = time.time()
+                last, shown = time.time(), n
                 self._line(n, start)
-        if time.time() - start >= LOG_EVERY_S / 2:
+        if n != shown and time.time() - start >= LOG_EVERY_S / 2:
             self._line(n, start)
 
 

@@ -1,5 +1,6 @@
 """User errors reach the user as one line on stderr with exit code 2, never a traceback;
 every script defaults to the same config."""
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,17 @@ SCRIPTS = ("make_phantom.py", "prepare.py", "make_folds.py", "train.py", "cv.py"
            "infer.py", "evaluate.py", "export.py")
 
 
-def _run(*argv, cwd=ROOT):
-    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT)})
+@pytest.fixture()
+def _run(monkeypatch, capsys):
+    """Run a script as `python script ...` would, in this process (imports are paid once)."""
+    def run(script, *argv):
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(script, run_name="__main__")
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, done.value.code, out.out, out.err)
+    return run
 
 
 def _one_clean_line(result, *fragments):
@@ -26,20 +35,17 @@ def _one_clean_line(result, *fragments):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_names_the_default_config(script, monkeypatch, capsys):
-    import runpy
-    monkeypatch.setattr(sys, "argv", [script, "--help"])
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-    assert done.value.code == 0 and "default: configs/default.yaml" in capsys.readouterr().out
+def test_every_script_names_the_default_config(script, _run):
+    result = _run(str(ROOT / script), "--help")
+    assert result.returncode == 0 and "default: configs/default.yaml" in result.stdout
 
 
-def test_missing_cache_is_one_line(tmp_path):
+def test_missing_cache_is_one_line(tmp_path, _run):
     result = _run(str(ROOT / "train.py"), "--fold", "0", "--set", f"paths.cache={tmp_path}/nope.h5", "device=cpu")
     _one_clean_line(result, "nope.h5: cache not found; run prepare.py first")
 
 
-def test_unknown_config_key_lists_the_valid_ones(tmp_path):
+def test_unknown_config_key_lists_the_valid_ones(tmp_path, _run):
     result = _run(str(ROOT / "make_folds.py"), "--set", "folds.n_fold=3")
     _one_clean_line(result, "unknown config key 'folds.n_fold'", "valid keys of folds: fine_fraction, "
                     "holdout_fraction, n_folds, seed")
@@ -49,7 +55,7 @@ def test_unknown_config_key_lists_the_valid_ones(tmp_path):
     _one_clean_line(_run(str(ROOT / "prepare.py"), "--set", "teacher.epochs=many"), "must be int")
 
 
-def test_bad_checkpoints_are_refused_in_one_line(tmp_path):
+def test_bad_checkpoints_are_refused_in_one_line(tmp_path, _run):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
     result = _run(str(ROOT / "export.py"), "--checkpoint", str(junk), "--out", str(tmp_path / "x.onnx"))
@@ -58,8 +64,11 @@ def test_bad_checkpoints_are_refused_in_one_line(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
+def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, _run):
     import pickle
+    import zipfile
+
+    import torch
 
     marker = tmp_path / "ran"
 
@@ -67,18 +76,13 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
         def __reduce__(self):
             return (Path.touch, (marker,))
     evil = tmp_path / "evil.pt"
-    evil.write_bytes(pickle.dumps({"model": Evil()}))
-    import torch
-    import zipfile
-    torch.save({"model": {}}, evil)  # a real torch zip, with the payload swapped in
+    torch.save({"model": {}}, evil)  # a real torch file, with its pickle swapped for one that runs code
     with zipfile.ZipFile(evil) as z:
-        names = z.namelist()
-    data = {n: zipfile.ZipFile(evil).read(n) for n in names}
-    pkl = next(n for n in names if n.endswith("data.pkl"))
-    data[pkl] = pickle.dumps({"model": Evil()}, protocol=2)
+        data = {name: z.read(name) for name in z.namelist()}
+    data[next(n for n in data if n.endswith("data.pkl"))] = pickle.dumps({"model": Evil()}, protocol=2)
     with zipfile.ZipFile(evil, "w") as z:
-        for n, b in data.items():
-            z.writestr(n, b)
+        for name, payload in data.items():
+            z.writestr(name, payload)
     result = _run(str(ROOT / "export.py"), "--checkpoint", str(evil), "--out", str(tmp_path / "x.onnx"))
     _one_clean_line(result, "evil.pt: refused")
     assert not marker.exists(), "nothing in the pickle was executed"

@@ -116,13 +116,12 @@ def test_mask_with_other_geometry_is_refused(luna_copy):
         record.load()
 
 
-def _write_dicom_series(image: np.ndarray, geo, folder):
-    """A CT series of one file per slice, as a scanner would write it."""
-    folder.mkdir(parents=True)
+def _write_dicom_series(image: np.ndarray, geo, folder, series="1.2.826.0.1.3680043.2.1125.1", skip=()):
+    """A CT series of one file per slice, as a scanner would write it (``skip``: lost slices)."""
+    folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    series = "1.2.826.0.1.3680043.2.1125.1"
-    for z in range(image.shape[0]):
+    for z in (z for z in range(image.shape[0]) if z not in skip):
         s = sitk.GetImageFromArray(image[z:z + 1])
         s.SetSpacing(geo.spacing_xyz)
         s.SetOrigin(tuple(geo.voxel_to_world([z, 0, 0])))
@@ -131,7 +130,7 @@ def _write_dicom_series(image: np.ndarray, geo, folder):
                            "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": str(geo.spacing_xyz[2]),
                            "0008|0018": f"{series}.{z + 1}"}.items():
             s.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{z:04d}.dcm"))
+        writer.SetFileName(str(folder / f"{series[-3:]}_{z:04d}.dcm"))
         writer.Execute(s)
 
 
@@ -154,6 +153,22 @@ def test_hospital_manifest_with_nifti_and_dicom(tiny_luna, tmp_path):
     assert case2.fine_mask is None and len(case2.nodules) == len(base.nodules)
     assert all(n.fine_label == 0 for n in case2.nodules), "coordinates only -> coarse"
     assert len(case1.nodules) == len(base.nodules) and all(n.from_mask for n in case1.nodules)
+
+
+def test_dicom_folder_with_two_series_uses_the_larger_and_says_so(tiny_luna, tmp_path, capsys):
+    base = read_luna16(tiny_luna)[2].load()
+    _write_dicom_series(base.image[:15], base.geometry, tmp_path / "mixed", series="1.2.3.100")
+    _write_dicom_series(base.image, base.geometry, tmp_path / "mixed", series="1.2.3.200")
+    image, geo = read_image(tmp_path / "mixed")
+    assert image.shape == base.image.shape, "the 40-slice series, never a mix"
+    assert "2 DICOM series; using 1.2.3.200 (40 slices), not 1.2.3.100 (15)" in capsys.readouterr().out
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tiny_luna, tmp_path):
+    base = read_luna16(tiny_luna)[2].load()
+    _write_dicom_series(base.image, base.geometry, tmp_path / "gap", skip=(17,))
+    with pytest.raises(DataError, match=r"gap: series .* uneven slice spacing \(1\.25 to 2\.50 mm\): missing slices"):
+        read_image(tmp_path / "gap")
 
 
 def test_manifest_errors(tmp_path):

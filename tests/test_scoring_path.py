@@ -28,7 +28,9 @@ def test_a_crop_segments_exactly_like_the_whole_scan(tiny_cfg, tiny_cache):
     _, scan = _first_scan(tiny_cfg)
     mv = to_model_volume(scan, tiny_cache.config)
     segmenter = ThresholdSegmenter(-400, tiny_cfg.cache.k_slices, tiny_cfg.infer.prior_margin_mm)
-    for case in cases_from_scan(scan, tiny_cache.config, tiny_cfg.infer, mv):
+    cases = cases_from_scan(scan, tiny_cache.config, tiny_cfg.infer)   # each crop resampled on its own
+    assert cases
+    for case in cases:
         whole = segment_nodule(mv, case.nodule.center_xyz, case.nodule.diameter_mm, segmenter, tiny_cfg.infer, 0.5)
         crop = case.segment(segmenter, tiny_cfg.infer, 0.5)
         assert whole.box == crop.box

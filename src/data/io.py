@@ -56,18 +56,52 @@ def _check_metaimage(path: Path) -> None:
                             f"DimSize {dims} x {header['ElementType']} needs {expected}")
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+SLICE_GAP_TOLERANCE = 0.05   # relative spread of slice steps that still counts as even
+
+
+def _slice_positions(files: list[str]) -> np.ndarray:
+    """Each file's position along the slice normal (mm), from its header alone."""
+    reader = sitk.ImageFileReader()
+    positions = []
+    for name in files:
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0020|0032"):
+            return np.zeros(0)
+        cosines = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")]) \
+            if reader.HasMetaDataKey("0020|0037") else np.array([1.0, 0, 0, 0, 1, 0])
+        normal = np.cross(cosines[:3], cosines[3:])
+        positions.append(float(np.dot([float(v) for v in reader.GetMetaData("0020|0032").split("\\")], normal)))
+    return np.sort(np.asarray(positions))
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    """One DICOM series as a volume. A folder with several series is never mixed: the one
+    named ``series_uid``, else the one with the most slices (the CT, not a scout), and a
+    note says which. Missing slices or uneven spacing are an error."""
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    series = list(reader.GetGDCMSeriesIDs(str(folder)))
     if not series:
         raise DataError(f"{folder}: no DICOM series found in this folder")
-    if len(series) > 1:
-        # Several series in one folder: take the one with the most slices (the CT volume,
-        # not a scout); say so rather than guessing silently.
-        files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    files = {s: list(reader.GetGDCMSeriesFileNames(str(folder), s)) for s in series}
+    if series_uid is not None:
+        if series_uid not in files:
+            raise DataError(f"{folder}: no DICOM series {series_uid}; found {', '.join(series)}")
+        chosen = series_uid
     else:
-        files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
-    reader.SetFileNames(files)
+        chosen = max(series, key=lambda s: len(files[s]))
+        if len(series) > 1:
+            print(f"note: {folder}: {len(series)} DICOM series; using {chosen} ({len(files[chosen])} slices), "
+                  f"not {', '.join(f'{s} ({len(files[s])})' for s in series if s != chosen)}")
+    positions = _slice_positions(files[chosen])
+    if len(positions) > 2:
+        steps = np.diff(positions)
+        if steps.min() <= 0:
+            raise DataError(f"{folder}: series {chosen} has two slices at the same position")
+        if (steps.max() - steps.min()) > SLICE_GAP_TOLERANCE * np.median(steps):
+            raise DataError(f"{folder}: series {chosen} has uneven slice spacing ({steps.min():.2f} to "
+                            f"{steps.max():.2f} mm): missing slices?")
+    reader.SetFileNames(files[chosen])
     return reader.Execute()
 
 

@@ -61,9 +61,11 @@ def resample_labels(labels: np.ndarray, source: Geometry, target: Geometry) -> n
 
 
 def to_model_space(image: np.ndarray, geometry: Geometry, spacing_zyx,
-                   hu_clip: tuple[float, float]) -> tuple[np.ndarray, Geometry]:
-    """HU volume -> (int16 HU at model spacing, clipped to ``hu_clip``; its geometry)."""
-    target = resampled_geometry(geometry, spacing_zyx)
+                   hu_clip: tuple[float, float], target: Geometry | None = None) -> tuple[np.ndarray, Geometry]:
+    """HU volume -> (int16 HU at model spacing, clipped to ``hu_clip``; its geometry).
+    ``target``: only this part of the model-space grid (a crop; each voxel is computed
+    alone, so a crop equals the same part of the whole)."""
+    target = target or resampled_geometry(geometry, spacing_zyx)
     clipped = np.clip(image, *hu_clip).astype(np.float32)
     out = resample(clipped, geometry, target, "linear", default=hu_clip[0])
     return np.rint(out).astype(np.int16), target

@@ -17,8 +17,8 @@ from src.config import CacheConfig, InferConfig
 from src.data.groups import size_bin, texture_class
 from src.data.scan import Nodule, Scan, ScanRecord
 from src.evaluation.metrics import inter_reader_dice, segmentation_metrics
-from src.predict.segment import (ModelVolume, Segmented, model_box_for, native_box, nodule_window, segment_nodule,
-                                 to_model_volume)
+from src.predict.segment import (ModelVolume, Segmented, model_box_for, model_volume_crop, model_volume_grid,
+                                 native_box, nodule_window, segment_nodule)
 from src.utils import progress
 
 
@@ -47,10 +47,10 @@ class NoduleCase:
     def segment(self, segmenter, cfg: InferConfig, threshold: float) -> Segmented:
         return segment_nodule(self.mv, self.nodule.center_xyz, self.nodule.diameter_mm, segmenter, cfg, threshold)
 
-    def score(self, seg: Segmented) -> dict:
+    def score(self, seg: Segmented, distances: bool = True) -> dict:
         """Metrics of one segmentation, with the nodule's description."""
         pred = self.to_region(seg.mask, seg.box)
-        return {**self.describe(), **segmentation_metrics(pred, self.truth, self.spacing_zyx)}
+        return {**self.describe(), **segmentation_metrics(pred, self.truth, self.spacing_zyx, distances)}
 
 
 def describe(nodule: Nodule, seriesuid: str, reader_dice: float) -> dict:
@@ -94,22 +94,24 @@ def reader_agreement(scan: Scan, nodule: Nodule) -> float:
 
 def cases_from_scan(scan: Scan, cache_cfg: CacheConfig, infer_cfg: InferConfig,
                     mv: ModelVolume | None = None) -> list[NoduleCase]:
-    """One case per nodule of ``scan`` that has a fine mask."""
+    """One case per nodule of ``scan`` that has a fine mask. Without ``mv`` (the whole
+    scan in model space), only each nodule's crop is resampled."""
     nodules = [n for n in scan.nodules if n.fine_label] if scan.fine_mask is not None else []
     if not nodules:
         return []
-    mv = mv or to_model_volume(scan, cache_cfg)
+    grid = mv or model_volume_grid(scan, cache_cfg)
     cases = []
     for nod in nodules:
-        window = nodule_window(mv, nod.center_xyz, nod.diameter_mm, infer_cfg.roi_margin_mm)
-        box = native_box(window, mv.geometry, mv.native)
+        window = nodule_window(grid, nod.center_xyz, nod.diameter_mm, infer_cfg.roi_margin_mm)
+        box = native_box(window, grid.geometry, grid.native)
         truth_full = scan.fine_mask == nod.fine_label
         t_lo, t_hi = _bbox(truth_full)
         lo = np.maximum(np.minimum([s.start for s in box], t_lo) - 1, 0)
         hi = np.minimum(np.maximum([s.stop for s in box], t_hi) + 1, scan.geometry.shape_zyx)
         region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        cases.append(NoduleCase(nod, scan.seriesuid, mv.around(*model_box_for(window, cache_cfg.k_slices)),
-                                region, truth_full[region], reader_agreement(scan, nod)))
+        model_box = model_box_for(window, cache_cfg.k_slices)
+        crop = mv.around(*model_box) if mv is not None else model_volume_crop(scan, cache_cfg, *model_box)
+        cases.append(NoduleCase(nod, scan.seriesuid, crop, region, truth_full[region], reader_agreement(scan, nod)))
     return cases
 
 

@@ -15,7 +15,7 @@ from src.evaluation.metrics import METRICS, NSD_TOLERANCE_MM
 SCORED_NOTE = ("Scored: every nodule of the reference standard (LUNA16 layout: annotations.csv) that has a "
                "fine mask, segmented from its centre and diameter alone; annotations_excluded.csv findings and "
                "mask labels without a coordinate are ignored (paths.mask_only_nodules=true scores the latter). "
-               f"HD95 (mm) is the mean over non-empty predictions (n = empty ones excluded); NSD at "
+               f"HD95 (mm) and precision are means over non-empty predictions (the empty ones are counted); NSD at "
                f"{NSD_TOLERANCE_MM:g} mm.")
 
 

@@ -38,7 +38,9 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(compute_dice(_tensor(pred), _tensor(truth), ignore_empty=False)[0, 0])
 
 
-def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx) -> dict[str, float]:
+def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx, distances: bool = True) -> dict[str, float]:
+    """``distances=False`` skips HD95 and NSD (surface distances are most of the cost): the
+    per-epoch validation, which only selects checkpoints, uses it."""
     p, t = pred.astype(bool), truth.astype(bool)
     if not t.any():
         raise ValueError("segmentation_metrics: the truth mask is empty; such a nodule is not scored")
@@ -49,10 +51,13 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx) -> di
                sensitivity=float(compute_confusion_matrix_metric("sensitivity", confusion)[0, 0]),
                precision=float("nan"), hd95_mm=float("nan"), nsd=0.0)
     if p.any():
+        row["precision"] = float(compute_confusion_matrix_metric("precision", confusion)[0, 0])
+    if not distances:
+        del row["hd95_mm"], row["nsd"]
+    elif p.any():
         spacing = [float(s) for s in spacing_zyx]
         with warnings.catch_warnings():  # MONAI's deprecation notice about its own internals
             warnings.simplefilter("ignore", FutureWarning)
-            row["precision"] = float(compute_confusion_matrix_metric("precision", confusion)[0, 0])
             row["hd95_mm"] = float(compute_hausdorff_distance(tp, tt, percentile=95, spacing=spacing)[0, 0])
             row["nsd"] = float(compute_surface_dice(tp, tt, class_thresholds=[NSD_TOLERANCE_MM],
                                                     spacing=spacing)[0, 0])

@@ -28,7 +28,7 @@ from src.evaluation.metrics import dice, segmentation_metrics
 from src.predict.segment import Segmented, segment_at
 from src.utils import atomic_path
 
-THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.1, 0.71, 0.05), 2))
+THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.71, 0.05), 2))
 DESCRIPTION = ("nodule_uid", "seriesuid", "diameter_mm", "size_bin", "texture", "reader_dice")
 
 

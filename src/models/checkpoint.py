@@ -91,3 +91,14 @@ def load_ensemble(layout: ExperimentLayout, folds: list[int], cache_hash: str) -
         if model.checkpoint_meta.get("cache_hash") != cache_hash:
             raise DataError(f"{path}: trained on another patch cache (retrain, or use that cache)")
     return models, paths
+
+
+def holdout_leaks(outputs: str | Path, holdout: set[str]) -> list[str]:
+    """Checkpoints under ``outputs`` whose training or validation scans include a hold-out scan."""
+    leaks = []
+    for path in sorted(Path(outputs).glob("**/checkpoint_*.pt")):
+        ckpt = load_checkpoint(path)
+        seen = set(ckpt.get("train_uids", [])) | set(ckpt.get("val_uids", []))
+        if seen & holdout:
+            leaks.append(f"{path}: trained or validated on hold-out scan(s), e.g. {sorted(seen & holdout)[0]}")
+    return leaks

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from src.config import ModelConfig
+from src.errors import ConfigError
 
 # Encoders whose attention windows / relative-position tables are fixed when built: timm
 # must know the input size, and inference must tile at exactly that size.
@@ -37,7 +38,7 @@ def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Modul
     try:
         model = getattr(smp, cfg.arch)(**kwargs)
     except AttributeError:
-        raise ValueError(f"unknown smp architecture '{cfg.arch}'") from None
+        raise ConfigError(f"unknown smp architecture '{cfg.arch}'") from None
     if cfg.head_prior > 0:
         # Start every pixel at a small nodule probability (RetinaNet's prior init). With a zero
         # bias, slim decoders can settle on "background = active features, nodule = none",
@@ -55,7 +56,7 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     Keys may carry a ``model.``/``encoder.`` prefix. A first conv trained on 3 (RGB)
     channels is adapted to k slices by repeating its mean, as smp does for in_channels."""
     if not path.is_file():
-        raise FileNotFoundError(f"encoder weights not found: {path}")
+        raise ConfigError(f"{path}: encoder weights not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(str(path))
@@ -77,7 +78,7 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
         if value.shape == want.shape:
             adapted[name] = value
     if not adapted:
-        raise ValueError(f"{path}: no tensor matches the encoder {type(model.encoder).__name__}")
+        raise ConfigError(f"{path}: no tensor matches the encoder {type(model.encoder).__name__}")
     model.encoder.load_state_dict(adapted, strict=False)
 
 

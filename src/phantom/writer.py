@@ -22,6 +22,7 @@ import numpy as np
 from src.config import PhantomConfig
 from src.data.geometry import Geometry
 from src.data.io import write_image
+from src.errors import ConfigError
 from src.phantom.anatomy import PROFILES, NoduleSpec, render_ct
 from src.phantom.lidc import IMAGE_SIZE, LidcNodule, LidcScan
 
@@ -144,7 +145,7 @@ def select_scans(cfg: PhantomConfig) -> list[LidcScan]:
             chosen.append(scan)
         if len(chosen) == cfg.n_scans:
             return chosen
-    raise ValueError(f"only {len(chosen)} LIDC scans qualify; asked for {cfg.n_scans}")
+    raise ConfigError(f"only {len(chosen)} LIDC scans qualify; asked for {cfg.n_scans}")
 
 
 def _render_one(job: tuple[LidcScan, PhantomConfig, int, Path]) -> PhantomResult:

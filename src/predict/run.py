@@ -1,11 +1,13 @@
 """``infer.py`` behind the scenes: find the scans and the models, run mode 1 or 2 per scan,
-write masks in the scan's geometry plus nodules.csv / submission.csv.
+write masks in the scan's geometry plus nodules.csv / submission.csv, and run.json (what
+produced them: code version, config hash, checkpoints, threshold).
 
 A failure on one scan (unreadable file, coordinates outside it, ...) is reported with the
 file and the reason; the other scans carry on, and the caller exits non-zero at the end.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.config import CacheConfig, InferConfig
+from src.config import CacheConfig, InferConfig, code_version, config_hash
 from src.data.io import IMAGE_SUFFIXES, image_stem, is_image_path, write_image
 from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
 from src.errors import DataError
@@ -22,7 +24,7 @@ from src.predict.detect import candidates, predict_volume
 from src.predict.predictor import Predictor
 from src.predict.segment import ModelVolume, NetworkSegmenter, segment_nodule, to_model_volume
 from src.runtime import Runtime
-from src.utils import atomic_to_csv, progress
+from src.utils import atomic_to_csv, atomic_write_text, progress
 
 DEFAULT_CANDIDATE_DIAMETER_MM = 10.0   # candidates_V2.csv rows carry no size
 NODULE_TABLE = ["seriesuid", "nodule_id", "coordX", "coordY", "coordZ", "diameter_mm", "volume_mm3", "mean_hu",
@@ -211,6 +213,10 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
             failures.append(f"{record.seriesuid}: {err}")
             print(f"FAILED {record.seriesuid}: {err}")
     nodules = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=NODULE_TABLE)
+    atomic_write_text(out_dir / "run.json", json.dumps(dict(
+        code_version=code_version(), config_hash=config_hash(cfg), checkpoints=[str(p) for p in models.checkpoints],
+        threshold=models.threshold, threshold_source=models.threshold_source, mode="coords" if given else "scan",
+        scans_done=len(tables), failures=failures), indent=1))
     atomic_to_csv(nodules, out_dir / "nodules.csv", float_format="%.4f")
     if not given:
         atomic_to_csv(nodules[["seriesuid", "coordX", "coordY", "coordZ", "probability"]],

@@ -26,7 +26,7 @@ from scipy import ndimage
 from src.config import CacheConfig, InferConfig
 from src.data.geometry import Geometry
 from src.data.patches import crop, model_lung_mask, sphere_distance
-from src.data.preprocess import resample, to_model_space
+from src.data.preprocess import resample, resampled_geometry, to_model_space
 from src.data.scan import Scan
 from src.predict.predictor import Predictor
 
@@ -81,6 +81,23 @@ class ModelVolume:
 def to_model_volume(scan: Scan, cfg: CacheConfig) -> ModelVolume:
     image, geometry = to_model_space(scan.image, scan.geometry, cfg.spacing_zyx, cfg.hu_clip)
     return ModelVolume(image, geometry, scan.geometry, cfg, scan=scan)
+
+
+def model_volume_grid(scan: Scan, cfg: CacheConfig) -> ModelVolume:
+    """The model-space grid of a scan without its pixels (windows can be planned on it)."""
+    geometry = resampled_geometry(scan.geometry, cfg.spacing_zyx)
+    return ModelVolume(np.zeros((0, 0, 0), np.int16), geometry, scan.geometry, cfg, full_shape=geometry.shape_zyx)
+
+
+def model_volume_crop(scan: Scan, cfg: CacheConfig, lo_zyx, hi_zyx) -> ModelVolume:
+    """Only the model-space crop [lo, hi) (clipped to the volume), resampled from the scan:
+    the same voxels as that part of :func:`to_model_volume`, for a fraction of the cost."""
+    grid = model_volume_grid(scan, cfg)
+    lo = np.maximum(np.asarray(lo_zyx, dtype=int), 0)
+    hi = np.minimum(np.asarray(hi_zyx, dtype=int), grid.full_shape)
+    image, _ = to_model_space(scan.image, scan.geometry, cfg.spacing_zyx, cfg.hu_clip,
+                              target=grid.geometry.crop(lo, hi - lo))
+    return replace(grid, image=image, offset=lo)
 
 
 def stacks_from_volume(volume: np.ndarray, k: int) -> np.ndarray:

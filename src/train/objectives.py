@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from src.config import DistillConfig, LossConfig
+from src.errors import ConfigError
 from src.losses.coarse import CoarseMeanTeacherLoss, SphereLoss, sigmoid_rampup
 from src.losses.distill import AttentionTransferLoss, BinaryKDLoss, nodule_region, nodule_region_weights
 from src.losses.supervised import DiceBCELoss
@@ -22,7 +23,7 @@ COARSE_MODES = ("ignore", "sphere", "mt")
 class TeacherObjective:
     def __init__(self, cfg: LossConfig):
         if cfg.coarse not in COARSE_MODES:
-            raise ValueError(f"loss.coarse must be one of {COARSE_MODES}, got {cfg.coarse!r}")
+            raise ConfigError(f"loss.coarse must be one of {COARSE_MODES}, got {cfg.coarse!r}")
         self.cfg = cfg
         self.fine = DiceBCELoss(cfg.dice_weight, cfg.bce_weight)
         self.sphere = SphereLoss(cfg.dice_weight, cfg.bce_weight)
@@ -61,7 +62,7 @@ class StudentObjective:
         self.at = AttentionTransferLoss()
         self.feature_teacher = feature_teacher.eval() if feature_teacher is not None else None
         if cfg.feature_weight > 0 and feature_teacher is None:
-            raise ValueError("distill.feature_weight > 0 needs a feature teacher")
+            raise ConfigError("distill.feature_weight > 0 needs a feature teacher")
 
     needs_two_views = False
 

@@ -16,6 +16,7 @@ from src.config import dump_config, to_dict
 from src.data.context import StageContext
 from src.data.folds import split_uids
 from src.data.manifest import read_dataset
+from src.errors import DataError
 from src.evaluation.cases import load_cases
 from src.evaluation.oof import write_oof
 from src.models.checkpoint import model_from_checkpoint
@@ -52,7 +53,7 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
     cfg, stage = ctx.cfg, ctx.cfg.teacher
     splits = split_uids(ctx.folds, fold)
     if not splits["val"]:
-        raise ValueError(f"fold {fold} has no scans in {cfg.paths.folds}")
+        raise DataError(f"fold {fold} has no scans in {cfg.paths.folds}")
     assert not (splits["train"] | splits["val"]) & splits["holdout"], "hold-out scans leaked into a fold"
     seed_everything(stage.seed + fold)
     out_dir = ctx.layout.teacher_dir(fold)

@@ -108,7 +108,7 @@ class Trainer:
             return False
         ckpt = load_checkpoint(path)
         if ckpt.get("config_hash") != self.info.config_hash:
-            raise ValueError(f"{path}: trained with another config ({ckpt.get('config_hash')} != "
+            raise UserError(f"{path}: trained with another config ({ckpt.get('config_hash')} != "
                              f"{self.info.config_hash}); use a new experiment name or drop --resume")
         self.model.load_state_dict(ckpt["model"])
         self.ema.module.load_state_dict(ckpt["ema"])

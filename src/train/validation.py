@@ -2,7 +2,8 @@
 through the one scoring path (``src.evaluation.cases``), as the leaderboards measure them.
 
 The scans are read once, when training starts; each epoch then segments every validation
-nodule from its coordinates with the EMA weights and scores it against its mask.
+nodule from its coordinates with the EMA weights and scores its overlap with the mask
+(the best checkpoint's OOF scores add the surface distances).
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from src.utils import progress
 
 
 def summarize_nodules(table: pd.DataFrame, prefix: str = "val_") -> dict[str, float]:
-    """Means over nodules; HD95 over the nodules with a non-empty prediction."""
+    """Means over nodules; precision and HD95 over the nodules with a non-empty prediction."""
     if table.empty:
         return {}
-    out = {f"{prefix}{m}": float(table[m].mean()) for m in ("dice", "iou", "sensitivity", "nsd")}
-    out[f"{prefix}hd95_mm"] = float(np.nanmean(table["hd95_mm"])) if table["hd95_mm"].notna().any() else float("nan")
+    out = {}
+    for metric in ("dice", "iou", "sensitivity", "precision", "nsd", "hd95_mm"):
+        if metric in table:  # a column even when all NaN (no prediction yet), so summary.csv keeps its shape
+            out[f"{prefix}{metric}"] = float(np.nanmean(table[metric])) if table[metric].notna().any() else np.nan
     return out
 
 
@@ -33,14 +36,16 @@ class NoduleValidator:
         self.cases, self.rt, self.window, self.k = cases, rt, window, k
         self.cfg, self.threshold = cfg, threshold
 
-    def segment(self, model: nn.Module, desc: str = "validate") -> tuple[pd.DataFrame, list[Segmented]]:
+    def segment(self, model: nn.Module, desc: str = "validate", distances: bool = True
+                ) -> tuple[pd.DataFrame, list[Segmented]]:
         segmenter = NetworkSegmenter(Predictor([model], self.rt, self.window, batch_size=self.cfg.batch_size), self.k)
         rows, segs = [], []
         for case in progress(self.cases, desc=desc):
             seg = case.segment(segmenter, self.cfg, self.threshold)
-            rows.append(case.score(seg))
+            rows.append(case.score(seg, distances))
             segs.append(seg)
         return pd.DataFrame(rows), segs
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        return summarize_nodules(self.segment(model)[0])
+        """Per-epoch scores (overlap only: the checkpoint choice needs no surface distances)."""
+        return summarize_nodules(self.segment(model, distances=False)[0])

@@ -1,0 +1,153 @@
+"""Dataset integrity checks before any work (as nnU-Net's ``--verify_dataset_integrity``).
+
+:func:`verify_records` reads every scan as the pipeline will and reports, per scan:
+errors (unreadable or inconsistent: the run would stop or be wrong) and warnings (it would
+run, but a person should look). :func:`verify_folds` and :func:`verify_cache` check the
+split file and a patch cache against the dataset (and ``verify.py`` also checks that no
+checkpoint saw a hold-out scan). ``verify.py`` prints the report;
+``prepare.py`` runs the header-level checks first and stops on any error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from src.data.scan import Scan, ScanRecord
+from src.errors import DataError
+from src.utils import progress
+
+LUNG_MARGIN_MM = 10.0        # a nodule centre this close to the lungs counts as inside (pleural nodules)
+ORTHONORMAL_TOL = 1e-3
+
+
+@dataclass
+class Report:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.checked[what] = self.checked.get(what, 0) + n
+
+    def merge(self, other: "Report") -> "Report":
+        self.errors += other.errors
+        self.warnings += other.warnings
+        for k, v in other.checked.items():
+            self.count(k, v)
+        return self
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def render(self) -> str:
+        lines = [f"ERROR {e}" for e in self.errors] + [f"WARN  {w}" for w in self.warnings]
+        counts = ", ".join(f"{v} {k}" for k, v in self.checked.items())
+        lines.append(f"checked {counts}: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+        return "\n".join(lines)
+
+
+def _geometry_warnings(scan: Scan) -> list[str]:
+    geo, out = scan.geometry, []
+    matrix = np.asarray(geo.direction).reshape(3, 3)
+    if not np.allclose(matrix @ matrix.T, np.eye(3), atol=ORTHONORMAL_TOL):
+        out.append(f"{scan.record.image_path}: direction matrix is not orthonormal")
+    elif not np.allclose(np.abs(matrix), np.eye(3), atol=ORTHONORMAL_TOL):
+        out.append(f"{scan.record.image_path}: oblique orientation (direction {np.round(matrix, 3).tolist()}); "
+                   "coordinates are taken as world mm")
+    if min(geo.spacing_xyz) <= 0 or max(geo.spacing_xyz) > 10:
+        out.append(f"{scan.record.image_path}: implausible spacing {geo.spacing_xyz} mm")
+    return out
+
+
+def _nodule_warnings(scan: Scan) -> list[str]:
+    out, where = [], scan.record.source or str(scan.record.image_path)
+    if scan.fine_mask is not None:
+        unmatched = [n for n in scan.nodules if not n.fine_label]
+        if unmatched:
+            out.append(f"{where}: {len(unmatched)} nodule(s) of {scan.seriesuid} have no label in its mask "
+                       f"{scan.record.mask_path} (e.g. {unmatched[0].nodule_uid}); they train as coarse only")
+        labels = set(np.unique(scan.fine_mask)) - {0}
+        used = {n.fine_label for n in scan.nodules}
+        if labels - used and not scan.record.mask_only_nodules:
+            out.append(f"{scan.record.mask_path}: {len(labels - used)} mask label(s) have no coordinate; ignored "
+                       "(set paths.mask_only_nodules=true if the masks come without coordinates)")
+    if scan.lung_mask is not None and scan.lung_mask.any() and scan.nodules:
+        from scipy import ndimage
+        outside = ndimage.distance_transform_edt(~scan.lung_mask, sampling=scan.geometry.spacing_zyx)
+        for n in scan.nodules:
+            idx = tuple(int(np.clip(np.floor(v + 0.5), 0, s - 1))
+                        for v, s in zip(scan.geometry.world_to_voxel(n.center_xyz), scan.geometry.shape_zyx))
+            if outside[idx] > LUNG_MARGIN_MM:
+                out.append(f"{where}: nodule {n.nodule_uid} lies {outside[idx]:.0f} mm outside the lungs "
+                           f"of {scan.record.lung_path}")
+    return out
+
+
+def verify_records(records: list[ScanRecord], full: bool = True, desc: str = "verify scans") -> Report:
+    """``full``: read the pixels too (HU range, NaN); else headers, masks and tables only."""
+    report = Report()
+    seen: dict[str, Path] = {}
+    for record in progress(records, desc=desc):
+        report.count("scans")
+        if record.seriesuid in seen:
+            report.errors.append(f"{record.image_path}: seriesuid {record.seriesuid} also names {seen[record.seriesuid]}")
+            continue
+        seen[record.seriesuid] = Path(record.image_path)
+        try:
+            scan = record.load(with_image=full)
+        except DataError as err:
+            report.errors.append(str(err))
+            continue
+        report.count("nodules", len(scan.nodules))
+        report.warnings += _geometry_warnings(scan) + _nodule_warnings(scan)
+    return report
+
+
+def verify_folds(folds_path: str | Path, uids: set[str]) -> Report:
+    """The split file: readable, patients disjoint (read_folds), and the same scans as the data."""
+    from src.data.folds import HOLDOUT, read_folds
+
+    report = Report()
+    try:
+        folds = read_folds(folds_path)
+    except DataError as err:
+        report.errors.append(str(err))
+        return report
+    report.count("folds files")
+    listed = set(folds["seriesuid"])
+    if listed - uids:
+        report.errors.append(f"{folds_path}: {len(listed - uids)} seriesuid(s) not in the dataset, "
+                             f"e.g. {sorted(listed - uids)[0]}")
+    if uids - listed:
+        report.warnings.append(f"{folds_path}: {len(uids - listed)} scan(s) of the dataset have no fold, "
+                               f"e.g. {sorted(uids - listed)[0]}; rerun make_folds.py")
+    if not (folds["fold"] == HOLDOUT).any():
+        report.warnings.append(f"{folds_path}: no hold-out patients")
+    return report
+
+
+def verify_cache(cache_path: str | Path, uids: set[str], source: str | None = None) -> Report:
+    """A patch cache: readable, and built from these scans (and this source, if given)."""
+    from src.data.cache import PatchCache
+
+    report = Report()
+    try:
+        cache = PatchCache(cache_path)
+    except DataError as err:
+        report.errors.append(str(err))
+        return report
+    report.count("caches")
+    cached = set(cache.scans["seriesuid"])
+    if cached - uids:
+        report.errors.append(f"{cache_path}: holds {len(cached - uids)} scan(s) the dataset lacks, "
+                             f"e.g. {sorted(cached - uids)[0]}; rebuild it with prepare.py --overwrite")
+    if uids - cached:
+        report.warnings.append(f"{cache_path}: lacks {len(uids - cached)} scan(s) of the dataset")
+    if source and str(cache.attrs.get("source")) != source:
+        report.warnings.append(f"{cache_path}: built from {cache.attrs.get('source')}, not {source}")
+    report.warnings += [] if "code_version" in cache.attrs else [f"{cache_path}: records no code version"]
+    return report
+
