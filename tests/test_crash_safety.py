@@ -100,9 +100,10 @@ def test_killed_pseudo_labelling_reruns_to_the_same_labels(tiny_trained, tmp_pat
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
 
 
-def test_a_full_disk_is_one_line_and_keeps_the_previous_output(tiny_cfg, tiny_cache, tiny_folds, tmp_path,
-                                                               monkeypatch, capsys):
-    import errno
+@pytest.mark.parametrize("code,text", [(28, "No space left on device"), (30, "Read-only file system")])
+def test_a_full_disk_or_read_only_folder_is_one_line_and_keeps_the_previous_output(
+        tiny_cfg, tiny_cache, tiny_folds, tmp_path, monkeypatch, capsys, code, text):
+    # simulated: the tests run as root, for whom chmod does not make a folder read-only
     import runpy
 
     out = tmp_path / "folds.csv"
@@ -111,7 +112,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_output(tiny_cfg, tiny_ca
 
     def full_disk(src, dst):
         if Path(dst) == out:
-            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+            raise OSError(code, text, str(dst))
         return real(src, dst)
     monkeypatch.setattr(os, "replace", full_disk)
     monkeypatch.setattr(sys, "argv", ["make_folds.py", "--config", "", "--out", str(out), "--set", *TINY_OVERRIDES,
@@ -119,5 +120,5 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_output(tiny_cfg, tiny_ca
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(ROOT / "make_folds.py"), run_name="__main__")
     err = capsys.readouterr().err.strip().splitlines()
-    assert done.value.code == 2 and len(err) == 1 and "folds.csv: No space left on device" in err[0]
+    assert done.value.code == 2 and len(err) == 1 and f"folds.csv: {text}" in err[0]
     assert out.read_text() == "the previous folds\n" and [p.name for p in tmp_path.iterdir()] == ["folds.csv"]

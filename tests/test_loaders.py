@@ -191,3 +191,19 @@ def test_generated_fixture_is_deterministic(tmp_path):
     b = make_tiny_luna(tmp_path / "b", n_scans=2, seed=3)
     for f in a.rglob("*.raw"):
         assert f.read_bytes() == (b / f.relative_to(a)).read_bytes()
+
+
+def test_a_seriesuid_in_two_subsets_is_refused(luna_copy):
+    first = sorted((luna_copy / "subset0").glob("*.mhd"))[0]
+    for suffix in (".mhd", ".raw"):
+        shutil.copy(first.with_suffix(suffix), luna_copy / "subset1" / first.with_suffix(suffix).name)
+    with pytest.raises(DataError, match=rf"{first.stem}\.mhd: seriesuid {first.stem} also found at"):
+        read_luna16(luna_copy)
+
+
+def test_a_scan_without_annotation_rows_is_a_scan_without_nodules(luna_copy):
+    ann = pd.read_csv(luna_copy / "annotations.csv")
+    first = ann["seriesuid"].iloc[0]
+    ann[ann["seriesuid"] != first].to_csv(luna_copy / "annotations.csv", index=False)
+    record = next(r for r in read_luna16(luna_copy) if r.seriesuid == first)
+    assert record.nodules.empty

@@ -123,6 +123,31 @@ def read_sitk(path: str | Path) -> sitk.Image:
         raise DataError(f"{path}: cannot read image ({detail})") from None
 
 
+def read_header(path: str | Path) -> Geometry:
+    """The geometry of an image file from its header alone (DICOM folders: read whole)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file or folder does not exist")
+    if path.is_dir():
+        return Geometry.from_sitk(_read_dicom_series(path))
+    if not is_image_path(path):
+        raise DataError(f"{path}: unsupported image format (expected one of {IMAGE_SUFFIXES} or a DICOM folder)")
+    if path.suffix.lower() == ".mhd":
+        _check_metaimage(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
+        raise DataError(f"{path}: cannot read image ({detail})") from None
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        raise DataError(f"{path}: expected a 3D single-channel image, got {reader.GetDimension()}D with "
+                        f"{reader.GetNumberOfComponents()} channels")
+    return Geometry(tuple(reader.GetOrigin()), tuple(reader.GetSpacing()), tuple(reader.GetDirection()),
+                    tuple(int(v) for v in reader.GetSize()))
+
+
 def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, Geometry]:
     """-> (array indexed z, y, x; Geometry). 3D scalar images only."""
     image = read_sitk(path)

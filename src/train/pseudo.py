@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from src.config import PseudoConfig, to_dict
+from src.config import PseudoConfig, code_version, to_dict
 from src.data.context import StageContext
 from src.data.folds import fold_ids, split_uids
 from src.data.manifest import read_dataset
@@ -65,6 +65,7 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
     p = ctx.patch_size
     out = ctx.layout.pseudo_labels
     attrs = dict(cache_hash=ctx.cache_hash, folds_hash=ctx.folds_hash, config=json.dumps(to_dict(cfg)),
+                 code_version=code_version(),
                  teachers=json.dumps([str(t) for t in paths]))
     f_cache = ctx.cache.file
     with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:

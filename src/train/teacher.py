@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.config import dump_config, to_dict
+from src.config import code_version, dump_config, to_dict
 from src.data.context import StageContext
 from src.data.folds import split_uids
 from src.data.manifest import read_dataset
@@ -45,7 +45,8 @@ def write_fold_oof(ctx: StageContext, validator: NoduleValidator, fold: int) -> 
     table.insert(0, "fold", fold)
     atomic_to_csv(table, ctx.layout.oof_metrics(out_dir), float_format="%.5g")
     write_oof(validator.cases, segs, ctx.layout.oof_predictions(out_dir),
-              dict(fold=fold, checkpoint=str(checkpoint), cache_hash=ctx.cache_hash))
+              dict(fold=fold, checkpoint=str(checkpoint), cache_hash=ctx.cache_hash,
+                   code_version=code_version()))
     return table
 
 
