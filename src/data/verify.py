@@ -128,6 +128,16 @@ def verify_records(records: list[ScanRecord], full: bool = True, desc: str = "ve
     return report
 
 
+def _compare_scans(report: Report, path, listed: set[str], uids: set[str], remedy: str) -> None:
+    """A file naming scans the dataset lacks is an error; one missing some of them, a warning."""
+    if listed - uids:
+        report.errors.append(f"{path}: names {len(listed - uids)} scan(s) the dataset lacks, "
+                             f"e.g. {sorted(listed - uids)[0]}; {remedy}")
+    if uids - listed:
+        report.warnings.append(f"{path}: lacks {len(uids - listed)} scan(s) of the dataset, "
+                               f"e.g. {sorted(uids - listed)[0]}; {remedy}")
+
+
 def verify_folds(folds_path: str | Path, uids: set[str]) -> Report:
     """The split file: readable, patients disjoint (read_folds), and the same scans as the data."""
     from src.data.folds import HOLDOUT, read_folds
@@ -139,13 +149,7 @@ def verify_folds(folds_path: str | Path, uids: set[str]) -> Report:
         report.errors.append(str(err))
         return report
     report.count("folds files")
-    listed = set(folds["seriesuid"])
-    if listed - uids:
-        report.errors.append(f"{folds_path}: {len(listed - uids)} seriesuid(s) not in the dataset, "
-                             f"e.g. {sorted(listed - uids)[0]}")
-    if uids - listed:
-        report.warnings.append(f"{folds_path}: {len(uids - listed)} scan(s) of the dataset have no fold, "
-                               f"e.g. {sorted(uids - listed)[0]}; rerun make_folds.py")
+    _compare_scans(report, folds_path, set(folds["seriesuid"]), uids, "rerun make_folds.py")
     if not (folds["fold"] == HOLDOUT).any():
         report.warnings.append(f"{folds_path}: no hold-out patients")
     return report
@@ -162,12 +166,7 @@ def verify_cache(cache_path: str | Path, uids: set[str], source: str | None = No
         report.errors.append(str(err))
         return report
     report.count("caches")
-    cached = set(cache.scans["seriesuid"])
-    if cached - uids:
-        report.errors.append(f"{cache_path}: holds {len(cached - uids)} scan(s) the dataset lacks, "
-                             f"e.g. {sorted(cached - uids)[0]}; rebuild it with prepare.py --overwrite")
-    if uids - cached:
-        report.warnings.append(f"{cache_path}: lacks {len(uids - cached)} scan(s) of the dataset")
+    _compare_scans(report, cache_path, set(cache.scans["seriesuid"]), uids, "rebuild it with prepare.py --overwrite")
     if source and str(cache.attrs.get("source")) != source:
         report.warnings.append(f"{cache_path}: built from {cache.attrs.get('source')}, not {source}")
     report.warnings += [] if "code_version" in cache.attrs else [f"{cache_path}: records no code version"]
