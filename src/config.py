@@ -47,10 +47,17 @@ class PhantomConfig:
     seed: int = 0
     max_slices: int = 96                  # z crop around the nodules, keeps files small
     max_slice_thickness_mm: float = 2.5   # LUNA16's inclusion rule
+    min_slice_thickness_mm: float = 0.0   # > 0: only scans at least this thick (a shifted condition)
     min_readers: int = 3                  # annotations.csv: nodules >= 3 mm marked by >= 3 readers
     min_diameter_mm: float = 3.0
     n_subsets: int = 10
     workers: int = 2
+    # Shifts of the renderer, for robustness conditions (defaults: the built-in dataset).
+    profiles: tuple[str, ...] = ()        # scanner profiles drawn per scan; () = the three built-in ones
+    noise_scale: float = 1.0              # x every profile's noise sd
+    edge_mm: float = 0.4                  # gaussian blur of the nodules' reader-fraction edge (partial volume)
+    nonsolid_fraction: float = 0.0        # > 0: scans with non-solid nodules are taken first until this
+                                          # share of annotated nodules is non-solid (LIDC markings: ~0.15)
 
 
 @dataclass
@@ -65,6 +72,7 @@ class CacheConfig:
     hard_negative_fraction: float = 0.5   # share of negatives at vessel-like candidates
     negative_margin_mm: float = 5.0       # negatives keep this far from any nodule surface
     roi_margin_mm: float = 5.0            # 3D validation ROI around each nodule
+    prior_margin_mm: float = 2.0          # coarse prior (half-max pseudo-mask) reaches this beyond the sphere
     workers: int = 2
     seed: int = 0
 
@@ -91,7 +99,7 @@ class ModelConfig:
 class LossConfig:
     dice_weight: float = 1.0
     bce_weight: float = 1.0
-    coarse: str = "mt"                    # ignore | sphere | mt (coarse-constrained mean teacher)
+    coarse: str = "mt"                    # ignore | sphere | mt (coarse-constrained mean teacher) | prior (half-max pseudo-masks + mt)
     coarse_weight: float = 1.0
     coarse_background_margin_mm: float = 2.0   # beyond sphere + margin = certain background
     coarse_core_fraction: float = 0.4     # within this x radius of a given centre = certain nodule (0 = off)
@@ -109,6 +117,7 @@ class DistillConfig:
     region_margin_mm: float = 3.0
     feature_weight: float = 0.0           # attention transfer to teacher encoder stages (0 = off)
     feature_teacher_fold: int = 0         # which fold teacher provides the online features
+    coarse_pseudo: bool = True            # KD on coarse scans' patches too (False: on fine scans only, an ablation)
 
 
 @dataclass
@@ -128,6 +137,7 @@ class StageConfig:
     compile: bool = False
     channels_last: bool = True
     grad_clip: float = 1.0
+    val_every: int = 1                    # validate every N epochs (and after the last); best among those
     seed: int = 0
 
 

@@ -76,3 +76,48 @@ def test_refuses_to_clear_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "real_luna" / "annotations.csv").write_text("seriesuid\n")
     with pytest.raises(FileExistsError, match="not made by make_phantom.py"):
         clear_out_dir(tmp_path / "real_luna")
+
+
+def test_renderer_shifts_reach_the_written_scans(tmp_path):
+    """The knobs the shifted benchmark sets use: scanner profile (noise), slice thickness."""
+    cfg = PhantomConfig(n_scans=1, seed=5, max_slices=24, workers=1, profiles=("ultralow_dose",),
+                        min_slice_thickness_mm=2.0)
+    scans = generate_dataset(cfg, tmp_path)
+    assert scans["profile"].tolist() == ["ultralow_dose"] and scans["noise_sd_hu"].item() == 70.0
+    assert scans["slice_thickness_mm"].item() >= 2.0
+    with pytest.raises(Exception, match="unknown"):
+        generate_dataset(PhantomConfig(n_scans=1, workers=1, profiles=("nope",)), tmp_path / "x")
+
+
+def test_texture_mix_takes_non_solid_nodules_first():
+    from src.phantom.writer import NONSOLID_TEXTURE, annotated_in_window, select_scans
+
+    def share(cfg):
+        nodules = [n for s in select_scans(cfg) for n in annotated_in_window(s, cfg)]
+        return np.mean([n.texture <= NONSOLID_TEXTURE for n in nodules])
+
+    assert share(PhantomConfig(n_scans=6, seed=6)) < 0.2            # LIDC's own mix, by chance low here
+    assert share(PhantomConfig(n_scans=6, seed=6, nonsolid_fraction=0.5)) >= 0.5
+
+
+def test_softer_edges_blur_the_nodule_boundary():
+    """``edge_mm`` spreads the nodule's partial-volume edge: more lung voxels outside the
+    marked ball take part of its density."""
+    from scipy import ndimage
+
+    from src.phantom.anatomy import NoduleSpec, _Grid, _paint_nodules
+
+    z, y, x = np.indices((9, 17, 17))
+    ball = (z - 4) ** 2 + (y - 8) ** 2 + (x - 8) ** 2 <= 16
+    spec = NoduleSpec(center_zyx=np.array([20.0, 40.0, 40.0]), radius_mm=4.0, texture=5,
+                      fraction=ball.astype(np.float32), offset_zyx=(16, 32, 32))
+    grid = _Grid((40, 80, 80), np.ones(3))
+    outside = np.ones(grid.shape, bool)
+    outside[16:25, 32:49, 32:49] = ~ndimage.binary_dilation(ball)
+
+    def raised(edge_mm):
+        hu = np.full(grid.shape, -850.0, np.float32)
+        _paint_nodules([spec], grid, hu, np.random.default_rng(0), edge_mm)
+        return int((hu[outside] > -800).sum())
+
+    assert raised(1.5) > raised(0.4) >= 0 and raised(1.5) > 50

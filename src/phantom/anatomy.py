@@ -187,7 +187,7 @@ ROOT_JITTER = 0.15                   # of the segmental vessels' initial directi
 LUNG_SEARCH_MM = (60.0, 2.0, 3.0)    # roots: search range and step for the lung, then go this deep
 GROWTH_GRID_MM = 3.0                 # coarse lung map the trees grow in
 GAUSS_TRUNCATE = 3.0                 # gaussian kernels end at this many sigma
-NODULE_EDGE_MM = 0.4                 # blur of the reader-fraction map (partial-volume edge)
+NODULE_EDGE_MM = 0.4                 # default blur of the reader-fraction map (partial-volume edge)
 NODULE_TEXTURE_MM = 1.5              # grain of the nodules' internal heterogeneity
 NODULE_CLEARANCE_MM = 3.0            # lungs must contain the ball radius + this
 FIT_MARGIN_MM = 1.0                  # test points must lie this deep in the lung
@@ -229,7 +229,10 @@ PROFILES: dict[str, ScannerProfile] = {
     "lowdose_sharp": ScannerProfile("lowdose_sharp", noise_sd_hu=52.0, noise_corr_px=0.6, psf_sigma_mm=0.3),
     "smooth_thick": ScannerProfile("smooth_thick", noise_sd_hu=12.0, noise_corr_px=1.6, psf_sigma_mm=0.8,
                                    slice_fwhm_factor=1.5),
+    # only on request (robustness conditions): an ultra-low-dose protocol at the noisy end of clinical CT
+    "ultralow_dose": ScannerProfile("ultralow_dose", noise_sd_hu=70.0, noise_corr_px=0.8, psf_sigma_mm=0.4),
 }
+DEFAULT_PROFILES = ("lowdose_sharp", "smooth_thick", "standard")   # what the built-in dataset draws from
 
 
 @dataclass
@@ -1250,7 +1253,8 @@ def _smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator
     return field_ / max(float(field_.std()), 1e-6)
 
 
-def _paint_nodules(nodules: list[NoduleSpec], grid: _Grid, hu: np.ndarray, rng: np.random.Generator) -> None:
+def _paint_nodules(nodules: list[NoduleSpec], grid: _Grid, hu: np.ndarray, rng: np.random.Generator,
+                   edge_mm: float = NODULE_EDGE_MM) -> None:
     """hu = bg + (nodule_hu - bg) * alpha, with alpha the reader fraction scaled so that the
     voxels at least half the readers marked (or, if none, the most-marked ones) are fully
     nodule, then blurred slightly: the edge is soft, partial-volume-like, where readers
@@ -1272,7 +1276,7 @@ def _paint_nodules(nodules: list[NoduleSpec], grid: _Grid, hu: np.ndarray, rng: 
         ggo += rng.uniform(-HU_GGO_JITTER, HU_GGO_JITTER)
         solid = rng.uniform(*HU_SOLID)
         opacity = np.pad(np.clip(frac / min(0.5, peak), 0.0, 1.0), pad)
-        alpha = np.clip(ndimage.gaussian_filter(opacity, NODULE_EDGE_MM / grid.spacing), 0.0, 1.0)
+        alpha = np.clip(ndimage.gaussian_filter(opacity, edge_mm / grid.spacing), 0.0, 1.0)
         marked = opacity >= 1.0
         depth = ndimage.distance_transform_edt(marked, sampling=grid.spacing)
         depth = depth / max(float(depth.max()), 1e-6)
@@ -1344,8 +1348,9 @@ def _acquire(hu: np.ndarray, grid: _Grid, slice_thickness_mm: float, profile: Sc
 # ----------------------------------------------------------------------------- entry point
 def render_ct(shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, float],
               slice_thickness_mm: float, nodules: list[NoduleSpec],
-              profile: ScannerProfile, rng: np.random.Generator) -> RenderedCT:
+              profile: ScannerProfile, rng: np.random.Generator, edge_mm: float = NODULE_EDGE_MM) -> RenderedCT:
     """Render one synthetic chest CT around the given nodules (see the module docstring).
+    ``edge_mm``: blur of the nodules' partial-volume edge.
 
     Deterministic in (inputs, rng state). The anatomy draws come first and do not depend on
     the profile, so one seed gives the same chest under every profile."""
@@ -1360,5 +1365,5 @@ def render_ct(shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, 
     _paint_trees(anat, grid, nodules, vessels, airways, hu, labels)
     _enforce_nodule_labels(frame, nodules, labels)
     candidates = _vessel_candidates(vessels, forks, labels, nodules, grid, rng)
-    _paint_nodules(nodules, grid, hu, rng)
+    _paint_nodules(nodules, grid, hu, rng, edge_mm)
     return RenderedCT(_acquire(hu, grid, slice_thickness_mm, profile, rng), labels, candidates)

