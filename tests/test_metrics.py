@@ -8,7 +8,7 @@ from src.data.geometry import Geometry
 from src.data.preprocess import resample_labels
 from src.evaluation.metrics import dice, inter_reader_dice, segmentation_metrics
 from src.predict.predictor import Predictor
-from src.predict.segment import component_at
+from src.data.classical import component_at
 from src.runtime import Runtime
 
 

@@ -7,6 +7,7 @@ faster than with lzf/gzip, see docs/data.md):
             code_version, image_unit="HU", window, spacing_zyx, k_slices, patch_size
     patches/image   (N, k, P, P) int16 HU        chunk (1, k, P, P)
     patches/fine    (N, P, P)    uint8 0/1       fine mask of the centre slice (0 if unknown)
+    patches/prior   (N, P, P)    uint8 0/1       coarse prior: half-max pseudo-masks from coordinates
     patches/coarse  (N, P, P)    uint8 0/1       coarse spheres cut by the centre slice
     patches/coarse_dist (N, P, P) int8           distance to the nearest sphere surface, 0.25 mm
     patches/meta/*  one column per dataset       see PATCH_COLUMNS
@@ -34,8 +35,8 @@ from src.data.scan import ScanRecord
 from src.errors import DataError
 from src.utils import atomic_path, parallel_map, progress
 
-FORMAT_VERSION = 2    # 2: no validation ROIs (validation reads the scans)
-PATCH_ARRAYS = {"image": np.int16, "fine": np.uint8, "coarse": np.uint8, "coarse_dist": np.int8}
+FORMAT_VERSION = 3    # 2: no validation ROIs (validation reads the scans); 3: coarse prior
+PATCH_ARRAYS = {"image": np.int16, "fine": np.uint8, "prior": np.uint8, "coarse": np.uint8, "coarse_dist": np.int8}
 # Cache settings that change what a network sees; a run asking for others must rebuild.
 MODEL_SPACE_KEYS = ("spacing_zyx", "hu_clip", "window", "k_slices", "patch_size")
 
@@ -79,7 +80,8 @@ def _patch_rows(ms: ModelScan, items: list[dict]) -> pd.DataFrame:
             label_kind="fine" if fine_known else "coarse",
             z=it["z"], y=it["y"], x=it["x"], world_x=world[0], world_y=world[1], world_z=world[2],
             diameter_mm=mn.nodule.diameter_mm if mn else 0.0,
-            texture=mn.nodule.texture if mn else np.nan))
+            texture=mn.nodule.texture if mn else np.nan,
+            has_prior=mn.has_prior if mn else True))   # a negative's prior (none) is known
     return pd.DataFrame(rows)
 
 
@@ -97,7 +99,7 @@ def build_scan_shard(record: ScanRecord, cfg: CacheConfig, shard: Path) -> Path:
     nodule_rows = [dict(nodule_uid=n.nodule_uid, seriesuid=record.seriesuid, patient_id=record.patient_id,
                         coordX=n.center_xyz[0], coordY=n.center_xyz[1], coordZ=n.center_xyz[2],
                         diameter_mm=n.diameter_mm, texture=n.texture, n_readers=n.n_readers,
-                        has_fine=n.fine_label > 0, from_mask=n.from_mask,
+                        has_fine=n.fine_label > 0, from_mask=n.from_mask, has_prior=mn.has_prior,
                         center_z=mn.center_zyx[0], center_y=mn.center_zyx[1], center_x=mn.center_zyx[2])
                    for mn in ms.nodules for n in [mn.nodule]]
     with atomic_path(shard, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
@@ -114,7 +116,7 @@ def build_scan_shard(record: ScanRecord, cfg: CacheConfig, shard: Path) -> Path:
 
 
 NODULE_COLUMNS = ["nodule_uid", "seriesuid", "patient_id", "coordX", "coordY", "coordZ", "diameter_mm",
-                  "texture", "n_readers", "has_fine", "from_mask", "center_z", "center_y", "center_x"]
+                  "texture", "n_readers", "has_fine", "from_mask", "has_prior", "center_z", "center_y", "center_x"]
 
 
 # ----------------------------------------------------------------------------- whole cache

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.config import CacheConfig
+from src.data.classical import SHELL_MM, component_at, half_max_mask
 from src.data.geometry import Geometry
 from src.data.preprocess import lung_mask_from_hu, resample, resample_labels, to_model_space
 from src.data.scan import Nodule, Scan
@@ -24,6 +25,7 @@ class ModelNodule:
     nodule: Nodule
     center_zyx: np.ndarray           # voxel (z, y, x) in model space
     radius_mm: float
+    has_prior: bool = False          # the half-max prior found it (it stands out from the lung)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class ModelScan:
     lung: np.ndarray                 # bool
     nodules: list[ModelNodule]
     avoid_zyx_mm: np.ndarray         # (n, 4): centre (voxel) + radius (mm) of every finding
+    prior: np.ndarray | None = None  # bool: every nodule's coarse prior (half-max pseudo-mask)
 
 
 def model_lung_mask(scan: Scan, image: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -57,7 +60,32 @@ def to_model_scan(scan: Scan, cfg: CacheConfig) -> ModelScan:
     for x, y, z, d in scan.excluded_xyzd:
         findings.append((geometry.world_to_voxel((x, y, z)), (d if np.isfinite(d) else 6.0) / 2))
     avoid = np.array([[*c, r] for c, r in findings]).reshape(-1, 4)
-    return ModelScan(scan, image, geometry, fine, lung, nodules, avoid)
+    ms = ModelScan(scan, image, geometry, fine, lung, nodules, avoid)
+    ms.prior = coarse_prior(ms, cfg.prior_margin_mm)
+    return ms
+
+
+def coarse_prior(ms: ModelScan, margin_mm: float) -> np.ndarray:
+    """The half-max pseudo-mask of every nodule, from its coordinates and the image alone
+    (``src.data.classical``); sets ``has_prior`` on the nodules it found."""
+    prior = np.zeros(ms.image.shape, dtype=bool)
+    spacing = ms.geometry.spacing_zyx
+    for mn in ms.nodules:
+        reach = (mn.radius_mm + SHELL_MM[1] + 1.0) / spacing
+        lo = np.maximum(np.floor(mn.center_zyx - reach).astype(int), 0)
+        hi = np.minimum(np.ceil(mn.center_zyx + reach).astype(int) + 1, ms.image.shape)
+        if np.any(hi <= lo):
+            continue
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        dist = sphere_distance(mn.center_zyx, [mn.radius_mm], spacing, np.arange(lo[0], hi[0]), int(lo[1]),
+                               int(lo[2]), (int(hi[1] - lo[1]), int(hi[2] - lo[2])))
+        mask = half_max_mask(ms.image[box].astype(np.float32), dist, mn.radius_mm, margin_mm)
+        if mask is None:
+            continue
+        mask = component_at(mask, mn.center_zyx - lo, spacing, max_distance_mm=mn.radius_mm)
+        mn.has_prior = bool(mask.any())
+        prior[box] |= mask
+    return prior
 
 
 # ----------------------------------------------------------------------------- cropping
@@ -96,16 +124,19 @@ def sphere_distance(centres_zyx: np.ndarray, radii_mm, spacing_zyx, z_indices,
 
 def stack_at(ms: ModelScan, z: int, cy: int, cx: int, cfg: CacheConfig) -> dict[str, np.ndarray]:
     """One 2.5D training patch centred on (z, cy, cx): image (k,P,P), and for slice z:
-    fine mask, coarse mask, distance to the coarse spheres (int8, 0.25 mm units, rounded up
-    so that ``coarse_dist <= 0`` is exactly the coarse mask)."""
+    fine mask, coarse mask, coarse prior (half-max pseudo-mask), distance to the coarse
+    spheres (int8, 0.25 mm units, rounded up so that ``coarse_dist <= 0`` is exactly the
+    coarse mask)."""
     p, h = cfg.patch_size, cfg.k_slices // 2
     y0, x0 = cy - p // 2, cx - p // 2
     image = crop(ms.image, np.arange(z - h, z + h + 1), y0, x0, (p, p), int(cfg.hu_clip[0]))
     fine = (crop(ms.fine, [z], y0, x0, (p, p), 0)[0] > 0) if ms.fine is not None else np.zeros((p, p), bool)
+    prior = crop(ms.prior, [z], y0, x0, (p, p), False)[0] if ms.prior is not None else np.zeros((p, p), bool)
     centres = np.array([n.center_zyx for n in ms.nodules]).reshape(-1, 3)
     radii = np.array([n.radius_mm for n in ms.nodules])
     dist = sphere_distance(centres, radii, ms.geometry.spacing_zyx, [z], y0, x0, (p, p))[0]
-    return dict(image=image, fine=fine.astype(np.uint8), coarse=(dist <= 0).astype(np.uint8),
+    return dict(image=image, fine=fine.astype(np.uint8), prior=prior.astype(np.uint8),
+                coarse=(dist <= 0).astype(np.uint8),
                 coarse_dist=np.clip(np.ceil(dist * DIST_UNITS_PER_MM), -127, 127).astype(np.int8))
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy import ndimage
 
 from src.config import CacheConfig, InferConfig
+from src.data.classical import component_at
 from src.data.geometry import Geometry
 from src.data.patches import crop, model_lung_mask, sphere_distance
 from src.data.preprocess import resample, resampled_geometry, to_model_space
@@ -163,24 +163,6 @@ def model_box_for(window: Window, k: int) -> tuple[np.ndarray, np.ndarray]:
     h = k // 2
     return (np.array([window.z_lo - h, window.y0, window.x0]),
             np.array([window.z_hi + h + 1, window.y0 + window.size, window.x0 + window.size]))
-
-
-def component_at(mask: np.ndarray, centre_zyx, spacing_zyx=(1.0, 1.0, 1.0),
-                 max_distance_mm: float | None = None) -> np.ndarray:
-    """The connected component (26-connected) of ``mask`` containing ``centre_zyx``, else the
-    one nearest to it (within ``max_distance_mm`` if given); empty if there is none."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if n == 0:
-        return np.zeros_like(mask, dtype=bool)
-    idx = tuple(int(np.clip(np.floor(c + 0.5), 0, s - 1)) for c, s in zip(centre_zyx, mask.shape))
-    label = labels[idx]
-    if label == 0:
-        dist, (iz, iy, ix) = ndimage.distance_transform_edt(labels == 0, sampling=spacing_zyx,
-                                                            return_indices=True)
-        if max_distance_mm is not None and dist[idx] > max_distance_mm:
-            return np.zeros_like(mask, dtype=bool)
-        label = labels[iz[idx], iy[idx], ix[idx]]
-    return labels == label
 
 
 def segment_at(prob: np.ndarray, centre_zyx, radius_mm: float, spacing_zyx, threshold: float) -> np.ndarray:

@@ -98,6 +98,7 @@ class PatchDataset(Dataset):
         self.window = tuple(cache.attrs["window"])
         self.soft = soft_targets     # optional: .get(cache_row) -> (P, P) float or None
         self.radius_mm = cache.patches["diameter_mm"].to_numpy(dtype=np.float32) / 2  # 0 for negatives
+        self.has_prior = cache.patches["has_prior"].to_numpy(dtype=bool)
 
     def __len__(self) -> int:
         return len(self.sel.indices)
@@ -107,19 +108,21 @@ class PatchDataset(Dataset):
         row = int(self.sel.indices[pos])
         patch = self.cache.patch(row)
         image = normalise(patch["image"], self.window)
-        targets = {"fine": patch["fine"].astype(np.float32), "coarse": patch["coarse"].astype(np.float32),
+        targets = {"fine": patch["fine"].astype(np.float32), "prior": patch["prior"].astype(np.float32),
+                   "coarse": patch["coarse"].astype(np.float32),
                    "coarse_dist": patch["coarse_dist"].astype(np.float32) / DIST_UNITS_PER_MM}
         soft = self.soft.get(row) if self.soft is not None else None
         if soft is not None:
             targets["soft"] = soft.astype(np.float32)
         if self.augmenter is not None and seed is not None:
             images, targets = self.augmenter(image, targets, seed, views=self.views)
-            targets["fine"] = (targets["fine"] >= 0.5).astype(np.float32)
-            targets["coarse"] = (targets["coarse"] >= 0.5).astype(np.float32)
+            for name in ("fine", "prior", "coarse"):
+                targets[name] = (targets[name] >= 0.5).astype(np.float32)
         else:
             images = [image] * self.views
         out = {"image": torch.from_numpy(images[0]), "index": row,
                "fine_ok": torch.tensor(float(self.sel.fine_ok[pos])),
+               "prior_ok": torch.tensor(float(self.has_prior[row])),
                "radius_mm": torch.tensor(float(self.radius_mm[row]))}
         if self.views > 1:
             out["image_b"] = torch.from_numpy(images[1])

@@ -1,7 +1,9 @@
 """What each stage learns from a batch: which loss applies to which samples.
 
 Teacher: fine patches -> Dice + BCE on the fine mask; coarse patches -> the coarse loss
-chosen by ``loss.coarse`` (never the fine mask: ``fine_ok`` is 0 for them).
+chosen by ``loss.coarse`` (never the fine mask: ``fine_ok`` is 0 for them). ``prior``: Dice +
+BCE on the coarse prior (the half-max pseudo-mask made from the coordinates) where the
+nodule stood out enough to have one, the mean teacher on the other coarse patches.
 Student: Dice + BCE on fine masks, KD to the ensemble's soft targets weighted toward the
 nodule region, and optionally attention transfer from a teacher's encoder.
 """
@@ -17,7 +19,7 @@ from src.losses.distill import AttentionTransferLoss, BinaryKDLoss, nodule_regio
 from src.losses.supervised import DiceBCELoss
 from src.models.factory import forward_with_features
 
-COARSE_MODES = ("ignore", "sphere", "mt")
+COARSE_MODES = ("ignore", "sphere", "mt", "prior")
 
 
 class TeacherObjective:
@@ -31,7 +33,7 @@ class TeacherObjective:
 
     @property
     def needs_two_views(self) -> bool:
-        return self.cfg.coarse == "mt"
+        return self.cfg.coarse in ("mt", "prior")
 
     def __call__(self, model: nn.Module, ema: nn.Module, batch: dict, progress: float):
         logits = model(batch["image"])
@@ -42,13 +44,21 @@ class TeacherObjective:
         if self.cfg.coarse == "sphere":
             terms.update(self.sphere(logits[coarse], batch["coarse"][coarse]))
             loss = terms["fine"] + weight * terms["coarse_sphere"]
-        elif self.cfg.coarse == "mt" and coarse.any():
-            with torch.no_grad():
-                teacher_prob = torch.sigmoid(ema(batch["image_b"][coarse]).float())
-            terms.update(self.mt(logits[coarse], batch["coarse_dist"][coarse], teacher_prob,
-                                 batch["radius_mm"][coarse]))
-            ramp = sigmoid_rampup(progress, self.cfg.mt_rampup_epochs)
-            loss = terms["fine"] + weight * (terms["coarse_bg"] + terms["coarse_core"] + ramp * terms["coarse_mt"])
+        elif self.cfg.coarse in ("mt", "prior") and coarse.any():
+            loss = terms["fine"]
+            if self.cfg.coarse == "prior":
+                with_prior = coarse & (batch["prior_ok"] > 0.5)
+                if with_prior.any():
+                    terms["coarse_prior"] = self.fine(logits[with_prior], batch["prior"][with_prior])
+                    loss = loss + weight * terms["coarse_prior"]
+                    coarse = coarse & ~with_prior
+            if coarse.any():
+                with torch.no_grad():
+                    teacher_prob = torch.sigmoid(ema(batch["image_b"][coarse]).float())
+                terms.update(self.mt(logits[coarse], batch["coarse_dist"][coarse], teacher_prob,
+                                     batch["radius_mm"][coarse]))
+                ramp = sigmoid_rampup(progress, self.cfg.mt_rampup_epochs)
+                loss = loss + weight * (terms["coarse_bg"] + terms["coarse_core"] + ramp * terms["coarse_mt"])
         else:
             loss = terms["fine"]
         return loss, {k: float(v.detach()) for k, v in terms.items()}
