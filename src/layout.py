@@ -28,6 +28,7 @@ CHECKPOINTS = ("last", "best", "final")
 @dataclass(frozen=True)
 class ExperimentLayout:
     root: Path
+    student: str = "student"   # the student's folder: benchmarks distil variants from one ensemble
 
     @classmethod
     def from_paths(cls, paths: PathsConfig, experiment: str | None = None) -> "ExperimentLayout":
@@ -39,7 +40,7 @@ class ExperimentLayout:
 
     @property
     def student_dir(self) -> Path:
-        return self.root / "student"
+        return self.root / self.student
 
     def stage_dir(self, stage: str, fold: int | None = None) -> Path:
         return self.teacher_dir(fold) if stage == "teacher" else self.student_dir

@@ -73,3 +73,15 @@ def test_throughput_counts_every_pass_of_every_model():
                                rounds=2, min_seconds=0.15)
     assert rates["fast"] == pytest.approx(20 / 0.02, rel=0.3)
     assert rates["slow"] == pytest.approx(20 / 0.06, rel=0.3)
+
+
+def test_soft_targets_can_be_kept_to_some_rows(tiny_trained):
+    """The 'KD on fine scans only' ablation: rows left out have no soft target."""
+    from src.train.student import SoftTargets
+    ctx = tiny_trained
+    with h5py.File(ctx.layout.pseudo_labels, "r") as f:
+        rows = f["rows"][()]
+    every = SoftTargets(ctx.layout.pseudo_labels, ctx.cache_hash, ctx.folds_hash)
+    some = SoftTargets(ctx.layout.pseudo_labels, ctx.cache_hash, ctx.folds_hash, only_rows=rows[:2])
+    assert some.get(int(rows[0])) is not None and np.array_equal(some.get(int(rows[1])), every.get(int(rows[1])))
+    assert every.get(int(rows[-1])) is not None and some.get(int(rows[-1])) is None

@@ -166,3 +166,30 @@ def test_torchrun_ddp_two_processes_on_cpu(tiny_ctx, tmp_path):
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 1 and summary["step"].iloc[0] == 2
     assert (out / "val_metrics.csv").is_file() and "OOF mean nodule Dice" in result.stdout
+
+
+def test_prior_loss_uses_the_half_max_prior_where_there_is_one_and_the_mean_teacher_elsewhere(tiny_ctx):
+    torch.manual_seed(0)
+    model = build_model(tiny_ctx.cfg.teacher.model, tiny_ctx.k, tiny_ctx.patch_size)
+    objective = TeacherObjective(dataclasses.replace(tiny_ctx.cfg.teacher.loss, coarse="prior"))
+    assert objective.needs_two_views
+    batch = _fixed_batch(tiny_ctx)
+    coarse = batch["fine_ok"] < 0.5
+    assert coarse.any() and (batch["prior_ok"][coarse] > 0.5).any()
+    _, logs = objective(model, model, batch, 1.0)
+    assert "coarse_prior" in logs and np.isfinite(logs["coarse_prior"])
+    batch["prior_ok"] = torch.zeros_like(batch["prior_ok"])      # no prior anywhere: mean teacher only
+    _, logs = objective(model, model, batch, 1.0)
+    assert "coarse_prior" not in logs and "coarse_mt" in logs
+
+
+def test_validation_every_n_epochs_and_best_only_among_validated(tiny_ctx, cpu_runtime, tmp_path):
+    cfg = dataclasses.replace(tiny_ctx.cfg, paths=dataclasses.replace(tiny_ctx.cfg.paths, outputs=str(tmp_path)),
+                              teacher=dataclasses.replace(tiny_ctx.cfg.teacher, epochs=3, steps_per_epoch=2,
+                                                          val_every=2))
+    ctx = dataclasses.replace(tiny_ctx, cfg=cfg, layout=ExperimentLayout.from_paths(cfg.paths))
+    train_teacher(ctx, 0, cpu_runtime)
+    summary = pd.read_csv(ctx.layout.teacher_dir(0) / "summary.csv")
+    validated = summary.filter(like="val_").notna().any(axis=1).tolist()
+    assert summary["epoch"].tolist() == [1, 2, 3] and validated == [False, True, True]
+    assert not summary["best"].iloc[0] and summary["best"].iloc[1]

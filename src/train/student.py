@@ -1,7 +1,8 @@
 """Stage 4: one fast student distilled from the teacher ensemble.
 
 Trains on every non-hold-out patient: fine masks where ``label_kind`` is fine, and the
-ensemble's soft targets from pseudo.h5 everywhere (KD, weighted toward the nodule region),
+ensemble's soft targets from pseudo.h5 everywhere (KD, weighted toward the nodule region;
+``distill.coarse_pseudo=false`` keeps them to the fine scans, an ablation),
 optionally with attention transfer from one fold teacher's encoder. There is no validation
 split left (the hold-out is only for the final score), so checkpoint_best is the latest.
 Outputs in ``outputs/<experiment>/student/``, with the teachers' conventions. The
@@ -33,7 +34,7 @@ from src.utils import seed_everything
 class SoftTargets:
     """Soft labels of pseudo.h5 by cache row; the file opens lazily in each worker."""
 
-    def __init__(self, path: Path, cache_hash: str, folds_hash: str):
+    def __init__(self, path: Path, cache_hash: str, folds_hash: str, only_rows: np.ndarray | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: no pseudo-labels; run pseudo_label.py first")
@@ -41,6 +42,8 @@ class SoftTargets:
             if f.attrs["cache_hash"] != cache_hash or f.attrs["folds_hash"] != folds_hash:
                 raise DataError(f"{self.path}: made from another cache or folds.csv; rerun pseudo_label.py")
             self.rows = f["rows"][()]
+        # positions in the file stay those of the stored rows; rows left out just have no target
+        self.use = np.isin(self.rows, only_rows) if only_rows is not None else np.ones(len(self.rows), bool)
         self._file = None
 
     def __getstate__(self):
@@ -48,7 +51,7 @@ class SoftTargets:
 
     def get(self, row: int) -> np.ndarray | None:
         pos = int(np.searchsorted(self.rows, row))
-        if pos >= len(self.rows) or self.rows[pos] != row:
+        if pos >= len(self.rows) or self.rows[pos] != row or not self.use[pos]:
             return None
         if self._file is None:
             self._file = h5py.File(self.path, "r")
@@ -67,8 +70,9 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     threshold, source = ctx.layout.threshold(cfg.infer)
     print(f"probability threshold {threshold} from {source}; stamped into the student's checkpoints")
 
-    soft = SoftTargets(ctx.layout.pseudo_labels, ctx.cache_hash, ctx.folds_hash)
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
+    fine_rows = None if cfg.distill.coarse_pseudo else selection.indices[selection.fine_ok]
+    soft = SoftTargets(ctx.layout.pseudo_labels, ctx.cache_hash, ctx.folds_hash, only_rows=fine_rows)
     weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], selection.fine_ok,
                                stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost)
     dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), soft_targets=soft)

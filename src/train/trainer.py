@@ -171,13 +171,15 @@ class Trainer:
             row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
                    **{f"train_{k}": v / n for k, v in self.epoch_sums.items()}}
             self.epoch_sums = {}
-            if self.rt.is_main and self.validate is not None:
+            validated = self.validate is not None and ((self.epoch + 1) % max(1, self.stage.val_every) == 0
+                                                       or self.epoch + 1 == self.stage.epochs)
+            if self.rt.is_main and validated:
                 row.update(self.validate(self.ema.module))
             self.rt.barrier()
             row["seconds"] = time.time() - start
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            score = row.get(self.select_metric)  # no validation metric: the latest is the best
-            improved = score is None or score > self.best
+            score = row.get(self.select_metric)  # no validation at all: the latest is the best
+            improved = score > self.best if score is not None else self.validate is None
             if improved and score is not None:
                 self.best = score
             row["best"] = improved
