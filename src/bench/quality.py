@@ -1,0 +1,154 @@
+"""The quality benchmark: SSLKD against its alternatives on enough nodules to tell.
+
+Order (most important first, so that a run cut short still answers the main question):
+1. the default set: every arm of ``MAIN_ARMS`` at the first seed and the references that
+   need no training;
+2. each shifted set: (a) the SSL recipe trained and scored on it, with its own references;
+   (b) the default set's models scored on it without retraining;
+3. the learning curve: fine-only and SSLKD at other fine-mask fractions;
+4. the key arms (``SECOND_SEED_ARMS``) at the other seeds;
+5. throughput of a teacher, the ensemble and the student.
+Then ``report.md``, the CSVs and the figures are written from everything scored so far.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from src.bench import report as rep
+from src.bench.protocol import DEFAULT, MAIN_ARMS, SECOND_SEED_ARMS, SHIFTED_ARMS, SSL, SSLKD, learning_curve_arms
+from src.bench.runner import REFERENCES, BenchRun, default_models, write_pseudo_quality
+from src.utils import atomic_to_csv, atomic_write_text
+
+ON_DEFAULT = " (trained on default)"
+
+
+def train_and_score(run: BenchRun, cond, arms: dict, names, seed: int, folds_rows: list) -> list[pd.DataFrame]:
+    tables = []
+    for name in names:
+        arm = arms[name]
+        ctx = run.train(cond, arm, seed, teachers=arms.get(arm.teachers))
+        tables.append(run.score_arm(cond, arm, seed, ctx))
+        if arm.kind == "teachers":
+            spread = run.oof_folds(ctx).assign(condition=cond.name, seed=seed, model=name)
+            folds_rows.append(spread)
+        else:
+            write_pseudo_quality(run, cond, seed, ctx)
+    return tables
+
+
+def run_quality(run: BenchRun) -> str:
+    budget = run.budget
+    arms = {a.name: a for a in MAIN_ARMS}
+    tables, folds_rows = [], []
+    for cond in budget.conditions():
+        run.prepare(cond)
+
+    seed0 = budget.seeds[0]
+    tables += train_and_score(run, DEFAULT, arms, list(arms), seed0, folds_rows)
+    tables.append(run.score_references(DEFAULT))
+
+    for cond in budget.shifted:
+        tables += train_and_score(run, cond, arms, SHIFTED_ARMS, seed0, folds_rows)
+        tables.append(run.score_references(cond))
+        for name, (arm, ctx) in default_models(run, arms).items():
+            tables.append(run.score_arm(DEFAULT, arm, seed0, ctx, label=name + ON_DEFAULT, on=cond))
+
+    for fraction in budget.learning_curve:
+        curve = {a.name: a for a in learning_curve_arms(fraction)}
+        tables += train_and_score(run, DEFAULT, curve, list(curve), seed0, folds_rows)
+
+    for seed in budget.seeds[1:]:  # last: the other seeds only narrow the main comparison's CIs
+        tables += train_and_score(run, DEFAULT, arms, list(SECOND_SEED_ARMS), seed, folds_rows)
+
+    speed = run.speed(run.context(DEFAULT, arms[SSL], seed0), run.context(DEFAULT, arms[SSLKD], seed0))
+    rows = pd.concat(tables, ignore_index=True)
+    folds = pd.concat(folds_rows, ignore_index=True) if folds_rows else pd.DataFrame()
+    pseudo = pd.concat([pd.read_csv(p) for p in sorted((run.out / "pseudo").glob("*/*.csv"))], ignore_index=True) \
+        if (run.out / "pseudo").is_dir() else pd.DataFrame()
+    text = write_report(run, rows, folds, pseudo, speed)
+    run.log(f"report -> {run.out / 'report.md'}")
+    return text
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo: pd.DataFrame,
+                 speed: pd.DataFrame) -> str:
+    out, budget = run.out, run.budget
+    atomic_to_csv(rows, out / "per_nodule.csv", float_format="%.5g")
+    atomic_to_csv(folds, out / "oof_folds.csv", float_format="%.5g")
+    means = rep.per_nodule_means(rows)
+    atomic_to_csv(means, out / "per_nodule_seed_means.csv", float_format="%.5g")
+    main_models = [a.name for a in MAIN_ARMS] + list(REFERENCES)
+    lines = [f"# Quality benchmark ({budget.name}): `python bench/quality.py{'' if budget.name == 'full' else ' --quick'}`",
+             "", f"Training seeds {list(budget.seeds)}; per-nodule Dice averaged over the seeds a model has, then "
+             "over nodules; 95% CIs by bootstrap over nodules. Every model is scored on the same hold-out nodules "
+             "through the one truth-free path (centre + diameter only).", ""]
+
+    # 1. the default set
+    n_nod = means.loc[means["condition"] == DEFAULT.name, "nodule_uid"].nunique()
+    lines += [f"## Default set: {n_nod} hold-out nodules", "", rep.markdown(rep.summary(rows, DEFAULT.name, main_models)), ""]
+    for by, title in (("size_bin", "size (mm)"), ("texture", "texture")):
+        lines += [f"### Dice by {title}", "", rep.markdown(rep.breakdown(rows, DEFAULT.name, main_models, by)), ""]
+    pairs = [(SSLKD, other) for other in main_models if other != SSLKD] + [(SSL, "fine only"), (SSL, REFERENCES[0])]
+    paired = pd.DataFrame([rep.paired_difference(means, DEFAULT.name, a, b) for a, b in pairs])
+    atomic_to_csv(paired, out / "paired_differences.csv", float_format="%.5g")
+    lines += ["### Paired per-nodule Dice differences (a - b), 95% bootstrap CI", "", rep.markdown(paired), ""]
+    rep.bar_chart(rows, DEFAULT.name, main_models, out / "dice_by_arm.png",
+                  f"default set, {n_nod} hold-out nodules")
+    lines += ["![Dice by arm](dice_by_arm.png)", ""]
+
+    # 2. OOF fold spread, pseudo-labels, speed
+    if not folds.empty:
+        spread = (folds.groupby(["condition", "seed", "model"], sort=False)["mean"]
+                  .agg(folds="size", lowest="min", highest="max").reset_index())
+        spread["spread"] = spread["highest"] - spread["lowest"]
+        lines += ["## OOF Dice per fold (teacher arms)", "", rep.markdown(spread), ""]
+    if not pseudo.empty:
+        pq = pseudo.groupby(["condition", "seed"]).agg(nodules=("dice_3d", "size"), pseudo_dice=("dice_3d", "mean"),
+                                                        sphere_dice=("sphere_dice", "mean")).reset_index()
+        lines += ["## Pseudo-labels (SSL ensemble) against the withheld masks of coarse scans", "",
+                  rep.markdown(pq), ""]
+    lines += ["## Throughput (same run, CPU)", "", rep.markdown(speed.round(3)), ""]
+
+    # 3. shifted conditions
+    cond_rows = []
+    for cond in budget.shifted:
+        for model in [SSL, SSLKD, *REFERENCES, *[m + ON_DEFAULT for m in (SSL, SSLKD, "fine only", "full supervision")]]:
+            mean, low, high = rep.mean_ci(means, cond.name, model)
+            if pd.notna(mean):
+                cond_rows.append(dict(condition=cond.name, model=model, dice=mean, ci_low=low, ci_high=high,
+                                      nodules=int(((means["condition"] == cond.name) & (means["model"] == model)).sum())))
+    if cond_rows:
+        lines += ["## Shifted conditions: (a) trained on the condition; (b) the default set's models", "",
+                  "; ".join(f"**{c.name}**: {c.description}" for c in budget.shifted), "",
+                  rep.markdown(pd.DataFrame(cond_rows)), ""]
+        atomic_to_csv(pd.DataFrame(cond_rows), out / "conditions.csv", float_format="%.5g")
+        for cond in budget.shifted:
+            lines += [f"### {cond.name}: Dice by texture", "",
+                      rep.markdown(rep.breakdown(rows, cond.name, [SSL, SSLKD, *REFERENCES], "texture")), ""]
+
+    # 4. learning curve
+    if budget.learning_curve:
+        points = []
+        for fraction in (*budget.learning_curve, 0.2, 1.0):
+            pct = f"{100 * fraction:g}%"
+            names = {"fine only": "fine only" if fraction == 0.2 else f"fine only @ {pct}",
+                     "SSLKD student": SSLKD if fraction == 0.2 else f"{SSLKD} @ {pct}"}
+            if fraction == 1.0:
+                names = {"fine only": "full supervision"}
+            for family, model in names.items():
+                mean, low, high = rep.mean_ci(means, DEFAULT.name, model)
+                if pd.notna(mean):
+                    points.append(dict(fraction=fraction, family=family, model=model, dice=mean, ci_low=low,
+                                       ci_high=high))
+        points = pd.DataFrame(points)
+        atomic_to_csv(points, out / "learning_curve.csv", float_format="%.5g")
+        refs = {name: rep.mean_ci(means, DEFAULT.name, name)[0] for name in REFERENCES[:2]}
+        rep.learning_curve(points, refs, out / "learning_curve.png")
+        lines += ["## Learning curve (default set)", "", rep.markdown(points), "",
+                  "![learning curve](learning_curve.png)", ""]
+    text = "\n".join(lines)
+    atomic_write_text(out / "report.md", text)
+    return text

@@ -1,0 +1,249 @@
+"""Runs the quality benchmark's protocol (``src.bench.protocol``) with the pipeline's own
+stages: the built-in dataset, the cache, folds, fold teachers, OOF threshold choice,
+pseudo-labels, students, and hold-out scoring through the one truth-free path.
+
+Everything goes under one folder (``outputs/bench/quality/`` by default):
+
+    data/<condition>/           the built-in dataset (LUNA16 layout), cache.h5, folds_<f>.csv
+    runs/<condition>/seed<k>/<arm>/   teacher/fold_K/, postprocessing.json, pseudo.h5,
+                                      student-<variant>/ (the pipeline's layout)
+    scores/<condition>/seed<k>/<arm>.csv   per-nodule hold-out metrics of one arm
+    cases/<condition>.pkl       the hold-out nodules as read once (a cache of the scans)
+
+Each finished step leaves its file, and a rerun skips it: an interrupted run resumes
+(teachers and students mid-training too, from their checkpoint_last.pt).
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from src.config import Config, PhantomConfig, load_config
+from src.data.cache import PatchCache, build_cache
+from src.data.context import StageContext, load_context
+from src.data.folds import HOLDOUT, fold_ids, make_folds, split_uids
+from src.data.manifest import read_dataset
+from src.evaluation.baselines import BINARY_LEVEL, HalfMaxSegmenter, SphereSegmenter, ThresholdSegmenter, fit_threshold
+from src.evaluation.cases import NoduleCase, load_cases
+from src.evaluation.holdout import score_cases
+from src.evaluation.oof import choose_threshold, read_oof, score_oof
+from src.evaluation.speed import speed_table
+from src.layout import ExperimentLayout
+from src.models.checkpoint import load_ensemble, model_from_checkpoint
+from src.phantom.writer import generate_dataset, is_current, stamp
+from src.predict.predictor import Predictor
+from src.predict.segment import NetworkSegmenter
+from src.runtime import Runtime
+from src.bench.protocol import DEFAULT, SSL, Arm, Budget, Condition
+from src.train.pseudo import write_pseudo_labels
+from src.train.student import train_student
+from src.train.teacher import train_teacher
+from src.utils import atomic_to_csv, atomic_write_text
+
+REFERENCES = ("HU threshold in sphere (fit on train)", "half-max in sphere", "coarse sphere")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+class BenchRun:
+    def __init__(self, out: Path, budget: Budget, base_config: str, rt: Runtime):
+        self.out, self.budget, self.base_config, self.rt = Path(out), budget, base_config, rt
+        self.start = time.time()
+        self._cases: dict[str, list[NoduleCase]] = {}
+
+    def log(self, text: str) -> None:
+        minutes = (time.time() - self.start) / 60
+        print(f"[bench {minutes:6.1f} min] {text}", flush=True)
+
+    # ------------------------------------------------------------------ data
+    def data_dir(self, cond: Condition) -> Path:
+        return self.out / "data" / slug(cond.name)
+
+    def prepare(self, cond: Condition) -> None:
+        """The condition's dataset and cache (skipped when already there)."""
+        cfg = self.config(cond)
+        folder = self.data_dir(cond)
+        if not is_current(cfg.phantom, folder / "luna16"):
+            from src.phantom.writer import clear_out_dir
+            self.log(f"{cond.name}: generating {cfg.phantom.n_scans} scans ({cond.description})")
+            clear_out_dir(folder / "luna16")
+            generate_dataset(cfg.phantom, folder / "luna16")
+            atomic_write_text(folder / "luna16" / "phantom.json", stamp(cfg.phantom))
+        cache = Path(cfg.paths.cache)
+        if not cache.is_file():
+            self.log(f"{cond.name}: building the cache")
+        build_cache(read_dataset(cfg.paths), cfg.cache, cache, source=str((folder / "luna16").resolve()))
+
+    def folds_path(self, cond: Condition, fraction: float) -> Path:
+        path = self.data_dir(cond) / f"folds_fine{fraction:g}.csv"
+        if not path.is_file():
+            cfg = self.config(cond)
+            cache = PatchCache(cfg.paths.cache)
+            atomic_to_csv(make_folds(cache.scans, cache.nodules, replace(cfg.folds, fine_fraction=fraction)), path)
+        return path
+
+    # ------------------------------------------------------------------ configs
+    def config(self, cond: Condition, arm: Arm | None = None, seed: int = 0) -> Config:
+        folder = self.data_dir(cond)
+        phantom = {"n_scans": self.budget.n_scans(cond), **cond.phantom}
+        sets = [f"paths.data={folder / 'luna16'}", f"paths.cache={folder / 'cache.h5'}",
+                f"paths.outputs={self.out / 'runs' / slug(cond.name) / f'seed{seed}'}",
+                *[f"phantom.{k}={v}" for k, v in phantom.items()], *self.budget.overrides,
+                f"teacher.seed={seed}", f"student.seed={seed}"]
+        if arm is not None:
+            teacher_arm = arm.teachers or arm.name
+            sets += [f"paths.experiment={slug(teacher_arm)}", *arm.overrides]
+        cfg = load_config(self.base_config, sets)
+        cfg.device = self.rt.device.type
+        return cfg
+
+    def context(self, cond: Condition, arm: Arm, seed: int) -> StageContext:
+        cfg = self.config(cond, arm, seed)
+        cfg.paths.folds = str(self.folds_path(cond, arm.fine_fraction))
+        ctx = load_context(cfg)
+        if arm.kind == "student":
+            ctx = replace(ctx, layout=ExperimentLayout(ctx.layout.root, student=f"student-{slug(arm.name)}"))
+        return ctx
+
+    # ------------------------------------------------------------------ training
+    def train(self, cond: Condition, arm: Arm, seed: int, teachers: Arm | None = None) -> StageContext:
+        """Train an arm (a student's teachers first); skips what is done."""
+        ctx = self.context(cond, arm, seed)
+        if arm.kind == "student":
+            self.train(cond, teachers, seed)
+            if not ctx.layout.pseudo_labels.is_file():
+                self.log(f"{cond.name} seed {seed}: pseudo-labels from '{teachers.name}'")
+                _, quality = write_pseudo_labels(ctx, self.rt)
+                atomic_to_csv(quality, ctx.layout.pseudo_quality, float_format="%.4g")
+            if not ctx.layout.student_checkpoint("final").is_file():
+                self.log(f"{cond.name} seed {seed}: training '{arm.name}'")
+                train_student(ctx, self.rt, resume=True)
+            return ctx
+        for fold in fold_ids(ctx.folds):
+            done = ctx.layout.teacher_checkpoint(fold, "final").is_file() and \
+                ctx.layout.oof_predictions(ctx.layout.teacher_dir(fold)).is_file()
+            if not done:
+                self.log(f"{cond.name} seed {seed}: training '{arm.name}' fold {fold}")
+                train_teacher(ctx, fold, self.rt, resume=True)
+        if not ctx.layout.postprocessing.is_file():
+            ctx.layout.write_postprocessing(choose_threshold(read_oof(ctx.layout.all_oof_predictions())))
+        return ctx
+
+    def oof_folds(self, ctx: StageContext) -> pd.DataFrame:
+        """Mean OOF Dice per fold at the arm's chosen threshold (the fold-to-fold spread)."""
+        threshold, _ = ctx.layout.threshold(ctx.cfg.infer)
+        scored = score_oof(read_oof(ctx.layout.all_oof_predictions()), threshold)
+        return scored.groupby("fold")["dice"].agg(["mean", "size"]).reset_index()
+
+    # ------------------------------------------------------------------ scoring
+    def cases(self, cond: Condition, split: str = HOLDOUT) -> list[NoduleCase]:
+        """The condition's scored nodules of the hold-out (or of the fine training scans), read once."""
+        key = f"{slug(cond.name)}-{split}"
+        path = self.out / "cases" / f"{key}.pkl"
+        if key not in self._cases:
+            if path.is_file():
+                with open(path, "rb") as f:
+                    self._cases[key] = pickle.load(f)
+            else:
+                cfg = self.config(cond)
+                folds = pd.read_csv(self.folds_path(cond, 0.2), dtype=str)
+                if split == HOLDOUT:
+                    uids = split_uids(folds, None)["holdout"]
+                else:  # the fine training scans: what the HU threshold may be fit on
+                    uids = set(folds.loc[(folds["label_kind"] == "fine") & (folds["fold"] != HOLDOUT), "seriesuid"])
+                records = [r for r in read_dataset(cfg.paths) if r.seriesuid in uids]
+                self._cases[key] = load_cases(records, cfg.cache, cfg.infer, desc=f"read {split} scans")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb") as f:
+                    pickle.dump(self._cases[key], f)
+        return self._cases[key]
+
+    def scores_path(self, cond: Condition, seed: int, name: str) -> Path:
+        return self.out / "scores" / slug(cond.name) / f"seed{seed}" / f"{slug(name)}.csv"
+
+    def segmenter(self, ctx: StageContext, arm: Arm) -> tuple[NetworkSegmenter, float, Predictor]:
+        """An arm's network(s) as a segmenter, at the threshold chosen on the teachers' OOF."""
+        threshold, _ = ctx.layout.threshold(ctx.cfg.infer)
+        if arm.kind == "student":
+            models = [model_from_checkpoint(ctx.layout.student_checkpoint())]
+        else:
+            models, _ = load_ensemble(ctx.layout, fold_ids(ctx.folds), ctx.cache_hash)
+        predictor = Predictor(models, self.rt, ctx.window, batch_size=ctx.cfg.infer.batch_size)
+        return NetworkSegmenter(predictor, ctx.k), threshold, predictor
+
+    def score(self, cond: Condition, seed: int, name: str, segmenters: dict) -> pd.DataFrame:
+        """Per-nodule hold-out metrics of ``segmenters`` (name -> (segmenter, threshold)),
+        written once to scores/<condition>/seed<k>/<name>.csv."""
+        path = self.scores_path(cond, seed, name)
+        if path.is_file():
+            return pd.read_csv(path)
+        cfg = self.config(cond)
+        table = score_cases(self.cases(cond), segmenters, cfg.infer)
+        table.insert(0, "seed", seed)
+        table.insert(0, "condition", cond.name)
+        atomic_to_csv(table, path, float_format="%.5g")
+        return table
+
+    def score_arm(self, cond: Condition, arm: Arm, seed: int, ctx: StageContext,
+                  label: str | None = None, on: Condition | None = None) -> pd.DataFrame:
+        """Score an arm trained on ``cond`` on the hold-out of ``on`` (default: its own)."""
+        target = on or cond
+        name = label or arm.name
+        if self.scores_path(target, seed, name).is_file():
+            return pd.read_csv(self.scores_path(target, seed, name))
+        self.log(f"{target.name} seed {seed}: scoring '{name}'")
+        segmenter, threshold, _ = self.segmenter(ctx, arm)
+        return self.score(target, seed, name, {name: (segmenter, threshold)})
+
+    def score_references(self, cond: Condition) -> pd.DataFrame:
+        """The references that need no training; the HU threshold is fit on the fine training scans."""
+        path = self.scores_path(cond, 0, "references")
+        if path.is_file():
+            return pd.read_csv(path)
+        cfg = self.config(cond)
+        k, margin = cfg.cache.k_slices, cfg.infer.prior_margin_mm
+        hu, _ = fit_threshold(self.cases(cond, "fine-train"), k, cfg.infer)
+        self.log(f"{cond.name}: references (HU threshold fit on the fine training scans: {hu:.0f})")
+        table = self.score(cond, 0, "references", {
+            REFERENCES[0]: (ThresholdSegmenter(hu, k, margin), BINARY_LEVEL),
+            REFERENCES[1]: (HalfMaxSegmenter(k, margin), BINARY_LEVEL),
+            REFERENCES[2]: (SphereSegmenter(), BINARY_LEVEL),
+        })
+        return table
+
+    def speed(self, ctx_teachers: StageContext, ctx_student: StageContext) -> pd.DataFrame:
+        """Throughput of one teacher, the teacher ensemble and the student, in one run."""
+        path = self.out / "speed.csv"
+        if path.is_file():
+            return pd.read_csv(path)
+        teachers, _ = load_ensemble(ctx_teachers.layout, fold_ids(ctx_teachers.folds), ctx_teachers.cache_hash)
+        student = model_from_checkpoint(ctx_student.layout.student_checkpoint())
+        window, batch = ctx_teachers.window, ctx_teachers.cfg.infer.batch_size
+        predictors = {"teacher (one fold)": Predictor(teachers[:1], self.rt, window, batch_size=batch),
+                      "teacher ensemble": Predictor(teachers, self.rt, window, batch_size=batch),
+                      "student": Predictor([student], self.rt, window, batch_size=batch)}
+        table = speed_table(predictors, ctx_teachers.cache, self.rt, ctx_teachers.k, ctx_teachers.patch_size)
+        atomic_to_csv(table, path, float_format="%.4g")
+        return table
+
+
+def default_models(run: BenchRun, arms: dict[str, Arm]) -> dict[str, tuple[Arm, StageContext]]:
+    """The seed-0 models of the default set that are scored on the shifted sets."""
+    names = ("full supervision", "fine only", SSL, "SSLKD student")
+    return {name: (arms[name], run.context(DEFAULT, arms[name], 0)) for name in names if name in arms}
+
+
+def write_pseudo_quality(run: BenchRun, cond: Condition, seed: int, ctx: StageContext) -> None:
+    """Keep the pseudo-label quality table beside the scores, tagged with its condition/seed."""
+    if ctx.layout.pseudo_quality.is_file():
+        table = pd.read_csv(ctx.layout.pseudo_quality)
+        table.insert(0, "seed", seed)
+        table.insert(0, "condition", cond.name)
+        atomic_to_csv(table, run.out / "pseudo" / slug(cond.name) / f"seed{seed}.csv", float_format="%.4g")

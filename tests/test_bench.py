@@ -1,0 +1,58 @@
+"""The quality benchmark: its protocol is consistent, and its statistics are right."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.bench import report
+from src.bench.protocol import BUDGETS, MAIN_ARMS, SECOND_SEED_ARMS, SHIFTED_ARMS, learning_curve_arms
+from src.config import PhantomConfig, load_config
+
+
+def test_every_arm_is_a_valid_config_and_students_name_existing_teachers():
+    for arms in (MAIN_ARMS, *(learning_curve_arms(f) for f in (0.05, 0.5))):
+        names = {a.name for a in arms}
+        for arm in arms:
+            cfg = load_config("configs/cpu.yaml", list(arm.overrides))   # rejects unknown keys/values
+            assert arm.kind in ("teachers", "student")
+            assert (arm.teachers in names) == (arm.kind == "student"), arm
+            assert 0 < arm.fine_fraction <= 1 and cfg.teacher.loss.coarse
+    main = {a.name for a in MAIN_ARMS}
+    assert set(SECOND_SEED_ARMS) <= main and set(SHIFTED_ARMS) <= main
+
+
+def test_budgets_change_only_known_settings_and_shifted_sets_are_real_shifts():
+    for budget in BUDGETS.values():
+        load_config("configs/cpu.yaml", list(budget.overrides))
+        for cond in budget.conditions():
+            PhantomConfig(**cond.phantom)                                  # no unknown renderer knob
+        assert len({c.phantom.get("seed") for c in budget.conditions()}) == len(budget.conditions())
+    full = BUDGETS["full"]
+    assert len(full.shifted) >= 4 and all(set(c.phantom) - {"seed"} for c in full.shifted)
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_nodules():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(0.1, 0.2, 20), rng.normal(0.1, 0.2, 400)
+    lo_s, hi_s = report.bootstrap_ci(small)
+    lo_l, hi_l = report.bootstrap_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < 0.5 * (hi_s - lo_s)
+    assert report.bootstrap_ci(np.full(10, 0.3)) == pytest.approx((0.3, 0.3))
+
+
+def _rows(model, dices, seed=0, condition="default"):
+    return pd.DataFrame(dict(condition=condition, seed=seed, model=model, nodule_uid=[f"n{i}" for i in range(len(dices))],
+                             size_bin="3-10", texture="solid", diameter_mm=6.0, reader_dice=0.8, dice=dices,
+                             iou=dices, hd95_mm=1.0, nsd=dices))
+
+
+def test_paired_difference_averages_seeds_then_pairs_the_same_nodules():
+    rows = pd.concat([_rows("a", [0.8, 0.6, 0.9], seed=0), _rows("a", [0.6, 0.6, 0.9], seed=1),
+                      _rows("b", [0.5, 0.5, 0.5, 0.1])])        # b has a nodule a lacks: left out
+    means = report.per_nodule_means(rows)
+    assert means.loc[(means["model"] == "a") & (means["nodule_uid"] == "n0"), "dice"].item() == pytest.approx(0.7)
+    diff = report.paired_difference(means, "default", "a", "b")
+    assert diff["n"] == 3 and diff["mean"] == pytest.approx(np.mean([0.2, 0.1, 0.4]))
+    assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
+    table = report.summary(rows, "default", ["a", "b"])
+    assert table.loc[0, "dice per seed"] == f"{np.mean([0.8, 0.6, 0.9]):.3f} / {np.mean([0.6, 0.6, 0.9]):.3f}"
