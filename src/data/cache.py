@@ -1,7 +1,7 @@
 """The HDF5 patch cache: format, parallel build (one shard per scan, resumable), reading.
 
 Layout of ``cache.h5`` (one 2.5D patch per chunk, uncompressed: random reads are ~10x
-faster than with lzf/gzip, see docs/data.md):
+faster than with lzf/gzip, see docs/benchmarks.md):
 
     attrs   format_version, config (JSON of the cache section), config_hash, source,
             code_version, image_unit="HU", window, spacing_zyx, k_slices, patch_size

@@ -1,8 +1,8 @@
 """Hold-out leaderboard: every model scored on patients no teacher or student trained on.
 
-Rows: each fold teacher, the teacher ensemble, the student, and two references that need
-no training: the coarse sphere itself, and HU thresholding inside it (the threshold fit on
-the training scans' fine nodules). All go through the one scoring path
+Rows: each fold teacher, the teacher ensemble, the student, and three references that need
+no training: the coarse sphere itself, HU thresholding inside it (the threshold fit on the
+training scans' fine nodules), and each nodule's own half-max level inside it. All go through the one scoring path
 (``src.evaluation.cases``), as the CV leaderboard and ``infer.py`` + ``evaluate.py`` do,
 the networks at the threshold chosen on OOF, the baselines at their 0/1 edge. Speed
 columns are measured in the same run.
@@ -15,7 +15,8 @@ from src.config import InferConfig
 from src.data.context import StageContext
 from src.data.folds import fold_ids, split_uids
 from src.data.manifest import read_dataset
-from src.evaluation.baselines import BINARY_LEVEL, SphereSegmenter, ThresholdSegmenter, fit_threshold
+from src.evaluation.baselines import (BINARY_LEVEL, HalfMaxSegmenter, SphereSegmenter, ThresholdSegmenter,
+                                      fit_threshold)
 from src.evaluation.cases import NoduleCase, load_cases
 from src.evaluation.speed import speed_table
 from src.models.checkpoint import load_ensemble, model_from_checkpoint
@@ -48,6 +49,7 @@ def build_segmenters(ctx: StageContext, rt: Runtime, threshold: float) -> tuple[
     segmenters["coarse sphere (no training)"] = (SphereSegmenter(), BINARY_LEVEL)
     segmenters[f"HU >= {hu:.0f} in sphere (fit on train)"] = (ThresholdSegmenter(hu, k, cfg.infer.prior_margin_mm),
                                                               BINARY_LEVEL)
+    segmenters["half-max in sphere (no training)"] = (HalfMaxSegmenter(k, cfg.infer.prior_margin_mm), BINARY_LEVEL)
     speed = speed_table(predictors, ctx.cache, rt, k, ctx.patch_size)
     speed.attrs.update(n_teachers=len(teachers), threshold_hu=hu, threshold_fit_dice=fit_dice)
     return segmenters, speed
