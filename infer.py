@@ -3,6 +3,11 @@
     python infer.py --input SCAN.mhd --out DIR                         # whole scan: find nodules
     python infer.py --input input/luna16 --coords annotations.csv --out DIR   # segment given nodules
     python infer.py --input hospital.csv --model ensemble --tta --out DIR
+    python infer.py --input input/luna16 --coords annotations.csv --model half-max --out DIR
+
+--model half-max needs no training: each given nodule's own half-max HU level inside its
+sphere. On the quality benchmark it is the most accurate segmenter from coordinates so far
+(docs/benchmarks.md).
 
 Inputs: LUNA16-layout folders, hospital manifests (.csv), .mhd/.nii(.gz)/.nrrd files,
 flat folders of such files, DICOM series folders or folders of them. Outputs in DIR: <seriesuid>.nii.gz label masks in each scan's own
@@ -15,8 +20,23 @@ from pathlib import Path
 from src.cli import add_config_args, config_from_args, run
 from src.data.folds import holdout_uids, read_folds
 from src.layout import find_experiment
-from src.predict.run import attach_coords, collect_inputs, prepare_models, run_inference
+from src.predict.run import (Models, attach_coords, collect_inputs, half_max_models, prepare_models,
+                            run_inference)
 from src.runtime import setup_runtime
+
+
+def load_segmenter(args, cfg) -> Models:
+    """The networks chosen by --model/--checkpoint/--experiment, or half-max (none)."""
+    if args.model == "half-max":
+        return half_max_models(cfg.cache)
+    if args.checkpoint:
+        checkpoints, fallback = [Path(p) for p in args.checkpoint], (cfg.infer.threshold, "config infer.threshold")
+    else:
+        experiment = find_experiment(cfg.paths, args.experiment or cfg.paths.experiment, args.model)
+        checkpoints, fallback = experiment.model_checkpoints(args.model), experiment.threshold(cfg.infer)
+    rt = setup_runtime(args.device or cfg.device, cfg.amp)
+    print(rt.describe())
+    return prepare_models(checkpoints, rt, args.tta or cfg.infer.tta, cfg.infer.batch_size, fallback)
 
 
 def main() -> int:
@@ -24,7 +44,8 @@ def main() -> int:
     parser.add_argument("--input", nargs="+", required=True, help="scans, folders or manifests")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--coords", help="CSV of nodule coordinates (annotations.csv form): mode 1")
-    parser.add_argument("--model", choices=("student", "ensemble"), default="student")
+    parser.add_argument("--model", choices=("student", "ensemble", "half-max"), default="student",
+                        help="half-max: no network, given nodules only (needs --coords)")
     parser.add_argument("--experiment", help="outputs/<experiment>/ holding the models")
     parser.add_argument("--checkpoint", nargs="+", help="explicit checkpoint file(s) instead")
     parser.add_argument("--split", choices=("all", "holdout"), default="all",
@@ -37,18 +58,13 @@ def main() -> int:
     parser.add_argument("--qa", action="store_true", help="PNG per scan: slices through each nodule")
     add_config_args(parser)
     args = parser.parse_args()
+    if args.model == "half-max" and not args.coords:
+        parser.error("--model half-max segments given nodules: it needs --coords")
     cfg = config_from_args(args)
     infer_cfg = cfg.infer
     infer_cfg.batch_size = args.batch_size or infer_cfg.batch_size
 
-    if args.checkpoint:
-        checkpoints, fallback = [Path(p) for p in args.checkpoint], (cfg.infer.threshold, "config infer.threshold")
-    else:
-        experiment = find_experiment(cfg.paths, args.experiment or cfg.paths.experiment, args.model)
-        checkpoints, fallback = experiment.model_checkpoints(args.model), experiment.threshold(infer_cfg)
-    rt = setup_runtime(args.device or cfg.device, cfg.amp)
-    print(rt.describe())
-    models = prepare_models(checkpoints, rt, args.tta or infer_cfg.tta, infer_cfg.batch_size, fallback)
+    models = load_segmenter(args, cfg)
     print(f"probability threshold {models.threshold} from {models.threshold_source}")
     records, failures = collect_inputs(args.input)
     if args.split == "holdout":

@@ -1,4 +1,5 @@
 """infer.py, evaluate.py, scoring and ONNX export."""
+import json
 import sys
 
 import numpy as np
@@ -7,7 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY_OVERRIDES
 from src.config import CacheConfig, InferConfig
+from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.geometry import Geometry
 from src.data.io import read_image, write_image
 from src.data.luna16 import read_luna16
@@ -63,6 +66,29 @@ def test_mode1_outputs_have_input_geometry_and_match_the_leaderboard(tiny_traine
     merged = scores.merge(board, on="nodule_uid", suffixes=("_infer", "_board"))
     assert len(merged) == len(board) > 0
     np.testing.assert_allclose(merged["dice_infer"], merged["dice_board"], atol=1e-9)
+
+
+def test_half_max_mode_uses_no_network_and_matches_the_leaderboard(tiny_trained, tmp_path, monkeypatch, capsys):
+    ctx = tiny_trained
+    data = ctx.cfg.paths.data
+    out = tmp_path / "half-max"
+    # the tiny model space, and no experiment at all: a network would not be found
+    argv = ["--input", data, "--coords", f"{data}/annotations.csv", "--split", "holdout", "--model", "half-max",
+            "--out", str(out), "--config", "", *_overrides(ctx), *TINY_OVERRIDES, "paths.experiment=none-trained"]
+    assert _run(infer, argv, monkeypatch) == 0
+    assert json.loads((out / "run.json").read_text())["checkpoints"] == []
+    holdout = set(ctx.folds.loc[ctx.folds["fold"] == "holdout", "seriesuid"])
+    scores = score_mode1(out, [r for r in read_luna16(data) if r.seriesuid in holdout])
+    board = score_holdout(ctx, {"half-max": (HalfMaxSegmenter(ctx.k, ctx.cfg.infer.prior_margin_mm), BINARY_LEVEL)})
+    merged = scores.merge(board, on="nodule_uid", suffixes=("_infer", "_board"))
+    assert len(merged) == len(board) > 0 and merged["dice_infer"].gt(0).all()
+    np.testing.assert_allclose(merged["dice_infer"], merged["dice_board"], atol=1e-9)
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:   # whole scans need a network
+        _run(infer, ["--input", data, "--model", "half-max", "--out", str(tmp_path / "scan")], monkeypatch)
+    assert stop.value.code == 2 and "needs --coords" in capsys.readouterr().err
+    assert not (tmp_path / "scan").exists()
 
 
 def test_whole_scan_mode_writes_submission_and_scores(tiny_trained, tmp_path, monkeypatch, capsys):

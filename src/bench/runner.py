@@ -24,11 +24,12 @@ from pathlib import Path
 import pandas as pd
 
 from src.config import Config, PhantomConfig, load_config
+from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.cache import PatchCache, build_cache
 from src.data.context import StageContext, load_context
 from src.data.folds import HOLDOUT, fold_ids, make_folds, split_uids
 from src.data.manifest import read_dataset
-from src.evaluation.baselines import BINARY_LEVEL, HalfMaxSegmenter, SphereSegmenter, ThresholdSegmenter, fit_threshold
+from src.evaluation.baselines import SphereSegmenter, ThresholdSegmenter, fit_threshold
 from src.evaluation.cases import NoduleCase, load_cases
 from src.evaluation.holdout import score_cases
 from src.evaluation.oof import choose_threshold, read_oof, score_oof

@@ -9,9 +9,10 @@ and the lung around it. So, inside the coarse sphere (centre + diameter) + a mar
   connected component at the centre is kept.
 
 This adapts to each nodule's own density (ground glass at -650 HU as well as solid
-nodules at 0 HU), unlike one HU threshold for all. It is used twice: as a reference
-segmenter that every learned model is compared with (``src.evaluation.baselines``), and
-as the *coarse prior* that turns a coarse nodule's coordinates into a pseudo-mask for
+nodules at 0 HU), unlike one HU threshold for all. It is used three times: as a reference
+segmenter that every learned model is compared with (hold-out leaderboard, quality
+benchmark), as ``infer.py --model half-max`` (the best segmenter measured so far when only
+coordinates are known; docs/benchmarks.md), and as the *coarse prior* that turns a coarse nodule's coordinates into a pseudo-mask for
 training (``src.data.patches``). Where the nodule hardly stands out from its background
 (``min_contrast_hu``) it returns None: no prior rather than a wrong one.
 """
@@ -22,6 +23,7 @@ from scipy import ndimage
 
 SHELL_MM = (2.0, 6.0)        # background: this far outside the sphere surface
 MIN_CONTRAST_HU = 100.0      # ground glass stands ~200 HU above lung; below this, no prior
+BINARY_LEVEL = 0.5           # binary masks, resampled linearly to a scan's grid: half-way is the edge
 
 
 def component_at(mask: np.ndarray, centre_zyx, spacing_zyx=(1.0, 1.0, 1.0),
@@ -67,3 +69,18 @@ def half_max_mask(hu: np.ndarray, dist_mm: np.ndarray, radius_mm: float, margin_
     if level is None:
         return None
     return (hu >= level) & (dist_mm <= margin_mm)
+
+
+class HalfMaxSegmenter:
+    """:func:`half_max_mask` as a segmenter of the one scoring path (``src.predict.segment``):
+    window image (Z + k - 1, S, S) HU and distance to the sphere (Z, S, S) mm -> 0/1 on the
+    Z slices; the sphere itself where the nodule does not stand out."""
+
+    def __init__(self, k: int, margin_mm: float):
+        self.h, self.margin = k // 2, margin_mm
+
+    def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        centre = image[self.h:image.shape[0] - self.h].astype(np.float32)
+        radius = -float(dist.min())   # the sphere's depth on this grid (the window holds its centre)
+        mask = half_max_mask(centre, dist, radius, self.margin)
+        return (dist <= 0 if mask is None else mask).astype(np.float32)

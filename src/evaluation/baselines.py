@@ -1,19 +1,19 @@
 """References that need no training, segmented through the same path as the networks:
-the coarse sphere itself, the classical HU threshold inside it (one threshold for all
-nodules, fit on the training scans), and the half-max level of each nodule inside it
-(``src.data.classical``). The component at the centre is kept, as for every segmenter.
-Every learned result must clearly beat the threshold, and is compared with half-max too."""
+the coarse sphere itself and the classical HU threshold inside it (one threshold for all
+nodules, fit on the training scans). The third, each nodule's half-max level inside it, is
+``src.data.classical.HalfMaxSegmenter`` (``infer.py`` uses it too). The component at the
+centre is kept, as for every segmenter. Every learned result must clearly beat the
+threshold, and is compared with half-max too."""
 from __future__ import annotations
 
 import numpy as np
 
 from src.config import InferConfig
-from src.data.classical import half_max_mask
+from src.data.classical import BINARY_LEVEL
 from src.evaluation.cases import NoduleCase
 from src.evaluation.metrics import dice
 
 HU_CANDIDATES = tuple(range(-800, 101, 50))
-BINARY_LEVEL = 0.5   # baselines give 0/1; after linear resampling to the scan, half-way is the edge
 
 
 class SphereSegmenter:
@@ -32,20 +32,6 @@ class ThresholdSegmenter:
     def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
         centre = image[self.h:image.shape[0] - self.h]
         return ((centre >= self.threshold) & (dist <= self.margin)).astype(np.float32)
-
-
-class HalfMaxSegmenter:
-    """Each nodule's own half-max level (nodule core vs surrounding lung) inside the coarse
-    sphere + ``margin_mm``; the sphere itself where the nodule does not stand out."""
-
-    def __init__(self, k: int, margin_mm: float):
-        self.h, self.margin = k // 2, margin_mm
-
-    def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
-        centre = image[self.h:image.shape[0] - self.h].astype(np.float32)
-        radius = -float(dist.min())   # the sphere's depth on this grid (the window holds its centre)
-        mask = half_max_mask(centre, dist, radius, self.margin)
-        return (dist <= 0 if mask is None else mask).astype(np.float32)
 
 
 def fit_threshold(cases: list[NoduleCase], k: int, cfg: InferConfig,

@@ -12,11 +12,11 @@ from __future__ import annotations
 import pandas as pd
 
 from src.config import InferConfig
+from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.context import StageContext
 from src.data.folds import fold_ids, split_uids
 from src.data.manifest import read_dataset
-from src.evaluation.baselines import (BINARY_LEVEL, HalfMaxSegmenter, SphereSegmenter, ThresholdSegmenter,
-                                      fit_threshold)
+from src.evaluation.baselines import SphereSegmenter, ThresholdSegmenter, fit_threshold
 from src.evaluation.cases import NoduleCase, load_cases
 from src.evaluation.speed import speed_table
 from src.models.checkpoint import load_ensemble, model_from_checkpoint

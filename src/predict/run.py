@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from src.config import CacheConfig, InferConfig, code_version, config_hash
+from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.io import IMAGE_SUFFIXES, image_stem, is_image_path, write_image
 from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
 from src.errors import DataError
@@ -111,11 +112,22 @@ def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[Sca
 
 @dataclass
 class Models:
-    predictor: Predictor
-    cache_cfg: CacheConfig      # model space the networks were trained in
-    threshold: float            # probability threshold applied to them
+    predictor: Predictor | None  # None: no network, each given nodule's half-max level (mode 1 only)
+    cache_cfg: CacheConfig       # model space the networks were trained in
+    threshold: float             # probability threshold applied to them
     threshold_source: str
     checkpoints: list[Path] = field(default_factory=list)
+
+    def segmenter(self, cfg: InferConfig):
+        """What segments a given nodule's window (``src.predict.segment``)."""
+        if self.predictor is None:
+            return HalfMaxSegmenter(self.cache_cfg.k_slices, cfg.prior_margin_mm)
+        return NetworkSegmenter(self.predictor, self.cache_cfg.k_slices)
+
+
+def half_max_models(cache_cfg: CacheConfig) -> Models:
+    """The training-free segmenter: no checkpoints, binary masks (coordinates mode only)."""
+    return Models(None, cache_cfg, BINARY_LEVEL, "half-max in the sphere (binary masks, no network)")
 
 
 def prepare_models(checkpoints: list[Path], rt: Runtime, tta: bool, batch_size: int,
@@ -140,7 +152,7 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
     scan = mv.scan
     labels = np.zeros(scan.geometry.shape_zyx, dtype=np.uint16)
     prob = np.zeros(scan.geometry.shape_zyx, dtype=np.float32)
-    segmenter = NetworkSegmenter(models.predictor, models.cache_cfg.k_slices)
+    segmenter = models.segmenter(cfg)
     voxel_mm3 = float(np.prod(scan.geometry.spacing_zyx))
     rows = []
     for nid, nod in enumerate(scan.nodules, start=1):
@@ -163,7 +175,9 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
 
 
 def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Mode 2: candidates anywhere in the lungs."""
+    """Mode 2: candidates anywhere in the lungs (needs a network)."""
+    if models.predictor is None:
+        raise ValueError("finding nodules in whole scans needs a network; half-max segments given coordinates only")
     prob_model = predict_volume(mv, models.predictor, cfg.batch_size)
     labels, prob, table = candidates(mv, prob_model, cfg, models.threshold)
     table.insert(0, "seriesuid", mv.scan.seriesuid)

@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from src.config import PseudoConfig, code_version, to_dict
+from src.data.classical import BINARY_LEVEL
 from src.data.context import StageContext
 from src.data.folds import fold_ids, split_uids
 from src.data.manifest import read_dataset
 from src.data.patches import DIST_UNITS_PER_MM
-from src.evaluation.baselines import BINARY_LEVEL, SphereSegmenter
+from src.evaluation.baselines import SphereSegmenter
 from src.evaluation.cases import load_cases
 from src.evaluation.metrics import dice
 from src.models.checkpoint import load_ensemble
