@@ -8,13 +8,14 @@ and the lung around it. So, inside the coarse sphere (centre + diameter) + a mar
 * voxels above ``background + level x (nodule - background)`` are nodule, and the
   connected component at the centre is kept.
 
-This adapts to each nodule's own density (ground glass at -650 HU as well as solid
-nodules at 0 HU), unlike one HU threshold for all. It is used three times: as a reference
+This adapts to each nodule's own density (ground glass at -650 HU as well as solid nodules
+at 0 HU), unlike one HU threshold for all. It is used three times: as a reference
 segmenter that every learned model is compared with (hold-out leaderboard, quality
-benchmark), as ``infer.py --model half-max`` (the best segmenter measured so far when only
-coordinates are known; docs/benchmarks.md), and as the *coarse prior* that turns a coarse nodule's coordinates into a pseudo-mask for
-training (``src.data.patches``). Where the nodule hardly stands out from its background
-(``min_contrast_hu``) it returns None: no prior rather than a wrong one.
+benchmark); as ``infer.py --model half-max``, the best segmenter measured so far when only
+coordinates are known (docs/benchmarks.md); and as the *coarse prior* that turns a coarse
+nodule's coordinates into a pseudo-mask for training (``src.data.patches``). Where the
+nodule hardly stands out from its background (``min_contrast_hu``) it returns None: no
+prior rather than a wrong one.
 """
 from __future__ import annotations
 

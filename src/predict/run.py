@@ -113,8 +113,8 @@ def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[Sca
 @dataclass
 class Models:
     predictor: Predictor | None  # None: no network, each given nodule's half-max level (mode 1 only)
-    cache_cfg: CacheConfig       # model space the networks were trained in
-    threshold: float             # probability threshold applied to them
+    cache_cfg: CacheConfig       # model space: the networks' (from their checkpoint), else the config's
+    threshold: float             # applied to the probabilities (0.5 on half-max's binary masks)
     threshold_source: str
     checkpoints: list[Path] = field(default_factory=list)
 
