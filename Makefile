@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # The whole method on the built-in dataset, CPU-sized (configs/cpu.yaml); every step skips
-# or resumes what is already done where it can. Measured: 20.5 min on 2 cores (2026-12-03), plus ~2 for the venv.
+# or resumes what is already done where it can. Measured: 26.1 min on 2 cores (2026-12-03), plus ~2 for the venv.
 EXP    := outputs/cpu
 HOLD   := --split holdout $(CPU)
 demo: venv
@@ -28,6 +28,7 @@ demo: venv
 	$(PY) cv.py $(CPU)
 	$(PY) pseudo_label.py $(CPU)
 	$(PY) train.py --stage student $(CPU) --resume
+	$(PY) train.py --stage fpr $(CPU) --resume
 	$(PY) cv.py --holdout $(CPU)
 	$(PY) infer.py --input input/luna16 --coords input/luna16/annotations.csv --out $(EXP)/infer_coords $(HOLD)
 	$(PY) evaluate.py --pred $(EXP)/infer_coords $(HOLD)

@@ -5,7 +5,8 @@
 
 Mode 1 (nodules.csv from --coords): per-nodule Dice/IoU/sensitivity/precision/HD95/NSD
 against the fine masks, as the leaderboards score them -> scores.csv. Mode 2
-(submission.csv): LUNA16 FROC and CPM -> froc.csv, froc.png. Only annotations.csv nodules
+(submission.csv): LUNA16 FROC and CPM with a bootstrap 95 % CI over scans, with and
+without the FPR classifiers -> froc.csv, froc.png, froc_summary.csv. Only annotations.csv nodules
 count; annotations_excluded.csv findings are ignored.
 """
 import argparse
@@ -15,7 +16,7 @@ from pathlib import Path
 from src.cli import add_config_args, config_from_args, run
 from src.data.folds import holdout_uids, read_folds
 from src.data.manifest import read_dataset
-from src.evaluation.froc import plot_froc
+from src.evaluation.froc import froc_table, plot_froc
 from src.evaluation.predictions import read_nodule_table, score_mode1, score_mode2, summary_line
 from src.utils import atomic_to_csv
 
@@ -40,11 +41,15 @@ def main() -> None:
     uids = sorted({r.seriesuid for r in records} & done) or sorted({r.seriesuid for r in records})
 
     if (pred / "submission.csv").is_file():
-        curve, cpm, points = score_mode2(pred, data, uids)
-        atomic_to_csv(curve, pred / "froc.csv", float_format="%.5g")
-        plot_froc(curve, points, cpm, pred / "froc.png", title=f"{len(uids)} scans")
-        print(points.assign(sensitivity=points["sensitivity"].round(3)).to_string(index=False))
-        print(f"CPM {cpm:.4f} over {len(uids)} scans -> {pred / 'froc.png'}")
+        results = score_mode2(pred, records, uids)
+        atomic_to_csv(results["final"]["curve"], pred / "froc.csv", float_format="%.5g")
+        plot_froc(results, pred / "froc.png", title=f"{len(uids)} scans")
+        atomic_to_csv(froc_table(results), pred / "froc_summary.csv", float_format="%.4f")
+        print(froc_table(results).to_string(index=False))
+        for name, r in results.items():
+            print(f"CPM {name}: {r['cpm']:.4f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}) over {r['scans']} scans, "
+                  f"{r['nodules']} nodules")
+        print(f"-> {pred / 'froc.png'}")
     else:
         per_nodule = score_mode1(pred, records)
         atomic_to_csv(per_nodule, pred / "scores.csv", float_format="%.5g")

@@ -2,17 +2,34 @@
 
     python export.py --config configs/cpu.yaml                      # -> outputs/<exp>/student/student.onnx
     python export.py --checkpoint outputs/cpu/teacher/fold_0/checkpoint_best.pt --out teacher0.onnx
+    python export.py --fpr --config configs/cpu.yaml                # -> outputs/<exp>/fpr/fold_K/fold_K.onnx
 
 The model's metadata carries its input convention and the probability threshold stamped
 into the checkpoint at training (the OOF choice), or the experiment's.
 """
 import argparse
+import json
 from pathlib import Path
 
 from src.cli import add_config_args, config_from_args, run
+from src.config import DetectConfig
+from src.errors import DataError
 from src.layout import ExperimentLayout
 from src.models.checkpoint import cache_config, load_checkpoint, model_from_checkpoint
-from src.models.export import export_onnx, onnx_metadata
+from src.models.export import export_onnx, fpr_metadata, onnx_metadata
+
+
+def export_fpr(layout: ExperimentLayout) -> None:
+    if not layout.has_fpr():
+        raise DataError(f"{layout.fpr_dir}: no trained FPR classifiers; run train.py --stage fpr first")
+    weight = float(json.loads(layout.fpr_combination.read_text())["weight"])
+    for path in layout.fpr_checkpoints():
+        ckpt = load_checkpoint(path)
+        detect = DetectConfig(**ckpt["config"]["detect"])
+        metadata = fpr_metadata(detect, ckpt["config"]["cache"]["window"], weight, path)
+        out = export_onnx(model_from_checkpoint(path), ckpt["in_channels"], ckpt["patch_size"],
+                          layout.onnx(path.parent), metadata)
+        print(f"{path} -> {out}")
 
 
 def main() -> None:
@@ -20,10 +37,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="default: outputs/<experiment>/student/checkpoint_best.pt")
     parser.add_argument("--out", help="default: <stage>.onnx beside the checkpoint")
     parser.add_argument("--experiment", help="outputs/<experiment>/ (paths.experiment)")
+    parser.add_argument("--fpr", action="store_true", help="export every false-positive-reduction classifier")
     add_config_args(parser)
     args = parser.parse_args()
     cfg = config_from_args(args)
     layout = ExperimentLayout.from_paths(cfg.paths, args.experiment)
+    if args.fpr:
+        export_fpr(layout)
+        return
     ckpt_path = Path(args.checkpoint) if args.checkpoint else layout.student_checkpoint()
     out = Path(args.out) if args.out else layout.onnx(ckpt_path.parent)
 

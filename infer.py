@@ -9,6 +9,9 @@
 sphere. On the quality benchmark it is the most accurate segmenter from coordinates so far
 (docs/benchmarks.md).
 
+Whole-scan mode rescores its candidates with the experiment's false-positive-reduction
+classifiers when `train.py --stage fpr` has trained them (--no-fpr: the map's peak alone).
+
 Inputs: LUNA16-layout folders, hospital manifests (.csv), .mhd/.nii(.gz)/.nrrd files,
 flat folders of such files, DICOM series folders or folders of them. Outputs in DIR: <seriesuid>.nii.gz label masks in each scan's own
 geometry (optionally _prob), nodules.csv, and in whole-scan mode a LUNA16 submission.csv.
@@ -20,6 +23,7 @@ from pathlib import Path
 from src.cli import add_config_args, config_from_args, run
 from src.data.folds import holdout_uids, read_folds
 from src.layout import find_experiment
+from src.predict.fpr import CandidateScorer
 from src.predict.run import (Models, attach_coords, collect_inputs, half_max_models, prepare_models,
                             run_inference)
 from src.runtime import setup_runtime
@@ -36,7 +40,13 @@ def load_segmenter(args, cfg) -> Models:
         checkpoints, fallback = experiment.model_checkpoints(args.model), experiment.threshold(cfg.infer)
     rt = setup_runtime(args.device or cfg.device, cfg.amp)
     print(rt.describe())
-    return prepare_models(checkpoints, rt, args.tta or cfg.infer.tta, cfg.infer.batch_size, fallback)
+    models = prepare_models(checkpoints, rt, args.tta or cfg.infer.tta, cfg.infer.batch_size, fallback)
+    models.detect = cfg.detect
+    if not args.coords and not args.no_fpr and not args.checkpoint and experiment.has_fpr():
+        models.fpr = CandidateScorer.load(experiment.fpr_checkpoints(), experiment.fpr_combination, rt)
+        print(f"false-positive reduction: {len(models.fpr.checkpoints)} classifier(s), weight {models.fpr.weight:g} "
+              f"from {models.fpr.weight_source}")
+    return models
 
 
 def main() -> int:
@@ -51,6 +61,8 @@ def main() -> int:
     parser.add_argument("--split", choices=("all", "holdout"), default="all",
                         help="only the hold-out scans of folds.csv (paths.folds)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--no-fpr", action="store_true",
+                        help="whole-scan mode: rank candidates by the map alone, without the FPR classifiers")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, help="slices/patches per forward pass")
     parser.add_argument("--format", choices=(".nii.gz", ".mhd", ".nrrd"), default=".nii.gz")

@@ -1,12 +1,15 @@
-"""Train a fold teacher or the distilled student.
+"""Train a fold teacher, the distilled student, or the false-positive-reduction classifiers.
 
     python train.py --fold 0                          # teacher of fold 0, configs/default.yaml
     python train.py --fold 0 --config configs/cpu.yaml --set teacher.epochs=3
     python train.py --stage student --config configs/cpu.yaml
+    python train.py --stage fpr --config configs/cpu.yaml   # candidates + one classifier per fold
     torchrun --nproc_per_node 4 train.py --fold 0     # DDP: rank 0 writes
 
-Outputs go to outputs/<experiment>/teacher/fold_K/ or outputs/<experiment>/student/.
---resume continues from checkpoint_last.pt (mid-epoch included).
+Outputs go to outputs/<experiment>/teacher/fold_K/, outputs/<experiment>/student/ or
+outputs/<experiment>/fpr/. --resume continues from checkpoint_last.pt (mid-epoch included).
+The fpr stage needs the fold teachers (their OOF maps give its training candidates) and
+skips what is already done; --fold K trains only that fold's classifier.
 """
 import argparse
 
@@ -17,8 +20,8 @@ from src.runtime import setup_runtime
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("teacher", "student"), default="teacher")
-    parser.add_argument("--fold", type=int, help="teacher fold (0..n_folds-1)")
+    parser.add_argument("--stage", choices=("teacher", "student", "fpr"), default="teacher")
+    parser.add_argument("--fold", type=int, help="teacher (or fpr classifier) fold (0..n_folds-1)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: config 'device' (auto)")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
     parser.add_argument("--experiment", help="outputs/<experiment>/ (paths.experiment)")
@@ -39,6 +42,11 @@ def main() -> None:
         if rt.is_main:
             print(f"fold {args.fold}: OOF mean nodule Dice {oof['dice'].mean():.4f} over {len(oof)} nodules "
                   f"at threshold {cfg.infer.threshold} -> {out_dir}")
+    elif args.stage == "fpr":
+        from src.train.fpr import report_line, train_fpr
+        result = train_fpr(ctx, rt, folds=None if args.fold is None else [args.fold], resume=args.resume)
+        if rt.is_main:
+            print(report_line(result, ctx.layout.fpr_dir))
     else:
         from src.train.student import train_student
         out_dir = train_student(ctx, rt, resume=args.resume)

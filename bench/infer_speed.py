@@ -4,8 +4,9 @@
 
 Generates one long phantom scan (real LIDC geometry, >= 280 slices) into a temporary
 folder, then runs infer.py on it once per model in a fresh process, and reports seconds
-per scan (as infer.py times it: load, resample, predict, post-process, write), the whole
-command's wall time, and the process's peak RSS.
+per scan (as infer.py times it: load, resample, predict, candidates, the FPR classifiers
+when the experiment has them, write), the whole command's wall time, and the process's
+peak RSS.
 """
 import argparse
 import os
@@ -60,7 +61,8 @@ def main() -> None:
             if status != 0:
                 raise RuntimeError(out[-2000:])
             per_scan = float(re.search(r"([\d.]+) s/scan", out).group(1))
-            print(f"| {model} | {per_scan:.1f} | {time.time() - start:.1f} | {usage.ru_maxrss / 1e6:.2f} |")
+            label = f"{model} + FPR" if "false-positive reduction:" in out else model
+            print(f"| {label} | {per_scan:.1f} | {time.time() - start:.1f} | {usage.ru_maxrss / 1e6:.2f} |")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ class FoldsConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "Unet"                    # smp architecture: Unet | UnetPlusPlus | FPN
+    arch: str = "Unet"                    # smp: Unet | UnetPlusPlus | FPN; MultiView: candidate classifier
     encoder: str = "tu-coatnet_0_rw_224"
     encoder_weights: str = ""             # "" = random init; or a local .pth/.safetensors file
     encoder_depth: int = 5
@@ -171,12 +171,32 @@ class InferConfig:
     roi_margin_mm: float = 10.0           # coords mode: region around the given centre
     coarse_prior: bool = True             # coords mode: nothing beyond the given sphere + margin
     prior_margin_mm: float = 2.0
-    min_component_mm3: float = 10.0       # whole-scan mode: drop smaller components
-    max_candidates_per_scan: int = 50
-    # whole-scan mode: nodules lie in the lungs. The prediction region is the lungs grown by
-    # a few mm (for pleural nodules), so components mostly outside them are chest wall or
-    # mediastinum; a pleural nodule that a lung mask cut off still keeps part of itself inside.
+
+
+@dataclass
+class DetectConfig:
+    """Whole-scan detection: candidates from a probability map, then the false-positive
+    reduction (FPR) classifier on multi-view patches through each candidate."""
+    candidate_threshold: float = 0.2      # local maxima of the map at this probability: recall, not precision
+    peak_separation_mm: float = 6.0       # maxima closer than ~this are one
+    max_candidates: int = 1000            # per scan, by the map's peak probability, go to the classifier
+    max_detections: int = 50              # per scan, by the final probability, are written
+    min_component_mm3: float = 3.0        # of a candidate's core (>= half its peak)
+    # Nodules lie in the lungs. The prediction region is the lungs grown by a few mm (for
+    # pleural nodules), so components mostly outside them are chest wall or mediastinum; a
+    # pleural nodule that a lung mask cut off still keeps part of itself inside.
     min_lung_fraction: float = 0.25
+    # Where the classifier's training candidates come from. oof: each fold teacher's
+    # whole-scan map on its own validation scans (the test-time distribution); listed: no
+    # network pass, only the annotated nodules and candidates_V2.csv (fast, CPU demo).
+    candidate_source: str = "oof"
+    listed_negatives: bool = True         # add candidates_V2.csv negatives where the dataset has them
+    train_negatives_per_scan: int = 100   # map false positives per scan whose cubes train (a random draw)
+    view_size: int = 31                   # pixels per view, odd (centred on the candidate)
+    view_spacing_mm: float = 1.0          # isotropic
+    view_slices: int = 3                  # adjacent slices per view (axial, coronal, sagittal), odd
+    classifier_weight: float = -1.0       # final logit = w * classifier + (1 - w) * map; < 0: chosen on OOF
+    default_classifier_weight: float = 0.8   # when no OOF map candidates exist to choose on
 
 
 @dataclass
@@ -193,6 +213,11 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    fpr: StageConfig = field(default_factory=lambda: StageConfig(
+        model=ModelConfig(arch="MultiView", encoder="resnet10t", head_prior=0.05),
+        epochs=10, steps_per_epoch=60, batch_size=64, lr=2e-3, warmup_epochs=0.5, ema_decay=0.98,
+        positive_fraction=0.3, num_workers=0))
     device: str = "auto"                  # auto | cpu | cuda
     amp: str = "auto"                     # auto | bf16 | fp16 | off (CUDA only; CPU runs fp32)
 

@@ -8,6 +8,11 @@
       postprocessing.json                    the probability threshold chosen on OOF
       leaderboard.{csv,md}, oof_nodules.csv  cross-validation (cv.py)
       holdout_leaderboard.{csv,md}, holdout_nodules.csv
+      fpr/              false-positive reduction (train.py --stage fpr):
+        maps/<seriesuid>.npz     OOF whole-scan probability (each fold teacher, its own scans)
+        candidates.h5            candidate cubes + labels; fold_K/ classifier of fold K (as a
+                                 teacher's folder, val_candidates.csv = its OOF scores)
+        combination.json, oof_froc.{csv,png}, detection_leaderboard.md
 
 Every stage asks this module for its paths; none builds them by hand. Postprocessing is
 read from its file and passed on explicitly, never written into a config in place.
@@ -43,6 +48,8 @@ class ExperimentLayout:
         return self.root / self.student
 
     def stage_dir(self, stage: str, fold: int | None = None) -> Path:
+        if stage == "fpr":
+            return self.fpr_fold_dir(fold)
         return self.teacher_dir(fold) if stage == "teacher" else self.student_dir
 
     @staticmethod
@@ -85,6 +92,32 @@ class ExperimentLayout:
 
     def onnx(self, stage_dir: Path) -> Path:
         return stage_dir / f"{stage_dir.name}.onnx"
+
+    # ------------------------------------------------------------------ false-positive reduction
+    @property
+    def fpr_dir(self) -> Path:
+        return self.root / "fpr"
+
+    def fpr_fold_dir(self, fold: int) -> Path:
+        return self.fpr_dir / f"fold_{fold}"
+
+    def fpr_map(self, seriesuid: str) -> Path:
+        return self.fpr_dir / "maps" / f"{seriesuid}.npz"
+
+    @property
+    def fpr_candidates(self) -> Path:
+        return self.fpr_dir / "candidates.h5"
+
+    @property
+    def fpr_combination(self) -> Path:
+        return self.fpr_dir / "combination.json"
+
+    def fpr_checkpoints(self) -> list[Path]:
+        """Every fold classifier's best checkpoint ([] when the FPR stage has not run)."""
+        return sorted(self.fpr_dir.glob("fold_*/checkpoint_best.pt"))
+
+    def has_fpr(self) -> bool:
+        return bool(self.fpr_checkpoints()) and self.fpr_combination.is_file()
 
     # ------------------------------------------------------------------ stage outputs
     @property

@@ -89,6 +89,8 @@ TINY_OVERRIDES = [
     "student.model.encoder=resnet18", "student.model.decoder_channels=[16,16,8,8,8]",
     "student.epochs=1", "student.steps_per_epoch=3", "student.batch_size=8", "student.num_workers=0",
     "pseudo.batch_size=32", "infer.batch_size=16",
+    "detect.view_size=15", "detect.view_spacing_mm=2.0", "fpr.model.encoder=lcnet_050", "fpr.epochs=1",
+    "fpr.steps_per_epoch=4", "fpr.batch_size=8",
 ]
 
 

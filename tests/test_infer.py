@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import TINY_OVERRIDES
-from src.config import CacheConfig, InferConfig
+from src.config import CacheConfig, DetectConfig
+from src.data.candidates import excluded_table, nodule_table
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.geometry import Geometry
 from src.data.io import read_image, write_image
@@ -105,9 +106,10 @@ def test_whole_scan_mode_writes_submission_and_scores(tiny_trained, tmp_path, mo
     _run(evaluate, ["--pred", str(out), "--split", "holdout", *_overrides(ctx)], monkeypatch)
     printed = capsys.readouterr().out
     holdout = sorted(ctx.folds.loc[ctx.folds["fold"] == "holdout", "seriesuid"])
-    ann = pd.read_csv(f"{ctx.cfg.paths.data}/annotations.csv", dtype={"seriesuid": str})
-    _, cpm, _ = froc(pd.read_csv(out / "submission.csv", dtype={"seriesuid": str}), ann, ann.iloc[0:0], holdout)
-    assert f"CPM {cpm:.4f} over {len(holdout)} scans" in printed
+    scans = [r.load(with_image=False) for r in read_luna16(ctx.cfg.paths.data) if r.seriesuid in set(holdout)]
+    _, cpm, _ = froc(pd.read_csv(out / "submission.csv", dtype={"seriesuid": str}), nodule_table(scans),
+                     excluded_table(scans), holdout)
+    assert f"CPM final: {cpm:.4f}" in printed and f"over {len(holdout)} scans" in printed
     curve = pd.read_csv(out / "froc.csv")
     assert curve["sensitivity"].is_monotonic_increasing and (out / "froc.png").is_file()
 
@@ -142,9 +144,9 @@ def test_whole_scan_candidates_must_lie_in_the_lungs():
     prob[8:13, 8:13, 17:22] = 0.8    # straddles the boundary: 3 of 5 columns inside
     prob[8:13, 28:33, 28:33] = 0.95  # chest wall: outside
     mv = ModelVolume(scan.image, geometry, geometry, CacheConfig(), scan=scan)
-    cfg = InferConfig(min_component_mm3=10.0, min_lung_fraction=0.5)
+    cfg = DetectConfig(candidate_threshold=0.5, min_component_mm3=10.0, min_lung_fraction=0.5)
     labels, _, table = candidates(mv, prob, cfg, 0.5)
-    assert table["probability"].tolist() == pytest.approx([0.9, 0.8])
+    assert table["probability"].tolist() == table["seg_probability"].tolist() == pytest.approx([0.9, 0.8])
     assert table["coordX"].tolist() == pytest.approx([10.0, 19.0])
     assert labels[10, 30, 30] == 0 and labels[10, 10, 10] == 1
     cfg.min_lung_fraction = 0.0

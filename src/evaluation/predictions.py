@@ -1,6 +1,7 @@
 """``evaluate.py``: score the output folder of ``infer.py`` against the dataset's truth."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ from src.data.io import read_image
 from src.data.scan import ScanRecord
 from src.errors import DataError
 from src.evaluation.cases import score_full
-from src.evaluation.froc import froc
+from src.data.candidates import excluded_table, nodule_table
+from src.evaluation.froc import froc_with_ci
 from src.utils import progress
 
 
@@ -44,13 +46,22 @@ def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def score_mode2(pred_dir: Path, data_dir: Path, uids: list[str]) -> tuple[pd.DataFrame, float, pd.DataFrame]:
-    submission = pd.read_csv(pred_dir / "submission.csv", dtype={"seriesuid": str})
-    annotations = pd.read_csv(data_dir / "annotations.csv", dtype={"seriesuid": str})
-    excluded_path = data_dir / "annotations_excluded.csv"
-    excluded = pd.read_csv(excluded_path, dtype={"seriesuid": str}) if excluded_path.is_file() \
-        else annotations.iloc[0:0]
-    return froc(submission, annotations, excluded, uids)
+def score_mode2(pred_dir: Path, records: list[ScanRecord], uids: list[str]) -> dict[str, dict]:
+    """FROC/CPM (bootstrap CI over scans) of a whole-scan run and, when it used FPR, of the
+    detections the map alone would have given: its candidates ranked by their peak
+    probability, as many per scan as the run keeps (what ``infer.py --no-fpr`` writes)."""
+    scans = [r.load(with_image=False) for r in records if r.seriesuid in set(uids)]
+    truth, excluded = nodule_table(scans), excluded_table(scans)
+    rankings = {"final": pd.read_csv(pred_dir / "submission.csv", dtype={"seriesuid": str})}
+    every = pred_dir / "candidates.csv"
+    if every.is_file():
+        found = pd.read_csv(every, dtype={"seriesuid": str})
+        if found["fpr_probability"].notna().any():
+            keep = json.loads((pred_dir / "run.json").read_text()).get("max_detections") or len(found)
+            by_map = found.sort_values("seg_probability", ascending=False, kind="stable")
+            by_map = by_map.groupby("seriesuid").head(keep)
+            rankings["without FPR"] = by_map.assign(probability=by_map["seg_probability"])
+    return {name: froc_with_ci(table, truth, excluded, uids) for name, table in rankings.items()}
 
 
 def summary_line(per_nodule: pd.DataFrame) -> str:

@@ -15,6 +15,7 @@ from torch import nn
 
 from src.config import ModelConfig
 from src.errors import ConfigError
+from src.models.classifier import MultiViewClassifier
 
 # Encoders whose attention windows / relative-position tables are fixed when built: timm
 # must know the input size, and inference must tile at exactly that size.
@@ -27,7 +28,14 @@ def needs_fixed_size(encoder: str) -> bool:
 
 def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Module:
     """A 1-class smp segmentation model; ``model.fixed_input_size`` is the only (H, W) it
-    accepts, or None if it is fully convolutional over any multiple of its stride."""
+    accepts, or None if it is fully convolutional over any multiple of its stride.
+    ``arch: MultiView`` builds the candidate classifier instead (``in_channels`` per view)."""
+    if cfg.arch == "MultiView":
+        model = MultiViewClassifier(cfg.encoder, in_channels, cfg.head_prior)
+        if cfg.encoder_weights:
+            load_encoder_weights(model, Path(cfg.encoder_weights))
+        model.fixed_input_size = (patch_size, patch_size)
+        return model
     kwargs = dict(encoder_name=cfg.encoder, encoder_weights=None, in_channels=in_channels, classes=1,
                   encoder_depth=cfg.encoder_depth)
     if cfg.arch in ("Unet", "UnetPlusPlus"):

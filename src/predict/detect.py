@@ -3,9 +3,10 @@
 Inside the lungs' bounding box (LUNA16 seg-lungs when present, else a lung mask from HU,
 dilated so that nodules on the pleura stay in), every axial slice is predicted as a 2.5D
 stack, streamed in batches of slices; the network is fully convolutional over the field.
-The probability volume is resampled to the scan's own grid, thresholded, split into 3D
-connected components (cc3d), and each component large enough and mostly inside the lungs
-becomes a candidate with a probability.
+Candidates are the map's local maxima (low threshold: recall first); each one large
+enough and mostly inside the lungs becomes a row, with the map's component around it as
+its mask on the scan's own grid; the false-positive-reduction classifier
+(``src.predict.fpr``) rescores them.
 """
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from src.config import InferConfig
+from pathlib import Path
+from typing import Callable
+
+from src.config import CacheConfig, DetectConfig
+from src.data.scan import ScanRecord
 from src.data.preprocess import resample
 from src.predict.predictor import Predictor
-from src.predict.segment import ModelVolume
+from src.predict.segment import ModelVolume, to_model_volume
 from src.utils import progress
 
 LUNG_DILATION_MM = 6.0
+CORE_REACH_MM = 20.0      # a candidate's core is measured within this distance of its peak
 
 
 def lung_region(mv: ModelVolume) -> np.ndarray:
@@ -52,39 +58,97 @@ def predict_volume(mv: ModelVolume, predictor: Predictor, slices_per_batch: int,
     return prob
 
 
-def candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: InferConfig,
-               threshold: float) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def write_maps(records: list[ScanRecord], predictor: Predictor, cache_cfg: CacheConfig, batch_size: int,
+               path_of: Callable[[str], Path], desc: str) -> None:
+    """Whole-scan probability maps (model space, float16), one file per scan; scans whose
+    file exists are skipped, so an interrupted pass resumes."""
+    for record in progress([r for r in records if not path_of(r.seriesuid).is_file()], desc=desc):
+        mv = to_model_volume(record.load(), cache_cfg)
+        prob = predict_volume(mv, predictor, batch_size, show_progress=False)
+        path = path_of(record.seriesuid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez_compressed(tmp, prob=prob.astype(np.float16))
+        tmp.replace(path)
+
+
+def read_map(path: Path) -> np.ndarray:
+    with np.load(path) as f:
+        return f["prob"].astype(np.float32)
+
+
+def peaks(prob: np.ndarray, spacing_zyx, separation_mm: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Local maxima of a probability volume at or above ``threshold``, at least about
+    ``separation_mm`` apart: (voxel (z, y, x) per peak, its probability), highest first.
+    A plateau (saturated probabilities) is one peak at its centroid."""
+    above = np.argwhere(prob >= threshold)
+    if len(above) == 0:
+        return np.zeros((0, 3), dtype=int), np.zeros(0)
+    size = tuple(int(v) // 2 * 2 + 1 for v in np.maximum(np.rint(separation_mm / np.asarray(spacing_zyx)), 1))
+    lo = np.maximum(above.min(0) - np.array(size) // 2, 0)   # the map is zero far from the lungs: work on its box
+    box = tuple(slice(a, b) for a, b in zip(lo, above.max(0) + np.array(size) // 2 + 1))
+    sub = prob[box]
+    top = (sub >= ndimage.maximum_filter(sub, size=size, mode="constant")) & (sub >= threshold)
+    regions = cc3d.connected_components(top, connectivity=26)
+    stats = cc3d.statistics(regions)
+    where = np.rint(stats["centroids"][1:]).astype(int)
+    for i in np.flatnonzero(regions[tuple(where.T)] != np.arange(1, len(where) + 1)):
+        # a non-convex plateau's centroid may lie off it: take one of its own voxels
+        bb = stats["bounding_boxes"][i + 1]
+        where[i] = np.argwhere(regions[bb] == i + 1)[0] + [s.start for s in bb]
+    value = sub[tuple(where.T)]
+    order = np.argsort(-value, kind="stable")
+    return where[order] + lo, value[order]
+
+
+def candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: DetectConfig,
+               seg_threshold: float) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Native-grid (label volume, probability volume, one row per candidate).
 
-    Candidates are components of at least `min_component_mm3` with at least
-    `min_lung_fraction` of their voxels in the lungs. Candidate probability = the highest
-    probability inside the component: a confident core outranks a large faint region."""
+    Candidates are the local maxima of the map at or above ``cfg.candidate_threshold`` (low:
+    recall first, the FPR stage brings precision), ``peak_separation_mm`` apart, so that a
+    nodule touching a vessel keeps a peak of its own. Each peak's *core* (the voxels at or
+    above half its probability, connected to it) must hold ``min_component_mm3`` and have
+    ``min_lung_fraction`` of itself in the lungs; the ``max_candidates`` highest peaks that
+    pass are kept. A candidate's location is its peak (inside the nodule it found, even when
+    the map is a ring around a large one); its mask, the component of the map at the
+    segmentation threshold around it; ``seg_probability`` is the peak's probability."""
+    spacing = mv.geometry.spacing_zyx
+    lung = mv.lung_mask()
+    voxel_mm3 = float(np.prod(spacing))
+    reach = np.ceil(CORE_REACH_MM / spacing).astype(int)
+    rows = []
+    for at, peak in zip(*peaks(prob_model, spacing, cfg.peak_separation_mm, cfg.candidate_threshold)):
+        if len(rows) == cfg.max_candidates:
+            break
+        lo = np.maximum(at - reach, 0)
+        box = tuple(slice(a, b) for a, b in zip(lo, np.minimum(at + reach + 1, prob_model.shape)))
+        core = cc3d.connected_components(prob_model[box] >= 0.5 * peak, connectivity=26)
+        core = core == core[tuple(at - lo)]
+        volume = float(core.sum()) * voxel_mm3
+        if volume < cfg.min_component_mm3 or lung[box][core].mean() < cfg.min_lung_fraction:
+            continue
+        x, y, z = mv.geometry.voxel_to_world(at)
+        rows.append(dict(coordX=x, coordY=y, coordZ=z, volume_mm3=volume,
+                         diameter_mm=float((6.0 * volume / np.pi) ** (1 / 3)),
+                         mean_hu=float(mv.image[box][core].mean()), seg_probability=float(peak)))
+    table = pd.DataFrame(rows, columns=["coordX", "coordY", "coordZ", "volume_mm3", "diameter_mm", "mean_hu",
+                                        "seg_probability"])
+    table["probability"] = table["seg_probability"]   # the final score until the FPR stage rescores it
+    table["nodule_id"] = np.arange(1, len(table) + 1)
     native = mv.native
     prob = resample(prob_model, mv.geometry, native, "linear", default=0.0)
-    labels = cc3d.connected_components(prob >= threshold, connectivity=26).astype(np.uint32)
-    stats = cc3d.statistics(labels)
-    lung = mv.native_lung_mask()
-    voxel_mm3 = float(np.prod(native.spacing_zyx))
-    rows = []
-    for label in range(1, len(stats["voxel_counts"])):
-        count = int(stats["voxel_counts"][label])
-        volume = count * voxel_mm3
-        if volume < cfg.min_component_mm3:
-            continue
-        box = stats["bounding_boxes"][label]
-        inside = labels[box] == label
-        if lung[box][inside].mean() < cfg.min_lung_fraction:
-            continue
-        x, y, z = native.voxel_to_world(stats["centroids"][label])
-        rows.append(dict(label=label, coordX=x, coordY=y, coordZ=z, volume_mm3=volume,
-                         diameter_mm=float((6.0 * volume / np.pi) ** (1 / 3)),
-                         mean_hu=float(mv.scan.image[box][inside].mean()),
-                         probability=float(prob[box][inside].max())))
-    table = pd.DataFrame(rows, columns=["label", "coordX", "coordY", "coordZ", "volume_mm3", "diameter_mm",
-                                        "mean_hu", "probability"])
-    table = table.sort_values("probability", ascending=False).head(cfg.max_candidates_per_scan).reset_index(drop=True)
-    # Relabel 1..n by rank; everything else is background.
-    remap = np.zeros(len(stats["voxel_counts"]), dtype=np.uint16)
-    remap[table["label"].to_numpy(dtype=int)] = np.arange(1, len(table) + 1)
-    table["nodule_id"] = np.arange(1, len(table) + 1)
-    return remap[labels], prob, table.drop(columns="label")
+    return candidate_masks(prob, native, table, seg_threshold), prob, table
+
+
+def candidate_masks(prob: np.ndarray, native, table: pd.DataFrame, seg_threshold: float) -> np.ndarray:
+    """Label k = the component of ``prob >= seg_threshold`` at candidate k (a higher-ranked
+    candidate keeps a component two share; a faint candidate has no mask)."""
+    components = cc3d.connected_components(prob >= seg_threshold, connectivity=26)
+    at = np.rint(native.world_to_voxel(table[["coordX", "coordY", "coordZ"]].to_numpy(float))).astype(int)
+    at = np.clip(at, 0, np.asarray(native.shape_zyx) - 1).reshape(-1, 3)
+    remap = np.zeros(int(components.max()) + 1, dtype=np.uint16)
+    for nodule_id, c in zip(table["nodule_id"].to_numpy()[::-1], components[tuple(at.T)][::-1]):
+        if c:
+            remap[c] = nodule_id     # walked from the lowest rank up: the highest rank writes last
+    return remap[components]

@@ -1,6 +1,7 @@
 """``infer.py`` behind the scenes: find the scans and the models, run mode 1 or 2 per scan,
-write masks in the scan's geometry plus nodules.csv / submission.csv, and run.json (what
-produced them: code version, config hash, checkpoints, threshold).
+write masks in the scan's geometry plus nodules.csv (mode 2 also submission.csv, and
+candidates.csv: every candidate the classifier scored), and run.json (what produced them:
+code version, config hash, checkpoints, threshold).
 
 A failure on one scan (unreadable file, coordinates outside it, ...) is reported with the
 file and the reason; the other scans carry on, and the caller exits non-zero at the end.
@@ -15,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.config import CacheConfig, InferConfig, code_version, config_hash
+from src.config import CacheConfig, DetectConfig, InferConfig, code_version, config_hash
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.io import IMAGE_SUFFIXES, image_stem, is_image_path, write_image
 from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
 from src.errors import DataError
 from src.models.checkpoint import load_models
 from src.predict.detect import candidates, predict_volume
+from src.predict.fpr import CandidateScorer
 from src.predict.predictor import Predictor
 from src.predict.segment import ModelVolume, NetworkSegmenter, segment_nodule, to_model_volume
 from src.runtime import Runtime
@@ -29,7 +31,8 @@ from src.utils import atomic_to_csv, atomic_write_text, progress
 
 DEFAULT_CANDIDATE_DIAMETER_MM = 10.0   # candidates_V2.csv rows carry no size
 NODULE_TABLE = ["seriesuid", "nodule_id", "coordX", "coordY", "coordZ", "diameter_mm", "volume_mm3", "mean_hu",
-                "probability", "given_coordX", "given_coordY", "given_coordZ", "given_diameter_mm", "nodule_uid"]
+                "probability", "seg_probability", "fpr_probability", "given_coordX", "given_coordY", "given_coordZ",
+                "given_diameter_mm", "nodule_uid"]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -117,6 +120,8 @@ class Models:
     threshold: float             # applied to the probabilities (0.5 on half-max's binary masks)
     threshold_source: str
     checkpoints: list[Path] = field(default_factory=list)
+    detect: DetectConfig = field(default_factory=DetectConfig)   # whole-scan candidates
+    fpr: CandidateScorer | None = None    # rescores whole-scan candidates (None: the map's peak)
 
     def segmenter(self, cfg: InferConfig):
         """What segments a given nodule's window (``src.predict.segment``)."""
@@ -174,27 +179,41 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
     return labels, prob, pd.DataFrame(rows, columns=NODULE_TABLE)
 
 
-def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Mode 2: candidates anywhere in the lungs (needs a network)."""
+def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig
+               ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """Mode 2: candidates anywhere in the lungs (needs a network) -> (labels, probability,
+    the ``max_detections`` best, every candidate)."""
     if models.predictor is None:
         raise ValueError("finding nodules in whole scans needs a network; half-max segments given coordinates only")
     prob_model = predict_volume(mv, models.predictor, cfg.batch_size)
-    labels, prob, table = candidates(mv, prob_model, cfg, models.threshold)
-    table.insert(0, "seriesuid", mv.scan.seriesuid)
-    return labels, prob, table.reindex(columns=NODULE_TABLE)
+    labels, prob, found = candidates(mv, prob_model, models.detect, models.threshold)
+    if models.fpr is not None:
+        found = models.fpr.rescore(mv.scan, found)
+    found.insert(0, "seriesuid", mv.scan.seriesuid)
+    found = found.reindex(columns=NODULE_TABLE).sort_values("probability", ascending=False, kind="stable")
+    table = found.head(models.detect.max_detections)
+    keep = np.zeros(max(int(labels.max()), len(table) and int(table["nodule_id"].max())) + 1, dtype=labels.dtype)
+    keep[table["nodule_id"].to_numpy(dtype=int)] = table["nodule_id"].to_numpy(dtype=int)
+    labels = keep[labels]                          # masks of the detections written only
+    return labels, prob, table, found
 
 
 def run_scan(record: ScanRecord, models: Models, cfg: InferConfig, out_dir: Path, given: bool,
-             fmt: str, save_prob: bool, qa: bool) -> pd.DataFrame:
+             fmt: str, save_prob: bool, qa: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """-> (the scan's rows of nodules.csv, whole-scan mode: every candidate, else None)."""
     scan = record.load()
     mv = to_model_volume(scan, models.cache_cfg)
-    labels, prob, table = segment_given(mv, models, cfg) if given else detect_all(mv, models, cfg)
+    found = None
+    if given:
+        labels, prob, table = segment_given(mv, models, cfg)
+    else:
+        labels, prob, table, found = detect_all(mv, models, cfg)
     write_image(labels, scan.geometry, out_dir / f"{scan.seriesuid}{fmt}", compress=True)
     if save_prob:
         write_image(prob, scan.geometry, out_dir / f"{scan.seriesuid}_prob{fmt}", compress=True)
     if qa and len(table):
         write_qa(scan, labels, table, out_dir / "qa" / f"{scan.seriesuid}.png")
-    return table
+    return table, found
 
 
 def write_qa(scan, labels: np.ndarray, table: pd.DataFrame, path: Path, max_panels: int = 12) -> None:
@@ -217,11 +236,13 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
                   fmt: str = ".nii.gz", save_prob: bool = False, qa: bool = False) -> tuple[pd.DataFrame, list[str], dict]:
     """-> (nodules table of all scans, failures as 'file: reason', timing)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables, failures, seconds = [], [], []
+    tables, found, failures, seconds = [], [], [], []
     for record in progress(records, desc="scans"):
         start = time.time()
         try:
-            tables.append(run_scan(record, models, cfg, out_dir, given, fmt, save_prob, qa))
+            table, candidates_of_scan = run_scan(record, models, cfg, out_dir, given, fmt, save_prob, qa)
+            tables.append(table)
+            found.append(candidates_of_scan)
             seconds.append(time.time() - start)
         except (DataError, OSError, ValueError) as err:
             failures.append(f"{record.seriesuid}: {err}")
@@ -230,9 +251,16 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
     atomic_write_text(out_dir / "run.json", json.dumps(dict(
         code_version=code_version(), config_hash=config_hash(cfg), checkpoints=[str(p) for p in models.checkpoints],
         threshold=models.threshold, threshold_source=models.threshold_source, mode="coords" if given else "scan",
+        max_detections=None if given else models.detect.max_detections,
+        fpr=None if given or models.fpr is None else dict(
+            checkpoints=[str(p) for p in models.fpr.checkpoints], classifier_weight=models.fpr.weight,
+            weight_source=models.fpr.weight_source),
         scans_done=len(tables), failures=failures), indent=1))
     atomic_to_csv(nodules, out_dir / "nodules.csv", float_format="%.4f")
     if not given:
         atomic_to_csv(nodules[["seriesuid", "coordX", "coordY", "coordZ", "probability"]],
                       out_dir / "submission.csv", float_format="%.4f")
+        every = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=NODULE_TABLE)
+        atomic_to_csv(every.drop(columns=[c for c in NODULE_TABLE if c.startswith("given_")] + ["nodule_uid"]),
+                      out_dir / "candidates.csv", float_format="%.4f")
     return nodules, failures, {"seconds_per_scan": float(np.mean(seconds)) if seconds else float("nan")}

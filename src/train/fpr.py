@@ -1,0 +1,339 @@
+"""Stage 5: false-positive reduction (FPR) for whole-scan detection.
+
+``train.py --stage fpr`` runs, resumably, in ``outputs/<experiment>/fpr/`` (``src.layout``):
+
+1. *OOF maps* (``detect.candidate_source: oof``): each fold teacher predicts the whole lungs
+   of its own validation scans, so every training candidate comes from a model that never
+   trained on its scan - the distribution the student's candidates have at test time.
+2. *Candidates*: per non-hold-out scan, the map's candidates (``src.predict.detect``), the
+   annotated nodules themselves (positives even where the map missed them), and
+   ``candidates_V2.csv`` negatives where the dataset has them; labelled from coordinates
+   alone (``src.data.candidates.match_candidates``); their cubes cut into ``candidates.h5``.
+3. *Classifiers*: one multi-view classifier per fold, trained on the other folds'
+   candidates, their views sampled from rotated, flipped, scaled and shifted cubes,
+   selected on its fold's AUC; it scores its fold's candidates (OOF).
+4. *Combination*: the weight of the classifier against the map's peak probability that
+   maximises the CPM of the pooled OOF map candidates (``combination.json``), with the OOF
+   FROC with and without FPR. The hold-out is never touched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import Dataset
+
+from src.config import code_version, config_hash, dump_config, to_dict
+from src.data.candidates import (HIT, IGNORED, CandidateCache, cube_side, cut_cubes, excluded_table,
+                                 match_candidates, merge_candidate_shards, nodule_table, write_candidate_shard)
+from src.data.context import StageContext
+from src.data.folds import fold_ids, split_uids
+from src.data.manifest import read_dataset
+from src.data.preprocess import normalise
+from src.data.scan import Scan, ScanRecord
+from src.errors import DataError
+from src.evaluation.froc import froc_with_ci
+from src.models.checkpoint import load_checkpoint, model_from_checkpoint
+from src.models.classifier import classifier_input, sample_views
+from src.models.factory import build_model
+from src.predict.detect import candidates, read_map, write_maps
+from src.predict.fpr import CandidateScorer, combine
+from src.predict.predictor import Predictor
+from src.predict.segment import to_model_volume
+from src.runtime import Runtime
+from src.train.trainer import RunInfo, Trainer
+from src.utils import atomic_to_csv, atomic_write_text, progress, seed_everything
+
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)   # classifier weights tried on OOF
+ROTATE_DEG, SCALE, SHIFT_MM = 180.0, 0.15, 1.5      # augmentation of the training cubes
+
+
+# ----------------------------------------------------------------------------- 1. OOF maps
+
+
+def write_oof_maps(ctx: StageContext, rt: Runtime) -> None:
+    """Each fold teacher's whole-scan probability on its own validation scans."""
+    records = {r.seriesuid: r for r in read_dataset(ctx.cfg.paths)}
+    for fold in fold_ids(ctx.folds):
+        todo = [records[u] for u in sorted(split_uids(ctx.folds, fold)["val"]) if not ctx.layout.fpr_map(u).is_file()]
+        if todo:
+            teacher = model_from_checkpoint(ctx.layout.teacher_checkpoint(fold))
+            predictor = Predictor([teacher], rt, ctx.window, batch_size=ctx.cfg.infer.batch_size)
+            write_maps(todo, predictor, ctx.cache.config, ctx.cfg.infer.batch_size, ctx.layout.fpr_map,
+                       desc=f"OOF maps, fold {fold}")
+
+
+# ----------------------------------------------------------------------------- 2. candidates
+
+
+def scan_candidates(ctx: StageContext, scan: Scan, fold: str, threshold: float) -> pd.DataFrame:
+    """Every training candidate of one scan, labelled from its coordinates."""
+    cfg, uid = ctx.cfg.detect, scan.seriesuid
+    parts = []
+    map_path = ctx.layout.fpr_map(uid)
+    if cfg.candidate_source == "oof":
+        if not map_path.is_file():
+            raise DataError(f"{map_path}: OOF map missing; rerun train.py --stage fpr")
+        _, _, table = candidates(to_model_volume(scan, ctx.cache.config), read_map(map_path), cfg, threshold)
+        parts.append(table[["coordX", "coordY", "coordZ", "seg_probability"]].assign(source="map"))
+    nodules = nodule_table([scan])
+    parts.append(nodules[["coordX", "coordY", "coordZ"]].assign(source="annotation", seg_probability=np.nan))
+    if cfg.listed_negatives and len(scan.candidates_xyz):
+        xyz = np.asarray(scan.candidates_xyz, dtype=float).reshape(-1, 3)
+        parts.append(pd.DataFrame(xyz, columns=["coordX", "coordY", "coordZ"]).assign(source="listed",
+                                                                                      seg_probability=np.nan))
+    table = pd.concat([p for p in parts if len(p)], ignore_index=True).assign(seriesuid=uid, fold=fold)
+    labels, hit = match_candidates(table, nodules, excluded_table([scan]))
+    table["label"] = labels
+    table["nodule_uid"] = np.where(hit >= 0, nodules["nodule_uid"].to_numpy()[np.maximum(hit, 0)], "")
+    table["diameter_mm"] = np.where(hit >= 0, nodules["diameter_mm"].to_numpy()[np.maximum(hit, 0)], 0.0)
+    table["texture"] = np.where(hit >= 0, nodules["texture"].to_numpy()[np.maximum(hit, 0)], np.nan)
+    return table
+
+
+def training_rows(table: pd.DataFrame, negatives: int, rng: np.random.Generator) -> np.ndarray:
+    """The rows whose cubes train: every positive, every annotation and listed row, and a
+    random draw of ``negatives`` of the map's false positives (a scan has hundreds)."""
+    map_fp = (table["source"] == "map").to_numpy() & (table["label"] != HIT).to_numpy()
+    keep = ~map_fp
+    drawn = rng.permutation(np.flatnonzero(map_fp))[:negatives]
+    keep[drawn] = True
+    return np.flatnonzero(keep)
+
+
+def build_candidate_cache(ctx: StageContext, threshold: float) -> CandidateCache:
+    """``candidates.h5`` for every non-hold-out scan (one shard per scan: resumable)."""
+    out = ctx.layout.fpr_candidates
+    want = config_hash({"detect": config_hash(ctx.cfg.detect), "threshold": threshold, "cache": ctx.cache_hash})
+    if out.is_file():
+        cache = CandidateCache(out)
+        if cache.attrs.get("build_hash") == want:
+            return cache
+        out.unlink()   # another detect config: rebuild (the maps are kept)
+    folds = ctx.folds.set_index("seriesuid")["fold"]
+    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in folds.index and folds[r.seriesuid] != "holdout"]
+    parts = ctx.layout.fpr_dir / f".candidates.parts-{want}"
+    parts.mkdir(parents=True, exist_ok=True)
+    side = cube_side(ctx.cfg.detect)
+    for record in progress(records, desc="candidate cubes"):
+        shard = parts / f"{record.seriesuid}.h5"
+        if shard.is_file():
+            continue
+        scan = record.load()
+        table = scan_candidates(ctx, scan, str(folds[record.seriesuid]), threshold)
+        train = training_rows(table, ctx.cfg.detect.train_negatives_per_scan,
+                              np.random.default_rng([ctx.cfg.fpr.seed, zlib.crc32(record.seriesuid.encode())]))
+        table["cube"] = -1
+        table.loc[train, "cube"] = np.arange(len(train))
+        cubes = cut_cubes(scan.image, scan.geometry, table.loc[train, ["coordX", "coordY", "coordZ"]].to_numpy(float),
+                          side, ctx.cfg.detect.view_spacing_mm)
+        write_candidate_shard(shard, table, cubes)
+    merge_candidate_shards([parts / f"{r.seriesuid}.h5" for r in records], out, ctx.cfg.detect,
+                           extra_attrs={"build_hash": want})
+    for shard in parts.iterdir():
+        shard.unlink()
+    parts.rmdir()
+    return CandidateCache(out)
+
+
+# ----------------------------------------------------------------------------- 3. classifiers
+
+
+def random_affines(seeds: torch.Tensor, side: int, spacing_mm: float) -> torch.Tensor:
+    """(N, 3, 4) augmentations for :func:`sample_views`, one per seed: a rotation about the
+    cranio-caudal axis, flips of every axis, scaling and a shift of up to ``SHIFT_MM``."""
+    out = torch.zeros(len(seeds), 3, 4)
+    for i, seed in enumerate(seeds.tolist()):
+        g = torch.Generator().manual_seed(int(seed))
+        u = torch.rand(8, generator=g)
+        angle = math.radians(ROTATE_DEG * (2 * u[0].item() - 1))
+        scale = 1 + SCALE * (2 * u[1].item() - 1)
+        c, s = math.cos(angle), math.sin(angle)
+        rotate = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])     # (x, y, z): about z
+        flips = torch.diag(torch.where(u[2:5] < 0.5, -1.0, 1.0))
+        out[i, :, :3] = scale * rotate @ flips
+        out[i, :, 3] = (2 * u[5:8] - 1) * (SHIFT_MM / spacing_mm) * 2 / side  # voxels -> normalised
+    return out
+
+
+class CandidateDataset(Dataset):
+    """Items: (position, augmentation seed) from the sampler; the objective augments the
+    batch's cubes at once."""
+
+    def __init__(self, cache: CandidateCache, indices: np.ndarray, window: tuple[float, float]):
+        self.cache, self.indices, self.window = cache, np.asarray(indices), window
+        self.labels = cache.table["label"].to_numpy(dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        pos, seed = item
+        row = int(self.indices[pos])
+        return {"cube": torch.from_numpy(normalise(self.cache.cube(row), self.window)),
+                "label": torch.tensor(self.labels[row]), "seed": torch.tensor(seed)}
+
+
+class FprObjective:
+    needs_two_views = False
+
+    def __init__(self, size: int, k: int, spacing_mm: float):
+        self.size, self.k, self.spacing_mm = size, k, spacing_mm
+
+    def __call__(self, model: nn.Module, ema: nn.Module, batch: dict, progress: float):
+        cubes = batch["cube"]
+        affines = random_affines(batch["seed"], cubes.shape[-1], self.spacing_mm).to(cubes)
+        logits = model(sample_views(cubes, affines, self.size, self.k))[:, 0]
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"])
+        return loss, {"bce": float(loss.detach())}
+
+
+class FoldScorer:
+    """Validation: the classifier's AUC on its fold's candidates (all sources, ignored ones out)."""
+
+    def __init__(self, cache: CandidateCache, indices: np.ndarray, window, size: int, k: int, rt: Runtime):
+        self.cubes = cache.cubes(indices)
+        self.labels = cache.table["label"].to_numpy()[indices]
+        self.window, self.size, self.k, self.rt = window, size, k, rt
+
+    @torch.inference_mode()
+    def logits(self, model: nn.Module) -> np.ndarray:
+        out = []
+        for i in range(0, len(self.cubes), 128):
+            x = classifier_input(self.cubes[i:i + 128], self.window, self.size, self.k).to(self.rt.device)
+            with self.rt.autocast():
+                out.append(model(x).float()[:, 0].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        z = self.logits(model)
+        both = len(np.unique(self.labels)) == 2
+        return {"val_auc": float(roc_auc_score(self.labels, z)) if both else float("nan")}
+
+
+def classifier_logits_in_scans(ctx: StageContext, model: nn.Module, table: pd.DataFrame, rt: Runtime) -> np.ndarray:
+    scorer = CandidateScorer([model.to(rt.device)], rt, ctx.cfg.detect, ctx.window, weight=1.0,
+                             weight_source="", checkpoints=[])
+    records = {r.seriesuid: r for r in read_dataset(ctx.cfg.paths)}
+    out = np.zeros(len(table))
+    for uid, rows in progress(list(table.groupby("seriesuid").indices.items()), desc="OOF candidate scores"):
+        scan = records[uid].load()
+        out[rows] = scorer.classifier_logits(scorer.views(scan, table.iloc[rows]))
+    return out
+
+
+def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runtime, resume: bool = False) -> Path:
+    cfg, stage, det = ctx.cfg, ctx.cfg.fpr, ctx.cfg.detect
+    splits = split_uids(ctx.folds, fold)
+    table = cache.table
+    usable = (table["label"].to_numpy() != IGNORED) & (table["cube"].to_numpy() >= 0)
+    train_idx = np.flatnonzero(usable & table["seriesuid"].isin(splits["train"]).to_numpy())
+    val_idx = np.flatnonzero(usable & table["seriesuid"].isin(splits["val"]).to_numpy())
+    if not (table["label"].to_numpy()[train_idx] == HIT).any():
+        raise DataError(f"{cache.path}: no positive candidate outside fold {fold}; more scans with nodules are needed")
+    seed_everything(stage.seed + fold)
+    out_dir = ctx.layout.fpr_fold_dir(fold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rt.is_main:
+        dump_config(cfg, out_dir / "args.yaml")
+    positive = table["label"].to_numpy()[train_idx] == HIT
+    weights = np.where(positive, stage.positive_fraction / positive.sum(),
+                       (1 - stage.positive_fraction) / max((~positive).sum(), 1))
+    window = ctx.window
+    dataset = CandidateDataset(cache, train_idx, window)
+    model = build_model(stage.model, det.view_slices, det.view_size)
+    info = RunInfo(stage="fpr", fold=fold, model_config=to_dict(stage.model), in_channels=det.view_slices,
+                   patch_size=det.view_size, config=to_dict(cfg), cache_hash=str(cache.attrs["build_hash"]),
+                   config_hash=ctx.run_hash(stage, det, {"fold": fold, "candidates": cache.attrs["build_hash"]}),
+                   extra={"train_uids": sorted(splits["train"]), "val_uids": sorted(splits["val"])})
+    oof_path = out_dir / "val_candidates.csv"
+    final = out_dir / "checkpoint_final.pt"
+    if oof_path.is_file() and final.is_file() and load_checkpoint(final).get("config_hash") == info.config_hash:
+        return out_dir   # done with this config and these candidates
+    scorer = FoldScorer(cache, val_idx, window, det.view_size, det.view_slices, rt)
+    objective = FprObjective(det.view_size, det.view_slices, det.view_spacing_mm)
+    trainer = Trainer(stage, model, objective, dataset, weights, scorer, out_dir, rt, info, select_metric="val_auc")
+    last = out_dir / "checkpoint_last.pt"
+    # a run of another config or on other candidates is stale: it is trained anew
+    if resume and last.is_file() and load_checkpoint(last).get("config_hash") == info.config_hash:
+        trainer.resume()
+        if rt.is_main:
+            print(f"resumed FPR fold {fold} at epoch {trainer.epoch}")
+    trainer.fit()
+    # OOF scores of the best checkpoint on every candidate of the fold (ignored ones too),
+    # their cubes cut from the scans as infer.py cuts them
+    oof = table[table["seriesuid"].isin(splits["val"])].reset_index(drop=True)
+    model = model_from_checkpoint(out_dir / "checkpoint_best.pt")
+    oof["fpr_logit"] = classifier_logits_in_scans(ctx, model, oof, rt)
+    atomic_to_csv(oof, oof_path, float_format="%.5g")
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- 4. combination
+
+
+def choose_combination(ctx: StageContext, records: list[ScanRecord]) -> dict:
+    """The classifier weight that maximises the pooled OOF CPM of the map candidates."""
+    det = ctx.cfg.detect
+    oof = pd.concat([pd.read_csv(ctx.layout.fpr_fold_dir(f) / "val_candidates.csv", dtype={"seriesuid": str})
+                     for f in fold_ids(ctx.folds)], ignore_index=True)
+    uids = sorted(oof["seriesuid"].unique())
+    scans = [r.load(with_image=False) for r in records if r.seriesuid in set(uids)]
+    truth, excluded = nodule_table(scans), excluded_table(scans)
+    found = oof[oof["source"] == "map"]
+    result = dict(scans=len(uids), nodules=len(truth), code_version=code_version(),
+                  candidate_source=det.candidate_source)
+    if found.empty:   # no OOF map candidates (candidate_source: listed): nothing to choose on
+        weight = det.classifier_weight if det.classifier_weight >= 0 else det.default_classifier_weight
+        result.update(weight=float(weight), weight_source="config (no OOF map candidates to choose on)")
+    else:
+        by_weight = {}
+        for w in WEIGHTS:
+            scored = found.assign(probability=combine(found["fpr_logit"], found["seg_probability"], w))
+            by_weight[float(w)] = froc_with_ci(scored, truth, excluded, uids, n_boot=0)["cpm"]
+        weight = det.classifier_weight if det.classifier_weight >= 0 else max(by_weight, key=by_weight.get)
+        result.update(weight=float(weight), oof_cpm_by_weight=by_weight,
+                      weight_source="config" if det.classifier_weight >= 0 else "chosen on OOF CPM")
+        for name, w in (("without_fpr", 0.0), ("with_fpr", weight)):
+            scored = found.assign(probability=combine(found["fpr_logit"], found["seg_probability"], w))
+            summary = froc_with_ci(scored, truth, excluded, uids)
+            result[name] = {k: v for k, v in summary.items() if k not in ("curve", "per_nodule")}
+            atomic_to_csv(summary["curve"], ctx.layout.fpr_dir / f"oof_froc_{name}.csv", float_format="%.5g")
+    atomic_write_text(ctx.layout.fpr_combination, json.dumps(result, indent=1, default=float))
+    return result
+
+
+def train_fpr(ctx: StageContext, rt: Runtime, folds: list[int] | None = None, resume: bool = False) -> dict:
+    """The whole stage (or the classifiers of ``folds`` only); returns combination.json's content."""
+    if ctx.cfg.detect.candidate_source not in ("oof", "listed"):
+        raise DataError(f"detect.candidate_source must be oof or listed, got {ctx.cfg.detect.candidate_source!r}")
+    threshold = ctx.layout.threshold(ctx.cfg.infer)[0]
+    if ctx.cfg.detect.candidate_source == "oof":
+        write_oof_maps(ctx, rt)
+    cache = build_candidate_cache(ctx, threshold)
+    todo = folds if folds is not None else fold_ids(ctx.folds)
+    for fold in todo:
+        train_fpr_fold(ctx, cache, fold, rt, resume=resume)
+    if folds is not None and any(not (ctx.layout.fpr_fold_dir(f) / "val_candidates.csv").is_file()
+                                 for f in fold_ids(ctx.folds)):
+        return {}
+    return choose_combination(ctx, read_dataset(ctx.cfg.paths))
+
+
+def report_line(result: dict, fpr_dir: Path) -> str:
+    if not result:
+        return f"FPR classifiers trained -> {fpr_dir} (the combination waits for every fold)"
+    line = f"FPR: classifier weight {result['weight']:g} ({result['weight_source']})"
+    if "with_fpr" in result:
+        a, b = result["without_fpr"], result["with_fpr"]
+        line += (f"; OOF CPM over {a['scans']} scans: {a['cpm']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f}) without, "
+                 f"{b['cpm']:.3f} ({b['ci_low']:.3f}-{b['ci_high']:.3f}) with FPR")
+    return f"{line} -> {fpr_dir}"
