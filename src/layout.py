@@ -48,8 +48,6 @@ class ExperimentLayout:
         return self.root / self.student
 
     def stage_dir(self, stage: str, fold: int | None = None) -> Path:
-        if stage == "fpr":
-            return self.fpr_fold_dir(fold)
         return self.teacher_dir(fold) if stage == "teacher" else self.student_dir
 
     @staticmethod
