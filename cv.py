@@ -5,8 +5,8 @@
 
 CV chooses the probability threshold with the best pooled OOF Dice (postprocessing.json)
 and writes leaderboard.{csv,md} and oof_nodules.csv at that threshold: per fold and pooled
-OOF (mean ± std per nodule), by size bin and texture, with the inter-reader Dice of the
-same nodules as the ceiling. --holdout writes holdout_leaderboard.{csv,md} and
+OOF (mean ± std per nodule), by size bin, texture and attachment, with the inter-reader Dice
+of the same nodules as the ceiling. --holdout writes holdout_leaderboard.{csv,md} and
 holdout_nodules.csv: every model on the hold-out patients, plus speed measured in the same
 run. Both score through the same truth-free path as infer.py + evaluate.py.
 """

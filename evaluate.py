@@ -4,7 +4,8 @@
     python evaluate.py --pred outputs/cpu/infer_scan   --data input/luna16 --split holdout
 
 Mode 1 (nodules.csv from --coords): per-nodule Dice/IoU/sensitivity/precision/HD95/NSD
-against the fine masks, as the leaderboards score them -> scores.csv. Mode 2
+against the fine masks, with each nodule's size bin, texture and attachment, as the
+leaderboards score them -> scores.csv. Mode 2
 (submission.csv): LUNA16 FROC and CPM with a bootstrap 95 % CI over scans, with and
 without the FPR classifiers -> froc.csv, froc.png, froc_summary.csv. Only annotations.csv nodules
 count; annotations_excluded.csv findings are ignored.

@@ -21,6 +21,8 @@ torch.set_num_threads(2)
 
 TINY_SHAPE = (40, 112, 112)            # z, y, x
 TINY_SPACING_XYZ = (0.8, 0.8, 1.25)
+# nodules.csv: the k-th annotated nodule's attachment (None: an empty cell, read as "unknown")
+TINY_ATTACHMENTS = ("isolated", "juxta-pleural", "juxta-vascular", None)
 
 
 def _tiny_scan(rng: np.random.Generator, shape=TINY_SHAPE, spacing_xyz=TINY_SPACING_XYZ):
@@ -74,6 +76,8 @@ def make_tiny_luna(root: Path, n_scans: int = 10, seed: int = 0) -> Path:
         # scans 0 and 1 belong to one patient: folds must keep them together
         scans.append(dict(seriesuid=uid, patient_id=f"P{max(i, 1):03d}"))
     pd.DataFrame(ann).to_csv(root / "annotations.csv", index=False)
+    attachment = [TINY_ATTACHMENTS[k % len(TINY_ATTACHMENTS)] for k in range(len(ann))]
+    pd.DataFrame(ann).assign(attachment=attachment).to_csv(root / "nodules.csv", index=False)
     pd.DataFrame(cand).to_csv(root / "candidates_V2.csv", index=False)
     pd.DataFrame(scans).to_csv(root / "scans.csv", index=False)
     return root

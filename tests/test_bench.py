@@ -56,3 +56,28 @@ def test_paired_difference_averages_seeds_then_pairs_the_same_nodules():
     assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
     table = report.summary(rows, "default", ["a", "b"])
     assert table.loc[0, "dice per seed"] == f"{np.mean([0.8, 0.6, 0.9]):.3f} / {np.mean([0.6, 0.6, 0.9]):.3f}"
+
+
+def test_breakdowns_follow_each_grouping_and_older_scores_are_unknown():
+    rows = _rows("a", [0.9, 0.7, 0.5, 0.3])
+    rows["attachment"] = ["juxta-vascular", "isolated", "juxta-vascular", "unknown"]
+    table = report.breakdown(rows, "default", ["a"], "attachment")
+    assert list(table.columns) == ["model", "isolated", "juxta-vascular", "unknown"], "in ATTACHMENT_LABELS order"
+    assert table.iloc[0].tolist() == ["a", "0.700 (1)", "0.700 (2)", "0.300 (1)"]
+    older = _rows("a", [0.9, 0.7])   # scores written before nodules had an attachment
+    assert report.breakdown(older, "default", ["a"], "attachment").iloc[0].tolist() == ["a", "0.800 (2)"]
+
+
+def test_detection_sensitivity_by_every_grouping():
+    from src.bench.detection import groups_table
+    from src.evaluation.froc import froc_with_ci
+    nodules = pd.DataFrame(dict(seriesuid=["s0", "s0", "s1"], coordX=[0.0, 50.0, 0.0], coordY=0.0, coordZ=0.0,
+                                diameter_mm=[5.0, 12.0, 8.0], texture=[5.0, 1.0, np.nan],
+                                attachment=["isolated", "juxta-pleural", "unknown"]))
+    found = pd.DataFrame(dict(seriesuid=["s0", "s1", "s1"], coordX=[0.0, 0.0, 90.0], coordY=0.0, coordZ=0.0,
+                              probability=[0.9, 0.8, 0.7]))
+    table = groups_table({"x": froc_with_ci(found, nodules, nodules.iloc[0:0], ["s0", "s1"], n_boot=0)})
+    assert set(table["grouping"]) == {"size", "texture", "attachment"}
+    at4 = table[table["fps_per_scan"] == 4.0].set_index(["grouping", "group"])["sensitivity"]
+    assert at4[("attachment", "isolated")] == at4[("attachment", "unknown")] == 1.0
+    assert at4[("attachment", "juxta-pleural")] == at4[("texture", "ground-glass")] == at4[("size", "10-20")] == 0.0

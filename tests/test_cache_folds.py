@@ -27,6 +27,14 @@ def test_cache_shapes_dtypes_and_metadata(tiny_cache, tiny_cfg):
     assert (meta["negative"] == (meta["kind"] != "nodule")).all()
     assert set(meta.loc[~meta["negative"], "nodule_uid"]) == set(c.nodules["nodule_uid"])
     assert set(meta["seriesuid"]) == set(c.scans["seriesuid"])
+    # the nodule table keeps each nodule's attachment (text) and texture; patches repeat them
+    loaded = {n.nodule_uid: n.attachment for r in read_luna16(tiny_cfg.paths.data)
+              for n in r.load(with_image=False).nodules}
+    assert dict(zip(c.nodules["nodule_uid"], c.nodules["attachment"])) == loaded
+    assert len(set(loaded.values())) == 4 and c.nodules["texture"].isna().all()
+    pos = meta[~meta["negative"]]
+    assert (pos["attachment"] == pos["nodule_uid"].map(loaded)).all()
+    assert (meta.loc[meta["negative"], "attachment"] == "").all()
     # per nodule: every slice of its coarse sphere is a positive patch
     for nod in c.nodules.itertuples(index=False):
         zs = meta.loc[meta["nodule_uid"] == nod.nodule_uid, "z"].to_numpy()

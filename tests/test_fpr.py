@@ -1,5 +1,6 @@
 """False-positive reduction: candidate labels, cubes and views, the FROC's CI, and the
 whole stage from OOF maps to infer.py's rescored submission."""
+import dataclasses
 import json
 import sys
 
@@ -12,6 +13,8 @@ import torch
 from src.config import DetectConfig, ModelConfig
 from src.data.candidates import (FALSE_POSITIVE, HIT, IGNORED, CandidateCache, cube_side, cut_cubes, cut_views,
                                  match_candidates)
+from src.data.groups import ATTACHMENT_LABELS
+from src.data.luna16 import read_luna16
 from src.errors import ConfigError
 from src.data.geometry import Geometry
 from src.evaluation.froc import froc, froc_with_ci
@@ -19,7 +22,7 @@ from src.models.checkpoint import holdout_leaks, model_from_checkpoint
 from src.models.classifier import classifier_input, sample_views, views
 from src.models.factory import build_model
 from src.predict.fpr import combine
-from src.train.fpr import WEIGHTS, random_affines, train_fpr
+from src.train.fpr import WEIGHTS, random_affines, scan_candidates, train_fpr
 
 import export
 import infer
@@ -129,6 +132,22 @@ def test_combination_weights():
     assert np.isfinite(combine([0.0], [1.0], 0.5)[0])   # a saturated map probability stays finite
 
 
+def test_candidates_carry_the_nodule_they_hit_and_a_scan_may_have_none(tiny_ctx):
+    detect = dataclasses.replace(tiny_ctx.cfg.detect, candidate_source="listed")   # no map needed
+    ctx = dataclasses.replace(tiny_ctx, cfg=dataclasses.replace(tiny_ctx.cfg, detect=detect))
+    scan = read_luna16(ctx.cfg.paths.data)[0].load(with_image=False)
+    table = scan_candidates(ctx, scan, "0", 0.5)
+    by_uid = {n.nodule_uid: n for n in scan.nodules}
+    hits = table[table["label"] == HIT]
+    assert set(hits["nodule_uid"]) == set(by_uid)
+    assert hits["attachment"].tolist() == [by_uid[u].attachment for u in hits["nodule_uid"]]
+    assert hits["diameter_mm"].tolist() == [by_uid[u].diameter_mm for u in hits["nodule_uid"]]
+    assert (table.loc[table["label"] != HIT, ["nodule_uid", "attachment"]] == "").all(axis=None)
+    bare = scan_candidates(ctx, dataclasses.replace(scan, nodules=[]), "0", 0.5)
+    assert len(bare) == len(scan.candidates_xyz) > 0 and (bare["label"] == FALSE_POSITIVE).all()
+    assert (bare["nodule_uid"] == "").all() and (bare["diameter_mm"] == 0).all() and bare["texture"].isna().all()
+
+
 @pytest.fixture(scope="module")
 def fpr_trained(tiny_trained, cpu_runtime):
     result = train_fpr(tiny_trained, cpu_runtime)
@@ -143,6 +162,7 @@ def test_fpr_stage_trains_on_oof_candidates_only(fpr_trained):
     assert not set(table["seriesuid"]) & holdout
     assert set(table["source"]) <= {"map", "annotation", "listed"} and (table["source"] == "map").any()
     assert (table.loc[table["source"] == "annotation", "label"] == HIT).all()
+    assert set(table.loc[table["label"] == HIT, "attachment"]) <= set(ATTACHMENT_LABELS)
     # every map candidate's map came from the teacher of its own fold (never trained on it)
     for uid in table.loc[table["source"] == "map", "seriesuid"].unique():
         assert ctx.layout.fpr_map(uid).is_file()

@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from src.data.groups import attachment_class
 from src.data.io import DataError, read_image
 from src.data.luna16 import read_luna16
 from src.data.manifest import read_manifest
 
-from conftest import make_tiny_luna
+from conftest import TINY_ATTACHMENTS, make_tiny_luna
 
 
 @pytest.fixture()
@@ -23,18 +24,20 @@ def test_round_trip_and_coordinates_inside_their_masks(tiny_luna):
     assert len(records) == 10
     assert {r.patient_id for r in records[:2]} == {"P001"}, "scans.csv patient ids are used"
     ann = pd.read_csv(tiny_luna / "annotations.csv")
-    n = 0
+    attachments = []
     for record in records:
         scan = record.load()
         assert scan.image.dtype == np.int16 and scan.image.shape == (40, 112, 112)
         assert scan.lung_mask is not None and scan.lung_mask.any()
         assert len(scan.candidates_xyz) == 4
         for nodule in scan.nodules:
-            n += 1
+            attachments.append(nodule.attachment)
             assert nodule.fine_label > 0
             z, y, x = np.rint(scan.geometry.world_to_voxel(nodule.center_xyz)).astype(int)
             assert scan.fine_mask[z, y, x] == nodule.fine_label, "world centre must fall in its own mask"
-    assert n == len(ann)
+    assert len(attachments) == len(ann)
+    # nodules.csv's attachment column, row by row; its empty cells are "unknown"
+    assert attachments == [TINY_ATTACHMENTS[k % len(TINY_ATTACHMENTS)] or "unknown" for k in range(len(ann))]
 
 
 def test_mask_labels_without_coordinates_are_ignored_unless_asked_for(luna_copy):
@@ -58,16 +61,20 @@ def scan_excluded(folder, uid):
     return next(r for r in read_luna16(folder) if r.seriesuid == uid).load().excluded_xyzd
 
 
-def test_annotations_csv_wins_over_nodules_csv(luna_copy):
+def test_annotations_csv_wins_over_nodules_csv(luna_copy, capsys):
     ann = pd.read_csv(luna_copy / "annotations.csv")
-    rich = ann.assign(texture=3.0, n_readers=4)
+    rich = ann.assign(texture=[3.0] + [np.nan] * (len(ann) - 1), n_readers=4)   # no attachment: LUNA16
     rich.to_csv(luna_copy / "nodules.csv", index=False)
     records = read_luna16(luna_copy)
     first = records[0]
-    assert (first.nodules["texture"] == 3.0).all(), "nodules.csv adds its columns to matching rows"
+    assert first.nodules["texture"].iloc[0] == 3.0 and (first.nodules["n_readers"] == 4).all(), \
+        "nodules.csv adds its columns to matching rows"
+    assert "match no annotations.csv row" not in capsys.readouterr().out, "rows with empty values still match"
+    assert {n.attachment for r in records for n in r.load(with_image=False).nodules} == {"unknown"}
     ann.loc[0, "coordX"] = 5000.0   # an edit of annotations.csv alone must be seen
     ann.to_csv(luna_copy / "annotations.csv", index=False)
     record = next(r for r in read_luna16(luna_copy) if r.seriesuid == ann["seriesuid"].iloc[0])
+    assert "1 row(s) match no annotations.csv row" in capsys.readouterr().out
     assert record.nodules["coordX"].iloc[0] == 5000.0 and np.isnan(record.nodules["texture"].iloc[0])
     with pytest.raises(DataError, match="outside the volume"):
         record.load()
@@ -144,10 +151,13 @@ def test_hospital_manifest_with_nifti_and_dicom(tiny_luna, tmp_path):
             dict(seriesuid="case2", patient_id="H2", image="dicom/case2")]
     for n in base.nodules:  # case2 has coordinates only: coarse labels
         rows.append(dict(seriesuid="case2", patient_id="H2", image="dicom/case2", coordX=n.center_xyz[0],
-                         coordY=n.center_xyz[1], coordZ=n.center_xyz[2], diameter_mm=n.diameter_mm))
+                         coordY=n.center_xyz[1], coordZ=n.center_xyz[2], diameter_mm=n.diameter_mm,
+                         attachment="Juxta_Pleural"))
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
 
     case1, case2 = (r.load() for r in read_manifest(tmp_path / "manifest.csv", mask_only_nodules=True))
+    assert [n.attachment for n in case2.nodules] == ["juxta-pleural"] * len(base.nodules), "an optional column"
+    assert {n.attachment for n in case1.nodules} == {"unknown"}, "mask-only nodules have no attachment"
     np.testing.assert_array_equal(case2.image, base.image)
     assert case2.geometry.same_grid(base.geometry, tol=1e-3)
     assert case2.fine_mask is None and len(case2.nodules) == len(base.nodules)
@@ -207,3 +217,14 @@ def test_a_scan_without_annotation_rows_is_a_scan_without_nodules(luna_copy):
     ann[ann["seriesuid"] != first].to_csv(luna_copy / "annotations.csv", index=False)
     record = next(r for r in read_luna16(luna_copy) if r.seriesuid == first)
     assert record.nodules.empty
+
+
+def test_attachment_classes_and_a_misspelt_one_is_named(tmp_path, capsys):
+    assert [attachment_class(v) for v in ("isolated", " Juxta Vascular", "perifissural", "unknown")] == \
+        ["isolated", "juxta-vascular", "perifissural", "unknown"]
+    assert {attachment_class(v) for v in (np.nan, None, "", "pleural", 3.0)} == {"unknown"}
+    from src.data.scan import check_nodule_table
+    table = pd.DataFrame(dict(coordX=[0.0, 1.0], coordY=0.0, coordZ=0.0, diameter_mm=5.0,
+                              attachment=["juxta-pleura", None]))
+    check_nodule_table(table, "n.csv")
+    assert "note: n.csv: attachment 'juxta-pleura' is not one of" in capsys.readouterr().out

@@ -1,8 +1,10 @@
 """One truth-free scoring path: the CV leaderboard, the hold-out leaderboard and
 infer.py + evaluate.py measure the same thing, and predictions never depend on the truth."""
 import dataclasses
+import shutil
 import sys
 
+import h5py
 import numpy as np
 import pandas as pd
 
@@ -12,6 +14,7 @@ from src.data.luna16 import read_luna16
 from src.evaluation.baselines import ThresholdSegmenter
 from src.evaluation.cases import cases_from_scan, load_cases
 from src.evaluation.holdout import score_cases
+from src.evaluation.leaderboard import render, tidy
 from src.evaluation.oof import read_oof, score_oof
 from src.models.checkpoint import model_from_checkpoint
 from src.predict.predictor import Predictor
@@ -99,3 +102,22 @@ def test_cv_holdout_and_infer_give_the_same_dice(tiny_trained, tmp_path, monkeyp
         np.testing.assert_allclose(merged[f"{metric}_cv"], merged[f"{metric}_board"], atol=1e-9, err_msg=metric)
         # scores.csv is written with 5 significant digits
         np.testing.assert_allclose(merged[f"{metric}_cv"], merged[metric], rtol=1e-4, err_msg=metric)
+
+    # each table carries the nodule's groups: the OOF file's attrs, the leaderboard's rows, scores.csv
+    expected = {n.nodule_uid: n.attachment for r in records for n in r.load(with_image=False).nodules}
+    for table in (oof, board, scored):
+        assert dict(zip(table["nodule_uid"], table["attachment"])) == expected
+    text = render(board, "tiny")
+    for heading in ("Dice by nodule size (mm)", "Dice by texture", "Dice by attachment"):
+        assert f"## {heading}, (n)" in text
+    long = tidy(board)
+    counts = long[long["metric"] == "dice"].set_index("group")["n"]
+    for label in set(expected.values()):
+        assert counts[f"attachment:{label}"] == sum(v == label for v in expected.values())
+    # an OOF file written before nodules had an attachment reads as "unknown"
+    old = tmp_path / "old_val_predictions.h5"
+    shutil.copy(ctx.layout.all_oof_predictions()[0], old)
+    with h5py.File(old, "r+") as f:
+        for g in f["n"].values():
+            del g.attrs["attachment"]
+    assert {n.info["attachment"] for _, n in read_oof([old])} == {"unknown"}

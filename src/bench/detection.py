@@ -10,8 +10,8 @@ and SSLKD student (trained there, or here if missing):
 2. The hold-out scans, as ``infer.py`` runs them: the student's whole-scan map, its
    candidates, rescored by the fold classifiers. -> the hold-out FROC with and without FPR.
 
-CPMs carry 95 % bootstrap CIs over scans; the sensitivity by size and texture is given at
-1 and 4 false positives per scan. Everything lands in ``outputs/bench/detection/``.
+CPMs carry 95 % bootstrap CIs over scans; the sensitivity by size, texture and attachment
+is given at 1 and 4 false positives per scan. Everything lands in ``outputs/bench/detection/``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from src.bench.protocol import DEFAULT, MAIN_ARMS, SSL, SSLKD
 from src.bench.runner import BenchRun
 from src.data.candidates import excluded_table, nodule_table
 from src.data.folds import holdout_uids
-from src.data.groups import size_bin, texture_class
+from src.data.groups import GROUPS
 from src.data.manifest import read_dataset
 from src.evaluation.froc import FROC_FPS, froc_table, froc_with_ci, plot_froc, sensitivity_by_group
 from src.models.checkpoint import model_from_checkpoint
@@ -82,9 +82,9 @@ def groups_table(results: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for name, r in results.items():
         nodules = r["per_nodule"]
-        for kind, values in (("size", nodules["diameter_mm"].map(size_bin)),
-                             ("texture", nodules["texture"].map(texture_class))):
-            rows.append(sensitivity_by_group(r, values).assign(ranking=name, grouping=kind))
+        for grouping in GROUPS.values():
+            values = nodules[grouping.source].map(grouping.classify)
+            rows.append(sensitivity_by_group(r, values).assign(ranking=name, grouping=grouping.tag))
     return pd.concat(rows, ignore_index=True)
 
 

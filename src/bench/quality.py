@@ -17,9 +17,11 @@ import pandas as pd
 from src.bench import report as rep
 from src.bench.protocol import DEFAULT, MAIN_ARMS, SECOND_SEED_ARMS, SHIFTED_ARMS, SSL, SSLKD, learning_curve_arms
 from src.bench.runner import REFERENCES, BenchRun, default_models, write_pseudo_quality
+from src.data.groups import GROUPS
 from src.utils import atomic_to_csv, atomic_write_text
 
 ON_DEFAULT = " (trained on default)"
+SHIFT_GROUPINGS = ("texture", "attachment")   # kinds a shift may hurt unequally: faint, or touching wall/vessel
 
 
 def train_and_score(run: BenchRun, cond, arms: dict, names, seed: int, folds_rows: list) -> list[pd.DataFrame]:
@@ -89,8 +91,9 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
     # 1. the default set
     n_nod = means.loc[means["condition"] == DEFAULT.name, "nodule_uid"].nunique()
     lines += [f"## Default set: {n_nod} hold-out nodules", "", rep.markdown(rep.summary(rows, DEFAULT.name, main_models)), ""]
-    for by, title in (("size_bin", "size (mm)"), ("texture", "texture")):
-        lines += [f"### Dice by {title}", "", rep.markdown(rep.breakdown(rows, DEFAULT.name, main_models, by)), ""]
+    for by, grouping in GROUPS.items():
+        lines += [f"### Dice by {grouping.title}", "",
+                  rep.markdown(rep.breakdown(rows, DEFAULT.name, main_models, by)), ""]
     pairs = [(SSLKD, other) for other in main_models if other != SSLKD] + [(SSL, "fine only"), (SSL, REFERENCES[0])]
     paired = pd.DataFrame([rep.paired_difference(means, DEFAULT.name, a, b) for a, b in pairs])
     atomic_to_csv(paired, out / "paired_differences.csv", float_format="%.5g")
@@ -126,8 +129,9 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
                   rep.markdown(pd.DataFrame(cond_rows)), ""]
         atomic_to_csv(pd.DataFrame(cond_rows), out / "conditions.csv", float_format="%.5g")
         for cond in budget.shifted:
-            lines += [f"### {cond.name}: Dice by texture", "",
-                      rep.markdown(rep.breakdown(rows, cond.name, [SSL, SSLKD, *REFERENCES], "texture")), ""]
+            for by in SHIFT_GROUPINGS:
+                lines += [f"### {cond.name}: Dice by {GROUPS[by].title}", "",
+                          rep.markdown(rep.breakdown(rows, cond.name, [SSL, SSLKD, *REFERENCES], by)), ""]
 
     # 4. learning curve
     if budget.learning_curve:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data.groups import SIZE_BIN_LABELS, TEXTURE_LABELS
+from src.data.groups import GROUPS, UNKNOWN
 from src.utils import atomic_path
 
 METRICS = ("dice", "iou", "hd95_mm", "nsd")
@@ -31,9 +31,11 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
 
 
 def per_nodule_means(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (condition, model, nodule): metrics averaged over the seeds."""
+    """One row per (condition, model, nodule): metrics averaged over the seeds. Scores
+    written before a grouping existed are "unknown" in it."""
     keys = ["condition", "model", "nodule_uid"]
-    info = rows.groupby(keys, sort=False)[["size_bin", "texture", "diameter_mm", "reader_dice"]].first()
+    rows = rows.assign(**{name: UNKNOWN for name in GROUPS if name not in rows.columns})
+    info = rows.groupby(keys, sort=False)[[*GROUPS, "diameter_mm", "reader_dice"]].first()
     means = rows.groupby(keys, sort=False)[list(METRICS)].mean()
     seeds = rows.groupby(keys, sort=False)["seed"].nunique().rename("seeds")
     return pd.concat([info, means, seeds], axis=1).reset_index()
@@ -73,10 +75,10 @@ def summary(rows: pd.DataFrame, condition: str, models: list[str]) -> pd.DataFra
 
 
 def breakdown(rows: pd.DataFrame, condition: str, models: list[str], by: str) -> pd.DataFrame:
-    """Mean Dice (n) per model and size bin or texture; the last row is inter-reader Dice."""
+    """Mean Dice (n) per model and group of the grouping ``by`` (a key of ``GROUPS``); the
+    last row is inter-reader Dice."""
     means = per_nodule_means(rows[rows["condition"] == condition])
-    order = SIZE_BIN_LABELS if by == "size_bin" else TEXTURE_LABELS
-    groups = [g for g in order if (means[by] == g).any()]
+    groups = [g for g in GROUPS[by].labels if (means[by] == g).any()]
     out = []
     for model in models:
         m = means[means["model"] == model]

@@ -80,7 +80,7 @@ def _patch_rows(ms: ModelScan, items: list[dict]) -> pd.DataFrame:
             label_kind="fine" if fine_known else "coarse",
             z=it["z"], y=it["y"], x=it["x"], world_x=world[0], world_y=world[1], world_z=world[2],
             diameter_mm=mn.nodule.diameter_mm if mn else 0.0,
-            texture=mn.nodule.texture if mn else np.nan,
+            texture=mn.nodule.texture if mn else np.nan, attachment=mn.nodule.attachment if mn else "",
             has_prior=mn.has_prior if mn else True))   # a negative's prior (none) is known
     return pd.DataFrame(rows)
 
@@ -98,8 +98,8 @@ def build_scan_shard(record: ScanRecord, cfg: CacheConfig, shard: Path) -> Path:
                for name, dtype in PATCH_ARRAYS.items()}
     nodule_rows = [dict(nodule_uid=n.nodule_uid, seriesuid=record.seriesuid, patient_id=record.patient_id,
                         coordX=n.center_xyz[0], coordY=n.center_xyz[1], coordZ=n.center_xyz[2],
-                        diameter_mm=n.diameter_mm, texture=n.texture, n_readers=n.n_readers,
-                        has_fine=n.fine_label > 0, from_mask=n.from_mask, has_prior=mn.has_prior,
+                        diameter_mm=n.diameter_mm, texture=n.texture, attachment=n.attachment,
+                        n_readers=n.n_readers, has_fine=n.fine_label > 0, from_mask=n.from_mask, has_prior=mn.has_prior,
                         center_z=mn.center_zyx[0], center_y=mn.center_zyx[1], center_x=mn.center_zyx[2])
                    for mn in ms.nodules for n in [mn.nodule]]
     with atomic_path(shard, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
@@ -116,7 +116,8 @@ def build_scan_shard(record: ScanRecord, cfg: CacheConfig, shard: Path) -> Path:
 
 
 NODULE_COLUMNS = ["nodule_uid", "seriesuid", "patient_id", "coordX", "coordY", "coordZ", "diameter_mm",
-                  "texture", "n_readers", "has_fine", "from_mask", "has_prior", "center_z", "center_y", "center_x"]
+                  "texture", "attachment", "n_readers", "has_fine", "from_mask", "has_prior",
+                  "center_z", "center_y", "center_x"]
 
 
 # ----------------------------------------------------------------------------- whole cache

@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 CUBE_MARGIN = 1.25     # stored cube side / view side: room for rotations and scaling in training
 HIT, FALSE_POSITIVE, IGNORED = 1, 0, -1
 CANDIDATE_COLUMNS = ["seriesuid", "fold", "source", "coordX", "coordY", "coordZ", "seg_probability", "label",
-                     "nodule_uid", "diameter_mm", "texture", "cube"]
+                     "nodule_uid", "diameter_mm", "texture", "attachment", "cube"]
 
 
 # ----------------------------------------------------------------------------- labels
@@ -74,10 +74,10 @@ def match_candidates(candidates: pd.DataFrame, annotations: pd.DataFrame,
 def nodule_table(scans) -> pd.DataFrame:
     """The annotated nodules of some scans, one row each (the FROC's reference standard)."""
     rows = [dict(seriesuid=s.seriesuid, nodule_uid=n.nodule_uid, coordX=n.center_xyz[0], coordY=n.center_xyz[1],
-                 coordZ=n.center_xyz[2], diameter_mm=n.diameter_mm, texture=n.texture)
+                 coordZ=n.center_xyz[2], diameter_mm=n.diameter_mm, texture=n.texture, attachment=n.attachment)
             for s in scans for n in s.nodules]
     return pd.DataFrame(rows, columns=["seriesuid", "nodule_uid", "coordX", "coordY", "coordZ", "diameter_mm",
-                                       "texture"])
+                                       "texture", "attachment"])
 
 
 def excluded_table(scans) -> pd.DataFrame:

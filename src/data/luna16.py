@@ -9,7 +9,7 @@
       masks/<seriesuid>.{mhd,nii.gz,nrrd}        fine nodule label masks        (optional)
       masks/readers/<seriesuid>.*                per-reader bit masks           (optional)
       scans.csv                  seriesuid,patient_id[,...]                    (optional)
-      nodules.csv                annotations.csv + texture,n_readers,...        (optional)
+      nodules.csv                annotations.csv + texture,n_readers,attachment (optional)
 
 annotations.csv is the reference standard: only its rows are nodules. nodules.csv (written by
 the built-in phantom) only adds columns to rows it shares with annotations.csv.
@@ -69,8 +69,8 @@ def _with_reader_columns(annotations: pd.DataFrame, rich_path: Path) -> pd.DataF
     left = annotations.drop(columns=[c for c in extra if c in annotations.columns])
     for df in (left, rich):
         df[NODULE_COLUMNS] = df[NODULE_COLUMNS].round(MATCH_DECIMALS)
-    merged = left.merge(rich.drop_duplicates(key), on=key, how="left")
-    stale = len(rich) - int(merged[extra[0]].notna().sum())
+    merged = left.merge(rich.drop_duplicates(key), on=key, how="left", indicator="_matched")
+    stale = len(rich) - int((merged.pop("_matched") == "both").sum())   # by key: a match may be all empty
     if stale > 0:
         print(f"note: {rich_path}: {stale} row(s) match no annotations.csv row; annotations.csv wins")
     merged[NODULE_COLUMNS] = annotations[NODULE_COLUMNS].to_numpy()  # the unrounded coordinates

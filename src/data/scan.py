@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 
 from src.data.geometry import Geometry
+from src.data.groups import ATTACHMENT_LABELS, UNKNOWN, attachment_class
 from src.data.io import read_image
 from src.errors import DataError
 
-# Nodule table columns (world mm, LUNA16 naming). Optional columns may be NaN.
+# Nodule table columns (world mm, LUNA16 naming). Optional columns may be NaN or empty;
+# attachment is text (ATTACHMENT_LABELS), the others numbers.
 NODULE_COLUMNS = ["coordX", "coordY", "coordZ", "diameter_mm"]
-OPTIONAL_NODULE_COLUMNS = ["texture", "n_readers", "malignancy"]
+OPTIONAL_NODULE_COLUMNS = ["texture", "n_readers", "malignancy", "attachment"]
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Nodule:
     fine_label: int = 0             # label in the fine mask volume; 0 = no fine mask (coarse only)
     texture: float = float("nan")   # LIDC texture 1 (ground glass) .. 5 (solid)
     n_readers: float = float("nan")
+    attachment: str = UNKNOWN       # one of ATTACHMENT_LABELS
     from_mask: bool = False         # centre/diameter derived from the mask, not given
 
 
@@ -108,6 +111,12 @@ def check_nodule_table(df: pd.DataFrame, where: str) -> pd.DataFrame:
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{where}: row {row + 2}: diameter_mm={df['diameter_mm'].iloc[row]} "
                         "must be positive")
+    if "attachment" in df.columns:   # a misspelt class would otherwise vanish into "unknown"
+        odd = sorted({str(v) for v in df["attachment"].dropna()
+                      if attachment_class(v) == UNKNOWN and str(v).strip().lower() not in ("", UNKNOWN)})
+        if odd:
+            print(f"note: {where}: attachment {', '.join(map(repr, odd[:3]))} is not one of "
+                  f"{', '.join(ATTACHMENT_LABELS)}; read as {UNKNOWN}")
     return df
 
 
@@ -224,7 +233,8 @@ def load_scan(record: ScanRecord, with_image: bool = True) -> Scan:
         used.add(label)
         nodules.append(Nodule(f"{record.seriesuid}#{k}", center, float(row.diameter_mm), label,
                               float(getattr(row, "texture", np.nan)),
-                              float(getattr(row, "n_readers", np.nan))))
+                              float(getattr(row, "n_readers", np.nan)),
+                              attachment_class(getattr(row, "attachment", None))))
     if binary and nodules:
         _merge_fragments(labels, geometry, nodules, used)
     excluded = record.excluded

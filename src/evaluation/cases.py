@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.config import CacheConfig, InferConfig
-from src.data.groups import size_bin, texture_class
+from src.data.groups import nodule_groups
 from src.data.scan import Nodule, Scan, ScanRecord
 from src.evaluation.metrics import inter_reader_dice, segmentation_metrics
 from src.predict.segment import (ModelVolume, Segmented, model_box_for, model_volume_crop, model_volume_grid,
@@ -54,9 +54,10 @@ class NoduleCase:
 
 
 def describe(nodule: Nodule, seriesuid: str, reader_dice: float) -> dict:
-    """The columns every per-nodule table starts with."""
+    """The columns every per-nodule table starts with: its groups (size bin, texture,
+    attachment: ``src.data.groups.GROUPS``) and its inter-reader Dice."""
     return dict(nodule_uid=nodule.nodule_uid, seriesuid=seriesuid, diameter_mm=nodule.diameter_mm,
-                size_bin=size_bin(nodule.diameter_mm), texture=texture_class(nodule.texture), reader_dice=reader_dice)
+                **nodule_groups(nodule), reader_dice=reader_dice)
 
 
 def score_full(scan: Scan, nodule: Nodule, pred: np.ndarray) -> dict:

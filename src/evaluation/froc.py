@@ -100,8 +100,8 @@ def froc_with_ci(candidates: pd.DataFrame, annotations: pd.DataFrame, excluded: 
 
 
 def sensitivity_by_group(summary: dict, group: pd.Series, false_pos_rates=(1.0, 4.0)) -> pd.DataFrame:
-    """Sensitivity of each group of nodules (size bin, texture, ...) at the thresholds where
-    the whole set has 1 and 4 false positives per scan (from ``froc_with_ci``'s curve)."""
+    """Sensitivity of each group of nodules (size bin, texture, attachment) at the thresholds
+    where the whole set has 1 and 4 false positives per scan (from ``froc_with_ci``'s curve)."""
     curve, per_nodule = summary["curve"], summary["per_nodule"]
     rows = []
     for rate in false_pos_rates:

@@ -1,7 +1,8 @@
-"""Leaderboard tables from per-nodule metrics: overall, by size bin, by texture.
+"""Leaderboard tables from per-nodule metrics: overall, and by each grouping of
+``src.data.groups.GROUPS`` (size bin, texture, attachment).
 
-Input: one row per (model, nodule) with the metrics of ``src.evaluation.metrics``,
-size_bin, texture and reader_dice (the inter-reader Dice of the same nodule: the ceiling).
+Input: one row per (model, nodule) with the metrics of ``src.evaluation.metrics``, a column
+per grouping and reader_dice (the inter-reader Dice of the same nodule: the ceiling).
 Output: a tidy CSV (one row per model x group x metric) and Markdown tables.
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from src.data.groups import SIZE_BIN_LABELS
+from src.data.groups import GROUPS
 from src.evaluation.metrics import METRICS, NSD_TOLERANCE_MM
 
 SCORED_NOTE = ("Scored: every nodule of the reference standard (LUNA16 layout: annotations.csv) that has a "
@@ -37,10 +38,10 @@ def overall_table(per_nodule: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def breakdown_table(per_nodule: pd.DataFrame, by: str, order=None) -> pd.DataFrame:
-    """Mean Dice (n) per model and group; the last row is the inter-reader ceiling."""
-    groups = order or sorted(per_nodule[by].dropna().unique())
-    groups = [g for g in groups if (per_nodule[by] == g).any()]
+def breakdown_table(per_nodule: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Mean Dice (n) per model and group of the grouping ``by`` (a key of ``GROUPS``); the
+    last row is the inter-reader ceiling."""
+    groups = [g for g in GROUPS[by].labels if (per_nodule[by] == g).any()]
     rows = []
     for model, g in per_nodule.groupby("model", sort=False):
         row = {"model": model}
@@ -58,11 +59,12 @@ def breakdown_table(per_nodule: pd.DataFrame, by: str, order=None) -> pd.DataFra
 
 
 def tidy(per_nodule: pd.DataFrame) -> pd.DataFrame:
-    """Long CSV: model, group (all | size:3-6 | texture:solid ...), metric, mean, std, n."""
+    """Long CSV: model, group (all | size:3-6 | texture:solid | attachment:isolated ...),
+    metric, mean, std, n."""
     out = []
     for model, g in per_nodule.groupby("model", sort=False):
-        parts = [("all", g)] + [(f"size:{k}", s) for k, s in g.groupby("size_bin")] \
-            + [(f"texture:{k}", s) for k, s in g.groupby("texture")]
+        parts = [("all", g)] + [(f"{grouping.tag}:{k}", s) for name, grouping in GROUPS.items()
+                                for k, s in g.groupby(name)]
         for group, sub in parts:
             for metric in (*METRICS, "reader_dice"):
                 v = sub[metric].dropna()
@@ -80,12 +82,12 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def render(per_nodule: pd.DataFrame, title: str, extra: pd.DataFrame | None = None) -> str:
-    """The full Markdown leaderboard: overall, optional extra table, size bins, texture."""
+    """The full Markdown leaderboard: overall, optional extra table, then Dice by each grouping."""
     sections = [f"# {title}", "", SCORED_NOTE, "", "## Per-nodule metrics (mean ± std)", "",
                 to_markdown(overall_table(per_nodule))]
     if extra is not None and not extra.empty:
         sections += ["", "## Speed", "", to_markdown(extra)]
-    sections += ["", "## Dice by nodule size (mm), (n)", "",
-                 to_markdown(breakdown_table(per_nodule, "size_bin", list(SIZE_BIN_LABELS))),
-                 "", "## Dice by texture, (n)", "", to_markdown(breakdown_table(per_nodule, "texture"))]
+    for name, grouping in GROUPS.items():
+        sections += ["", f"## Dice by {grouping.title}, (n)", "",
+                     to_markdown(breakdown_table(per_nodule, name))]
     return "\n".join(sections) + "\n"

@@ -10,8 +10,8 @@ choice sees training patients only, so the hold-out stays untouched.
 
 ``val_predictions.h5``: attrs fold, checkpoint, cache_hash; one group per nodule, ``n/<i>``,
 with ``prob`` (float32, gzip), ``truth`` (uint8) and attrs nodule_uid, seriesuid,
-diameter_mm, size_bin, texture, reader_dice, centre_zyx (voxel in the region), radius_mm,
-spacing_zyx.
+diameter_mm, size_bin, texture, attachment, reader_dice, centre_zyx (voxel in the region),
+radius_mm, spacing_zyx. A file written before a grouping existed reads as "unknown" in it.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from src.data.groups import GROUPS, UNKNOWN
 from src.errors import DataError
 from src.evaluation.cases import NoduleCase
 from src.evaluation.metrics import dice, segmentation_metrics
@@ -29,7 +30,7 @@ from src.predict.segment import Segmented, segment_at
 from src.utils import atomic_path
 
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.71, 0.05), 2))
-DESCRIPTION = ("nodule_uid", "seriesuid", "diameter_mm", "size_bin", "texture", "reader_dice")
+DESCRIPTION = ("nodule_uid", "seriesuid", "diameter_mm", *GROUPS, "reader_dice")   # = cases.describe()
 
 
 def write_oof(cases: list[NoduleCase], segs: list[Segmented], path: Path, attrs: dict) -> Path:
@@ -70,12 +71,19 @@ def read_oof(paths: list[Path]) -> list[tuple[int, OOFNodule]]:
                 fold = int(f.attrs["fold"])
                 for key in sorted(f.get("n", {}), key=int):
                     g = f["n"][key]
-                    info = {k: (g.attrs[k].item() if hasattr(g.attrs[k], "item") else g.attrs[k]) for k in DESCRIPTION}
+                    info = {k: _attr(g, k) for k in DESCRIPTION}
                     out.append((fold, OOFNodule(info, g["prob"][()], g["truth"][()] > 0, g.attrs["centre_zyx"],
                                                 float(g.attrs["radius_mm"]), g.attrs["spacing_zyx"])))
         except (OSError, KeyError) as err:
             raise DataError(f"{path}: unreadable OOF predictions ({str(err).splitlines()[0]}); retrain that fold") from None
     return out
+
+
+def _attr(group: h5py.Group, key: str):
+    if key in GROUPS and key not in group.attrs:
+        return UNKNOWN
+    value = group.attrs[key]
+    return value.item() if hasattr(value, "item") else value
 
 
 def choose_threshold(oof: list[tuple[int, OOFNodule]]) -> dict:

@@ -93,9 +93,11 @@ def scan_candidates(ctx: StageContext, scan: Scan, fold: str, threshold: float) 
     table = pd.concat([p for p in parts if len(p)], ignore_index=True).assign(seriesuid=uid, fold=fold)
     labels, hit = match_candidates(table, nodules, excluded_table([scan]))
     table["label"] = labels
-    table["nodule_uid"] = np.where(hit >= 0, nodules["nodule_uid"].to_numpy()[np.maximum(hit, 0)], "")
-    table["diameter_mm"] = np.where(hit >= 0, nodules["diameter_mm"].to_numpy()[np.maximum(hit, 0)], 0.0)
-    table["texture"] = np.where(hit >= 0, nodules["texture"].to_numpy()[np.maximum(hit, 0)], np.nan)
+    found = hit >= 0
+    for column, missing in (("nodule_uid", ""), ("diameter_mm", 0.0), ("texture", np.nan), ("attachment", "")):
+        values = np.full(len(table), missing, dtype=object if isinstance(missing, str) else float)
+        values[found] = nodules[column].to_numpy()[hit[found]]   # a scan may have no nodule at all
+        table[column] = values
     return table
 
 
