@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.cli import add_config_args, config_from_args, run
-from src.phantom.writer import clear_out_dir, generate_dataset, is_current, preview_items, stamp
+from src.phantom.dataset import clear_out_dir, generate_dataset, is_current, preview_items, stamp
 from src.utils import atomic_write_text
 from src.viz import nodule_gallery
 

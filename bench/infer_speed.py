@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from src.cli import add_config_args, config_from_args  # noqa: E402
 from src.config import PhantomConfig  # noqa: E402
-from src.phantom.writer import generate_dataset  # noqa: E402
+from src.phantom.dataset import generate_dataset  # noqa: E402
 
 
 def long_scan(folder: Path, min_slices: int) -> Path:

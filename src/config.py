@@ -52,12 +52,25 @@ class PhantomConfig:
     min_diameter_mm: float = 3.0
     n_subsets: int = 10
     workers: int = 2
+    # What real chest CT holds, at published frequencies (../shared/reference/domain.md).
+    empty_scan_fraction: float = 0.33     # scans with no annotated nodule (LUNA16: ~1/3)
+    nonsolid_fraction: float = 0.15       # scans with non-solid nodules are taken first until this share
+                                          # of annotated nodules is part-solid or ground glass (published:
+                                          # 12-20 %; LIDC's consensus nodules alone: ~8 %); 0 = LIDC's own draw
+    juxta_pleural_fraction: float = 0.25  # of nodules, touching the costal or mediastinal pleura
+    juxta_vascular_fraction: float = 0.175  # of nodules, touching a 0.8-2.5 mm vessel; the rest isolated
+    calcified_reader_share: float = 0.25  # a solid nodule is calcified when this share of its readers says so
+    cavitary_fraction: float = 0.02       # of solid, non-calcified nodules >= 8 mm: an air cavity
+    shape_noise_mm: float = 0.4           # sd of the smooth change of each nodule's rendered surface
+    emphysema_probability: float = 0.25   # per scan
+    dependent_density_probability: float = 0.3   # per scan: subpleural posterior density
+    plaque_probability: float = 0.3       # per scan: 1-4 pleural plaques or thickenings
+    scar_probability: float = 0.4         # per scan: 1-3 linear scars (parenchymal bands)
+    micronodules_per_scan: float = 1.5    # mean number of sub-3 mm nodules (listed as excluded findings)
     # Shifts of the renderer, for robustness conditions (defaults: the built-in dataset).
-    profiles: tuple[str, ...] = ()        # scanner profiles drawn per scan; () = the three built-in ones
-    noise_scale: float = 1.0              # x every profile's noise sd
-    edge_mm: float = 0.4                  # gaussian blur of the nodules' reader-fraction edge (partial volume)
-    nonsolid_fraction: float = 0.0        # > 0: scans with non-solid nodules are taken first until this
-                                          # share of annotated nodules is non-solid (LIDC markings: ~0.15)
+    profiles: tuple[str, ...] = ()        # reconstruction kernels drawn per scan; () = the four built-in ones
+    noise_scale: float = 1.0              # x every kernel's noise sd
+    edge_mm: float = 0.4                  # gaussian blur of the nodules' partial-volume edge (x 1-2.5 by margin)
 
 
 @dataclass

@@ -6,10 +6,13 @@ import pandas as pd
 import pytest
 
 from src.config import PhantomConfig
+from src.data.groups import ATTACHMENT_LABELS
 from src.data.luna16 import read_luna16
-from src.phantom.writer import clear_out_dir, generate_dataset
+from src.phantom.dataset import (NONSOLID_TEXTURE, annotated_in_window, clear_out_dir, generate_dataset,
+                                 plan_findings, realised_summary, select_scans)
+from src.phantom.writer import findings_in_window, is_annotated
 
-CFG = PhantomConfig(n_scans=2, seed=5, max_slices=40, workers=1)
+CFG = PhantomConfig(n_scans=3, seed=5, max_slices=40, workers=1)      # one of the three has no nodule
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def test_luna16_layout(phantom):
     ann = pd.read_csv(phantom / "annotations.csv")
     assert list(ann.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
     scans = pd.read_csv(phantom / "scans.csv")
-    assert len(scans) == 2 and scans["patient_id"].str.startswith("LIDC-IDRI-").all()
+    assert len(scans) == 3 and scans["patient_id"].str.startswith("LIDC-IDRI-").all()
     for uid in scans["seriesuid"]:
         assert len(list(phantom.glob(f"subset*/{uid}.mhd"))) == 1 and len(list(phantom.glob(f"subset*/{uid}.raw"))) == 1
         for folder in ("seg-lungs-LUNA16", "masks", "masks/readers"):
@@ -40,30 +43,72 @@ def test_luna16_layout(phantom):
     assert (ann["diameter_mm"] >= 3).all()
 
 
+def test_a_third_of_the_scans_hold_no_annotated_nodule(phantom):
+    scans = pd.read_csv(phantom / "scans.csv")
+    ann = pd.read_csv(phantom / "annotations.csv")
+    counts = ann["seriesuid"].value_counts()
+    assert (scans["n_annotated"] == scans["seriesuid"].map(counts).fillna(0)).all()
+    assert (scans["n_annotated"] == 0).sum() == round(CFG.empty_scan_fraction * CFG.n_scans) == 1
+    empty = [r for r in read_luna16(phantom) if r.nodules.empty]
+    assert len(empty) == 1
+    scan = empty[0].load()
+    assert scan.nodules == [] and scan.fine_mask.max() == 0 and scan.lung_mask.any()
+
+
 def test_round_trip_coordinates_in_masks_and_contrast(phantom):
     ann = pd.read_csv(phantom / "annotations.csv")
-    records = read_luna16(phantom)
     seen = 0
-    for record in records:
+    for record in read_luna16(phantom):
         scan = record.load()
         g = scan.geometry
         assert scan.image.dtype == np.int16 and scan.image.shape[1:] == (512, 512)
         assert g.shape_zyx[0] <= CFG.max_slices
         assert all(n.fine_label > 0 and not n.from_mask for n in scan.nodules), "every annotation has its mask"
+        assert all(n.attachment in ATTACHMENT_LABELS[:3] for n in scan.nodules)
         for nodule in scan.nodules:
             seen += 1
             z, y, x = np.rint(g.world_to_voxel(nodule.center_xyz)).astype(int)
-            assert scan.fine_mask[z, y, x] == nodule.fine_label, "world centre inside its own mask"
-            assert scan.lung_mask[z, y, x], "nodules lie in the lungs"
-            inside = scan.image[scan.fine_mask == nodule.fine_label].mean()
-            r = int(np.ceil(nodule.diameter_mm / g.spacing_xyz[0]))
-            box = (slice(z, z + 1), slice(max(y - 2 * r, 0), y + 2 * r), slice(max(x - 2 * r, 0), x + 2 * r))
-            shell = scan.lung_mask[box] & (scan.fine_mask[box] == 0) & (scan.image[box] < -500)
-            if nodule.texture >= 4:
-                assert inside - scan.image[box][shell].mean() > 300, "solid nodule brighter than lung"
-        # reader bit masks: agreement measured on the same nodules
-        assert scan.reader_bits is not None and scan.reader_bits.max() > 0
+            truth = scan.fine_mask == nodule.fine_label
+            assert truth[z, y, x] or truth[max(z - 1, 0):z + 2, y - 1:y + 2, x - 1:x + 2].any(), \
+                "world centre in (or by) its own mask"
+            assert scan.lung_mask[truth].all(), "nodules lie in the lungs"
+        if scan.nodules:                     # reader bit masks: agreement measured on the same nodules
+            assert scan.reader_bits is not None and scan.reader_bits.max() > 0
     assert seen == len(ann)
+
+
+def test_every_draw_is_recorded_per_nodule(phantom):
+    nodules = pd.read_csv(phantom / "nodules.csv")
+    for column in ("attachment", "planned_attachment", "density", "calcification", "pleural_contact",
+                   "vessel_contact", "edge_contrast", "render_reader", "edge_blur_mm", "texture", "margin"):
+        assert column in nodules.columns and nodules[column].notna().all(), column
+    assert (nodules["attachment"] == nodules["planned_attachment"]).mean() >= 0.8
+    scans = pd.read_csv(phantom / "scans.csv")
+    for column in ("profile", "noise_sd_hu", "emphysema_volume", "dependent_hu", "plaques", "micronodules"):
+        assert column in scans.columns, column
+
+
+def test_attachment_classes_are_dealt_exactly():
+    cfg = PhantomConfig(n_scans=5, seed=2, max_slices=60, juxta_pleural_fraction=0.4, juxta_vascular_fraction=0.2)
+    scans = select_scans(cfg)
+    plans = plan_findings(scans, cfg)
+    annotated = [p.attachment for scan, ps in zip(scans, plans)
+                 for n, p in zip(findings_in_window(scan, cfg), ps) if is_annotated(n, cfg)]
+    n = len(annotated)
+    assert n >= 4 and [len(p) for p in plans] == [len(findings_in_window(s, cfg)) for s in scans]
+    assert annotated.count("juxta-pleural") == round(0.4 * n)
+    assert annotated.count("juxta-vascular") == round(0.2 * n)
+    assert plans == plan_findings(scans, cfg)                         # seeded
+
+
+def test_realised_summary_counts_what_was_written(phantom):
+    table = realised_summary(phantom, CFG)
+    nodules = pd.read_csv(phantom / "nodules.csv")
+    attachment = table[table["quantity"] == "attachment"].set_index("value")["count"]
+    assert attachment.to_dict() == nodules["attachment"].value_counts().to_dict()
+    empty = table[(table["quantity"] == "scans")]
+    assert empty["count"].item() == 1 and empty["target_low"].item() == CFG.empty_scan_fraction
+    assert table.loc[table["value"] == "juxta-pleural", "target_low"].tolist() in ([], [CFG.juxta_pleural_fraction])
 
 
 def test_same_command_same_bytes(phantom, tmp_path):
@@ -79,9 +124,9 @@ def test_refuses_to_clear_a_folder_it_did_not_make(tmp_path):
 
 
 def test_renderer_shifts_reach_the_written_scans(tmp_path):
-    """The knobs the shifted benchmark sets use: scanner profile (noise), slice thickness."""
+    """The knobs the shifted benchmark sets use: kernel (noise), slice thickness."""
     cfg = PhantomConfig(n_scans=1, seed=5, max_slices=24, workers=1, profiles=("ultralow_dose",),
-                        min_slice_thickness_mm=2.0)
+                        min_slice_thickness_mm=2.0, nonsolid_fraction=0.0)
     scans = generate_dataset(cfg, tmp_path)
     assert scans["profile"].tolist() == ["ultralow_dose"] and scans["noise_sd_hu"].item() == 70.0
     assert scans["slice_thickness_mm"].item() >= 2.0
@@ -90,34 +135,31 @@ def test_renderer_shifts_reach_the_written_scans(tmp_path):
 
 
 def test_texture_mix_takes_non_solid_nodules_first():
-    from src.phantom.writer import NONSOLID_TEXTURE, annotated_in_window, select_scans
-
     def share(cfg):
         nodules = [n for s in select_scans(cfg) for n in annotated_in_window(s, cfg)]
         return np.mean([n.texture <= NONSOLID_TEXTURE for n in nodules])
 
-    assert share(PhantomConfig(n_scans=6, seed=6)) < 0.2            # LIDC's own mix, by chance low here
-    assert share(PhantomConfig(n_scans=6, seed=6, nonsolid_fraction=0.5)) >= 0.5
+    assert share(PhantomConfig(n_scans=4, seed=6, nonsolid_fraction=0.0, empty_scan_fraction=0.0)) < 0.2
+    assert share(PhantomConfig(n_scans=4, seed=6, nonsolid_fraction=0.5, empty_scan_fraction=0.0)) >= 0.5
 
 
 def test_softer_edges_blur_the_nodule_boundary():
-    """``edge_mm`` spreads the nodule's partial-volume edge: more lung voxels outside the
-    marked ball take part of its density."""
-    from scipy import ndimage
-
-    from src.phantom.anatomy import NoduleSpec, _Grid, _paint_nodules
+    """``edge_mm`` spreads the nodule's partial-volume edge: more voxels outside the
+    physical shape take part of its density."""
+    from src.phantom.nodules import NoduleSpec, build_body
 
     z, y, x = np.indices((9, 17, 17))
     ball = (z - 4) ** 2 + (y - 8) ** 2 + (x - 8) ** 2 <= 16
-    spec = NoduleSpec(center_zyx=np.array([20.0, 40.0, 40.0]), radius_mm=4.0, texture=5,
-                      fraction=ball.astype(np.float32), offset_zyx=(16, 32, 32))
-    grid = _Grid((40, 80, 80), np.ones(3))
-    outside = np.ones(grid.shape, bool)
-    outside[16:25, 32:49, 32:49] = ~ndimage.binary_dilation(ball)
+    spec = NoduleSpec(ball[None])
 
     def raised(edge_mm):
-        hu = np.full(grid.shape, -850.0, np.float32)
-        _paint_nodules([spec], grid, hu, np.random.default_rng(0), edge_mm)
-        return int((hu[outside] > -800).sum())
+        body = build_body(spec, np.ones(3), edge_mm, 0.0, np.random.default_rng(0))
+        return int(((body.alpha > 0.05) & ~body.body).sum())
 
     assert raised(1.5) > raised(0.4) >= 0 and raised(1.5) > 50
+
+
+def test_zero_scans_is_a_config_error():
+    from src.errors import ConfigError
+    with pytest.raises(ConfigError, match="n_scans"):
+        select_scans(PhantomConfig(n_scans=0))

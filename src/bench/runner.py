@@ -36,7 +36,7 @@ from src.evaluation.oof import choose_threshold, read_oof, score_oof
 from src.evaluation.speed import speed_table
 from src.layout import ExperimentLayout
 from src.models.checkpoint import load_ensemble, model_from_checkpoint
-from src.phantom.writer import generate_dataset, is_current, stamp
+from src.phantom.dataset import generate_dataset, is_current, stamp
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
@@ -72,7 +72,7 @@ class BenchRun:
         cfg = self.config(cond)
         folder = self.data_dir(cond)
         if not is_current(cfg.phantom, folder / "luna16"):
-            from src.phantom.writer import clear_out_dir
+            from src.phantom.dataset import clear_out_dir
             self.log(f"{cond.name}: generating {cfg.phantom.n_scans} scans ({cond.description})")
             clear_out_dir(folder / "luna16")
             generate_dataset(cfg.phantom, folder / "luna16")

