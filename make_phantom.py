@@ -1,5 +1,9 @@
 """Build the built-in dataset: real LIDC nodules in synthetic chest CT, LUNA16 layout.
 
+Nodules are placed isolated, against the pleura or on a vessel at published frequencies,
+rendered from one reader's outline (the truth is the readers' consensus), with their LIDC
+density and calcification; a third of the scans hold no annotated nodule (src/phantom/).
+
     python make_phantom.py                                  # paths.data, phantom.* of the config
     python make_phantom.py --out input/luna16 --n-scans 30 --seed 0
 
@@ -46,9 +50,12 @@ def main() -> None:
     annotations = pd.read_csv(out / "annotations.csv")
     print(f"{out}: {len(scans)} scans, {len(annotations)} annotated nodules, "
           f"{pd.read_csv(out / 'annotations_excluded.csv').shape[0]} excluded findings")
+    nodules = pd.read_csv(out / "nodules.csv")
     print(f"  {seconds:.1f} s ({seconds / len(scans):.2f} s/scan wall), {size_mb:.0f} MB "
-          f"({size_mb / len(scans):.1f} MB/scan); scanner profiles: "
-          f"{scans['profile'].value_counts().to_dict()}; preview: {out / 'preview.png'}")
+          f"({size_mb / len(scans):.1f} MB/scan); {int((scans['n_annotated'] == 0).sum())} scans without a nodule; "
+          f"kernels: {scans['profile'].value_counts().to_dict()}")
+    print(f"  attachment: {nodules['attachment'].value_counts().to_dict()}; "
+          f"density: {nodules['density'].value_counts().to_dict()}; preview: {out / 'preview.png'}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
     python bench/detection.py          # ~45 min on 2 CPU cores after bench/quality.py; resumes
 
 Runs the FPR stage (OOF candidates from the fold teachers) on the quality benchmark's
-default set (130 scans: 65 OOF, 65 hold-out), then the student's whole-scan detection on
-the hold-out scans, and writes outputs/bench/detection/: report.md, summary.csv (CPM with
+default set (half OOF, half hold-out; 240 scans since the v2 dataset), then the student's
+whole-scan detection on the hold-out scans, and writes outputs/bench/detection/: report.md, summary.csv (CPM with
 bootstrap CIs, sensitivity at each FP rate, recall, candidates per scan),
 sensitivity_by_group.csv, froc_oof.png, froc_holdout.png. The models and data are those of
 outputs/bench/quality/ (trained here first if missing). See src/bench/detection.py.

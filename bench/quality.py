@@ -1,7 +1,8 @@
 """Quality benchmark: SSLKD against its alternatives, on enough nodules to tell.
 
-    python bench/quality.py            # full protocol (~2 h on 2 CPU cores; resumes)
-    python bench/quality.py --quick    # smoke test (< 10 min)
+    python bench/quality.py                     # full protocol (~3 h on 2 CPU cores; resumes)
+    python bench/quality.py --budget baseline   # references, SSL teachers, SSLKD student, one seed
+    python bench/quality.py --quick             # smoke test (< 10 min) = --budget quick
 
 Builds the built-in dataset at benchmark scale plus shifted variants (noise, slice
 thickness, texture mix, soft edges), trains every arm with the same schedule through the
@@ -27,16 +28,17 @@ from src.runtime import setup_runtime  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small smoke-test protocol")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="protocol size (src/bench/protocol.py)")
+    parser.add_argument("--quick", action="store_true", help="small smoke-test protocol (--budget quick)")
     parser.add_argument("--out", help="output folder (default: outputs/bench/quality[-quick])")
     parser.add_argument("--config", default="configs/cpu.yaml", help="the recipe every arm trains with")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the budget's)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args()
-    budget = BUDGETS["quick" if args.quick else "full"]
+    budget = BUDGETS["quick" if args.quick else args.budget]
     if args.seeds:
         budget = replace(budget, seeds=tuple(args.seeds))
-    out = Path(args.out or f"outputs/bench/quality{'-quick' if args.quick else ''}")
+    out = Path(args.out or f"outputs/bench/quality{'' if budget.name == 'full' else '-' + budget.name}")
     rt = setup_runtime(args.device, "auto")
     print(f"quality benchmark ({budget.name}) with {args.config} on {rt.describe()} -> {out}", flush=True)
     start = time.time()

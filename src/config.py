@@ -54,12 +54,12 @@ class PhantomConfig:
     workers: int = 2
     # What real chest CT holds, at published frequencies (../shared/reference/domain.md).
     empty_scan_fraction: float = 0.33     # scans with no annotated nodule (LUNA16: ~1/3)
-    nonsolid_fraction: float = 0.15       # scans with non-solid nodules are taken first until this share
-                                          # of annotated nodules is part-solid or ground glass (published:
-                                          # 12-20 %; LIDC's consensus nodules alone: ~8 %); 0 = LIDC's own draw
+    nonsolid_fraction: float = 0.15       # scans are taken so that about this share of annotated nodules is
+                                          # part-solid or ground glass (published: 12-20 %; LIDC's consensus
+                                          # nodules alone: ~8 %); 0 = LIDC's own draw
     juxta_pleural_fraction: float = 0.25  # of nodules, touching the costal or mediastinal pleura
     juxta_vascular_fraction: float = 0.175  # of nodules, touching a 0.8-2.5 mm vessel; the rest isolated
-    calcified_reader_share: float = 0.25  # a solid nodule is calcified when this share of its readers says so
+    calcified_reader_share: float = 0.3   # a solid nodule is calcified when this share of its readers says so
     cavitary_fraction: float = 0.02       # of solid, non-calcified nodules >= 8 mm: an air cavity
     shape_noise_mm: float = 0.4           # sd of the smooth change of each nodule's rendered surface
     emphysema_probability: float = 0.25   # per scan

@@ -1,6 +1,6 @@
 """The detection benchmark: whole-scan CPM with and without false-positive reduction.
 
-On the quality benchmark's default set (130 scans; half held out) with its SSL teachers
+On the quality benchmark's default set (240 scans since the v2 dataset; half held out) with its SSL teachers
 and SSLKD student (trained there, or here if missing):
 
 1. ``train.py --stage fpr``'s own code on that experiment with OOF candidates: each fold

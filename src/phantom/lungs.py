@@ -222,6 +222,20 @@ def paint_emphysema(cond: LungConditions, frame: Frame, depth: "LungDepth", hu: 
 
 
 # ----------------------------------------------------------------------------- coarse maps
+def _surface(depth: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LungDepth.pleura of a depth map."""
+    surface = (depth > 0) & (depth <= float(step.max()) * 1.01)
+    idx = np.argwhere(surface)
+    if not len(idx):
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    grad = np.stack([ndimage.sobel(depth, axis=k, mode="nearest")[surface] / step[k] for k in range(3)], axis=-1)
+    norm = np.linalg.norm(grad, axis=1)
+    ok = norm > 1e-6
+    normals = grad[ok] / norm[ok, None]
+    return idx[ok] * step - normals * depth[surface][ok, None], normals
+
+
+
 @dataclass(frozen=True)
 class LungMap:
     """Coarse lung labels over the whole lung height (also beyond the volume), so trees
@@ -263,6 +277,7 @@ class LungDepth:
     labels: np.ndarray                  # lung labels on the subgrid
     stride: np.ndarray                  # (3,) voxels
     step_mm: np.ndarray                 # (3,) mm
+    surface: tuple[np.ndarray, np.ndarray]   # see pleura()
 
     @staticmethod
     def of(labels: np.ndarray, grid: Grid) -> "LungDepth":
@@ -272,7 +287,7 @@ class LungDepth:
         step = stride * grid.spacing
         depth = ndimage.distance_transform_edt(lung, sampling=step).astype(np.float32) if lung.any() \
             else np.zeros(lung.shape, dtype=np.float32)
-        return LungDepth(depth, np.where(lung, sub, 0).astype(np.uint8), stride, step)
+        return LungDepth(depth, np.where(lung, sub, 0).astype(np.uint8), stride, step, _surface(depth, step))
 
     def to_mm(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(idx) * self.step_mm
@@ -284,17 +299,7 @@ class LungDepth:
     def pleura(self) -> tuple[np.ndarray, np.ndarray]:
         """Lung voxels on the lung's surface: volume mm (n, 3) of the pleura next to them and
         the inward unit normals (n, 3), from the depth's gradient."""
-        surface = (self.depth > 0) & (self.depth <= float(self.step_mm.max()) * 1.01)
-        idx = np.argwhere(surface)
-        if not len(idx):
-            return np.zeros((0, 3)), np.zeros((0, 3))
-        grad = np.stack([ndimage.sobel(self.depth, axis=k, mode="nearest")[surface] / self.step_mm[k]
-                         for k in range(3)], axis=-1)
-        norm = np.linalg.norm(grad, axis=1)
-        ok = norm > 1e-6
-        normals = grad[ok] / norm[ok, None]
-        points = self.to_mm(idx[ok]) - normals * self.depth[surface][ok, None]
-        return points, normals
+        return self.surface
 
     def at(self, point_mm: np.ndarray) -> float:
         idx = np.clip(np.rint(np.asarray(point_mm) / self.step_mm).astype(int), 0, np.asarray(self.depth.shape) - 1)
