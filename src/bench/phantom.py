@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.bench.report import markdown
 from src.config import PhantomConfig
 from src.phantom.dataset import clear_out_dir, generate_dataset, is_current, realised_summary, stamp
 from src.phantom.gallery import gallery, pick
@@ -73,6 +74,7 @@ def contact_table(nodules: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_phantom_bench(cfg: PhantomConfig, out: Path, img: Path, log=print) -> str:
+    """The whole report (module docstring) into ``out``, the galleries into ``img``."""
     data = out / "data"
     seconds = generate(cfg, data)
     nodules = pd.read_csv(data / "nodules.csv")
@@ -105,7 +107,6 @@ def run_phantom_bench(cfg: PhantomConfig, out: Path, img: Path, log=print) -> st
         gallery(data, picks, img / name, f"built-in dataset v2 by {column}: consensus (truth) in green")
         log(f"gallery -> {img / name}")
 
-    from src.bench.report import markdown
     lines = [f"# Built-in dataset: {len(scans)} scans, {len(nodules)} annotated nodules", "",
              f"Generation: {seconds:.2f} s per scan (wall, {cfg.workers} workers, scan selection included)", "",
              "## Realised shares (annotated nodules; scans) against their targets", "", markdown(summary.round(3)), "",

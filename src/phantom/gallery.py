@@ -30,9 +30,9 @@ def _crops(scan, nodule) -> list[dict]:
     return [dict(image=im, masks={"truth": (m, "lime")}, extent=ext) for im, m, ext in (axial, coronal)]
 
 
-def gallery(data: Path, picks: list[tuple[str, str]], path: Path, title: str) -> Path:
-    """``picks``: (seriesuid, label) per nodule; one axial + coronal pair per pick, the
-    nodule nearest its scan's first annotated one of that label."""
+def gallery(data: Path, picks: list[tuple[str, str, int]], path: Path, title: str) -> Path:
+    """One axial + coronal pair per pick: (seriesuid, panel label, index of the nodule among
+    its scan's annotated nodules), as ``pick`` gives them."""
     from src.data.luna16 import read_luna16
 
     records = {r.seriesuid: r for r in read_luna16(data)}
