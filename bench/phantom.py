@@ -2,10 +2,10 @@
 time and preview galleries of a default set.
 
     python bench/phantom.py                      # 130 scans (~5 min on 2 cores; reused once made)
-    python bench/phantom.py --n-scans 20 --img outputs/bench/phantom/img
+    python bench/phantom.py --img docs/img       # the galleries the docs show
 
 Writes outputs/bench/phantom/: report.md, realised.csv, contact.csv, edge_contrast.csv,
-kernels.csv, data/ (the set), and the galleries into --img (default docs/img).
+kernels.csv, data/ (the set), and the galleries into --img (default: <out>/img).
 """
 import argparse
 import sys
@@ -21,12 +21,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-scans", type=int, default=130, help="size of the default set")
     parser.add_argument("--out", default="outputs/bench/phantom", help="output folder")
-    parser.add_argument("--img", default="docs/img", help="where the galleries go")
+    parser.add_argument("--img", help="where the galleries go (default: <out>/img)")
     add_config_args(parser)
     args = parser.parse_args()
     cfg = config_from_args(args).phantom
     cfg.n_scans = args.n_scans
-    print(run_phantom_bench(cfg, Path(args.out), Path(args.img)))
+    out = Path(args.out)
+    print(run_phantom_bench(cfg, out, Path(args.img) if args.img else out / "img"))
 
 
 if __name__ == "__main__":

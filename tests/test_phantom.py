@@ -160,10 +160,15 @@ def test_softer_edges_blur_the_nodule_boundary():
     assert raised(1.5) > raised(0.4) >= 0 and raised(1.5) > 50
 
 
-def test_zero_scans_is_a_config_error():
+@pytest.mark.parametrize("bad, key", [(dict(n_scans=0), "n_scans"), (dict(n_scans=-2), "n_scans"),
+                                      (dict(juxta_pleural_fraction=1.5), "juxta_pleural_fraction"),
+                                      (dict(juxta_pleural_fraction=0.7, juxta_vascular_fraction=0.5), "juxta_vascular"),
+                                      (dict(empty_scan_fraction=1.0), "empty_scan_fraction"),
+                                      (dict(edge_mm=-1.0), "edge_mm"), (dict(profiles=("nope",)), "profiles")])
+def test_out_of_range_settings_are_one_config_error_before_any_work(bad, key):
     from src.errors import ConfigError
-    with pytest.raises(ConfigError, match="n_scans"):
-        select_scans(PhantomConfig(n_scans=0))
+    with pytest.raises(ConfigError, match=key):
+        select_scans(PhantomConfig(**bad))
 
 
 def test_edge_contrast_read_back_from_the_written_images_matches_the_renderer(phantom):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pandas as pd
 
 from src.bench import report as rep
-from src.bench.protocol import DEFAULT, MAIN_ARMS, SECOND_SEED_ARMS, SHIFTED_ARMS, SSL, SSLKD, learning_curve_arms
+from src.bench.protocol import DEFAULT, MAIN_ARMS, SECOND_SEED_ARMS, SSL, SSLKD, learning_curve_arms
 from src.bench.runner import REFERENCES, BenchRun, default_models, write_pseudo_quality
 from src.data.groups import GROUPS
 from src.utils import atomic_to_csv, atomic_write_text

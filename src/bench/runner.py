@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.config import Config, PhantomConfig, load_config
+from src.config import Config, load_config
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.cache import PatchCache, build_cache
 from src.data.context import StageContext, load_context

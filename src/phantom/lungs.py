@@ -301,7 +301,8 @@ class LungDepth:
         the inward unit normals (n, 3), from the depth's gradient."""
         return self.surface
 
-    def at(self, point_mm: np.ndarray) -> float:
-        idx = np.clip(np.rint(np.asarray(point_mm) / self.step_mm).astype(int), 0, np.asarray(self.depth.shape) - 1)
-        return float(self.depth[tuple(idx)])
+    def at(self, points_mm: np.ndarray) -> np.ndarray:
+        """Depth (mm) at volume-mm points (..., 3), from the nearest subgrid voxel."""
+        idx = np.clip(np.rint(np.asarray(points_mm) / self.step_mm).astype(int), 0, np.asarray(self.depth.shape) - 1)
+        return self.depth[tuple(np.moveaxis(idx, -1, 0))]
 

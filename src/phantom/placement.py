@@ -202,7 +202,7 @@ def _place_juxta_vascular(scene: Scene, body: NoduleBody, rng: np.random.Generat
     radius = 0.5 * (v.r0 + v.r1)
     mid = 0.5 * (v.p0 + v.p1)
     ok = (radius >= VESSEL_RADIUS_MM[0]) & (radius <= VESSEL_RADIUS_MM[1])
-    ok &= np.array([scene.depth.at(p) >= CLEARANCE_MM for p in mid]) if ok.any() else ok
+    ok &= scene.depth.at(mid) >= CLEARANCE_MM
     for i in rng.permutation(np.flatnonzero(ok))[:TRIES]:
         axis = normalise(v.p1[i] - v.p0[i])
         if rng.random() < 0.5:
@@ -283,7 +283,7 @@ def place(scene: Scene, body: NoduleBody, planned: str, rng: np.random.Generator
     else:
         attachment, record = ISOLATED, dict(fallback="deepest lung point")
         points = scene.depth.lung_points(min_depth_mm=0.0)
-        deepest = points[np.argmax([scene.depth.at(p) for p in points])] if len(points) else \
+        deepest = points[np.argmax(scene.depth.at(points))] if len(points) else \
             np.asarray(scene.grid.shape) * scene.grid.spacing / 2.0
         offset, centre = _snap(scene, body, deepest)
     record["planned_attachment"] = planned
