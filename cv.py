@@ -26,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--holdout", action="store_true", help="score all models on the hold-out set")
     parser.add_argument("--experiment", help="outputs/<experiment>/ (paths.experiment)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: config 'device' (auto)")
     add_config_args(parser)
     args = parser.parse_args()
     cfg = config_from_args(args)

@@ -13,12 +13,12 @@ count; annotations_excluded.csv findings are ignored.
 import argparse
 from pathlib import Path
 
-
 from src.cli import add_config_args, config_from_args, run
 from src.data.folds import holdout_uids, read_folds
 from src.data.manifest import read_dataset
+from src.errors import UserError
 from src.evaluation.froc import froc_table, plot_froc
-from src.evaluation.predictions import read_nodule_table, score_mode1, score_mode2, summary_line
+from src.evaluation.predictions import score_mode1, score_mode2, scored_uids, summary_line
 from src.utils import atomic_to_csv
 
 
@@ -38,8 +38,7 @@ def main() -> None:
     if args.split == "holdout":
         keep = holdout_uids(read_folds(cfg.paths.folds))
         records = [r for r in records if r.seriesuid in keep]
-    done = set(read_nodule_table(pred)["seriesuid"])
-    uids = sorted({r.seriesuid for r in records} & done) or sorted({r.seriesuid for r in records})
+    uids = scored_uids(pred, records)
 
     if (pred / "submission.csv").is_file():
         results = score_mode2(pred, records, uids)
@@ -53,6 +52,9 @@ def main() -> None:
         print(f"-> {pred / 'froc.png'}")
     else:
         per_nodule = score_mode1(pred, records)
+        if per_nodule.empty:
+            raise UserError(f"{pred / 'nodules.csv'}: none of its nodules lies on a fine mask of {data}: "
+                            "nothing to score (no scores.csv written)")
         atomic_to_csv(per_nodule, pred / "scores.csv", float_format="%.5g")
         print(summary_line(per_nodule))
 

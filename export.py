@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from src.cli import add_config_args, config_from_args, run
+from src.cli import add_config_args, config_from_args, output_file, run
 from src.config import DetectConfig
 from src.errors import DataError
 from src.layout import ExperimentLayout
@@ -46,7 +46,7 @@ def main() -> None:
         export_fpr(layout)
         return
     ckpt_path = Path(args.checkpoint) if args.checkpoint else layout.student_checkpoint()
-    out = Path(args.out) if args.out else layout.onnx(ckpt_path.parent)
+    out = output_file(args.out) if args.out else layout.onnx(ckpt_path.parent)
 
     ckpt = load_checkpoint(ckpt_path)
     threshold = ckpt.get("threshold")

@@ -18,14 +18,15 @@ geometry (optionally _prob), nodules.csv, and in whole-scan mode a LUNA16 submis
 Without --experiment, the models trained by `make demo` are used.
 """
 import argparse
+import sys
 from pathlib import Path
 
-from src.cli import add_config_args, config_from_args, run
+from src.cli import add_config_args, config_from_args, output_folder, run
 from src.data.folds import holdout_uids, read_folds
+from src.errors import UserError
 from src.layout import find_experiment
 from src.predict.fpr import CandidateScorer
-from src.predict.run import (Models, attach_coords, collect_inputs, half_max_models, prepare_models,
-                            run_inference)
+from src.predict.run import Models, attach_coords, collect_inputs, half_max_models, prepare_models, run_inference
 from src.runtime import setup_runtime
 
 
@@ -63,7 +64,7 @@ def main() -> int:
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--no-fpr", action="store_true",
                         help="whole-scan mode: rank candidates by the map alone, without the FPR classifiers")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: config 'device' (auto)")
     parser.add_argument("--batch-size", type=int, help="slices/patches per forward pass")
     parser.add_argument("--format", choices=(".nii.gz", ".mhd", ".nrrd"), default=".nii.gz")
     parser.add_argument("--save-prob", action="store_true", help="also write probability maps")
@@ -76,23 +77,32 @@ def main() -> int:
     infer_cfg = cfg.infer
     infer_cfg.batch_size = args.batch_size or infer_cfg.batch_size
 
-    models = load_segmenter(args, cfg)
-    print(f"probability threshold {models.threshold} from {models.threshold_source}")
+    out = output_folder(args.out)
     records, failures = collect_inputs(args.input)
     if args.split == "holdout":
-        records = [r for r in records if r.seriesuid in holdout_uids(read_folds(cfg.paths.folds))]
+        holdout = holdout_uids(read_folds(cfg.paths.folds))
+        records = [r for r in records if r.seriesuid in holdout]
+    if not records:
+        raise UserError("no scans to process" + (f": {'; '.join(failures)}" if failures else
+                                                 f" (--split holdout keeps none of {', '.join(args.input)})"))
     if args.coords:
         records = attach_coords(records, args.coords)
-    nodules, scan_failures, timing = run_inference(records, models, infer_cfg, Path(args.out), bool(args.coords),
+    models = load_segmenter(args, cfg)
+    print(f"probability threshold {models.threshold} from {models.threshold_source}")
+    nodules, scan_failures, timing = run_inference(records, models, infer_cfg, out, bool(args.coords),
                                                    args.format, args.save_prob, args.qa)
     failures += scan_failures
-    print(f"{len(records) - len(scan_failures)} scan(s) done, {len(nodules)} nodule rows, "
-          f"{timing['seconds_per_scan']:.1f} s/scan -> {args.out}")
-    if failures:
-        print(f"{len(failures)} input(s) failed:", *failures, sep="\n  ")
-        return 1
+    done = len(records) - len(scan_failures)
+    speed = f", {timing['seconds_per_scan']:.1f} s/scan" if timing["seconds_per_scan"] is not None else ""
+    print(f"{done} scan(s) done, {len(nodules)} nodule rows{speed} -> {out}")
+    if failures:   # every failure named; the last line is the error line
+        outputs = f"outputs of the other {done} scan(s) are in {out}" if done else "no outputs written"
+        if len(failures) == 1:
+            raise UserError(f"{failures[0]}; {outputs}")
+        print("failed:", *failures, sep="\n  ", file=sys.stderr)
+        raise UserError(f"{len(failures)} of {len(records) + len(failures) - len(scan_failures)} inputs failed "
+                        f"(listed above; first: {failures[0]}); {outputs}")
     return 0
-
 
 if __name__ == "__main__":
     run(main)

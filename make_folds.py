@@ -6,9 +6,8 @@
 The CSV is human-editable and every later stage reads its splits from it.
 """
 import argparse
-from pathlib import Path
 
-from src.cli import add_config_args, config_from_args, run
+from src.cli import add_config_args, config_from_args, output_file, run, set_from_args
 from src.data.cache import PatchCache
 from src.data.folds import make_folds
 from src.utils import atomic_to_csv
@@ -18,17 +17,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", help="cache file (default: paths.cache)")
     parser.add_argument("--out", help="folds CSV (default: paths.folds)")
-    parser.add_argument("--fine-fraction", type=float, help="share of training scans keeping fine masks")
-    parser.add_argument("--holdout-fraction", type=float, help="share of patients held out")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--fine-fraction", type=float,
+                        help="share of training scans keeping fine masks (folds.fine_fraction, over 0 up to 1)")
+    parser.add_argument("--holdout-fraction", type=float,
+                        help="share of patients held out (folds.holdout_fraction, 0 up to below 1)")
+    parser.add_argument("--seed", type=int, help="seed of the split (folds.seed)")
     add_config_args(parser)
     args = parser.parse_args()
     cfg = config_from_args(args)
-    for key in ("fine_fraction", "holdout_fraction", "seed"):
-        if getattr(args, key) is not None:
-            setattr(cfg.folds, key, getattr(args, key))
+    set_from_args(cfg, "folds", args, ("fine_fraction", "holdout_fraction", "seed"))
+    out = output_file(args.out or cfg.paths.folds)
     cache = PatchCache(args.cache or cfg.paths.cache)
-    out = Path(args.out or cfg.paths.folds)
 
     folds = make_folds(cache.scans, cache.nodules, cfg.folds)
     atomic_to_csv(folds, out)

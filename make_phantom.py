@@ -11,11 +11,10 @@ Same command, same bytes. Reruns with an unchanged config are skipped (phantom.j
 """
 import argparse
 import time
-from pathlib import Path
 
 import pandas as pd
 
-from src.cli import add_config_args, config_from_args, run
+from src.cli import add_config_args, config_from_args, output_folder, run, set_from_args
 from src.phantom.dataset import clear_out_dir, generate_dataset, is_current, preview_items, stamp
 from src.utils import atomic_write_text
 from src.viz import nodule_gallery
@@ -31,10 +30,8 @@ def main() -> None:
     add_config_args(parser)
     args = parser.parse_args()
     cfg = config_from_args(args)
-    for key in ("n_scans", "seed", "max_slices", "workers"):
-        if getattr(args, key) is not None:
-            setattr(cfg.phantom, key, getattr(args, key))
-    out = Path(args.out or cfg.paths.data)
+    set_from_args(cfg, "phantom", args, ("n_scans", "seed", "max_slices", "workers"))
+    out = output_folder(args.out or cfg.paths.data)
 
     if is_current(cfg.phantom, out):
         print(f"{out}: up to date (phantom.json matches this config); nothing to do")

@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from src.cli import add_config_args, config_from_args, run
+from src.cli import add_config_args, config_from_args, output_file, run, set_from_args
 from src.data.cache import PatchCache, build_cache, summarize
 from src.data.manifest import read_dataset
 from src.data.verify import verify_records
@@ -29,9 +29,8 @@ def main() -> None:
     add_config_args(parser)
     args = parser.parse_args()
     cfg = config_from_args(args)
-    if args.workers:
-        cfg.cache.workers = args.workers
-    out = Path(args.out or cfg.paths.cache)
+    set_from_args(cfg, "cache", args, ("workers",))
+    out = output_file(args.out or cfg.paths.cache)
 
     start = time.time()
     records = read_dataset(cfg.paths, args.data, args.manifest)

@@ -16,7 +16,7 @@ from src.utils import atomic_to_csv
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: config 'device' (auto)")
     add_config_args(parser)
     args = parser.parse_args()
     cfg = config_from_args(args)

@@ -20,7 +20,9 @@ from src.runtime import setup_runtime
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("teacher", "student", "fpr"), default="teacher")
+    parser.add_argument("--stage", choices=("teacher", "student", "fpr"), default="teacher",
+                        help="teacher: one fold's UNet (--fold); student: distilled from the teacher ensemble "
+                             "(after pseudo_label.py); fpr: the false-positive-reduction classifiers")
     parser.add_argument("--fold", type=int, help="teacher (or fpr classifier) fold (0..n_folds-1)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: config 'device' (auto)")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")

@@ -2,7 +2,7 @@
 
     python verify.py                                   # paths.data (+ cache, folds, outputs) of the config
     python verify.py --config configs/cpu.yaml
-    python verify.py --input scans/ --manifest hospital.csv --quick
+    python verify.py --manifest hospital.csv --quick               # a hospital dataset, headers only
 
 Per scan: readable, 3D, HU range, no NaN, geometry and orientation, masks on the CT's grid,
 coordinates inside the volume and near the lungs, nodules without a mask label and mask

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+from pathlib import Path
 from typing import Callable
 
-from src.config import DEFAULT_CONFIG, Config, load_config
+from src.config import DEFAULT_CONFIG, Config, check_config, load_config
 from src.errors import UserError
 
 
@@ -31,27 +32,47 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Config:
     return cfg
 
 
-# the machine's answers a user can act on: a full disk, a read-only or foreign folder
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-WRITE_PHRASES = ("No space left", "Read-only file system", "Permission denied", "Disk quota")
+def set_from_args(cfg: Config, section: str, args: argparse.Namespace, keys: tuple[str, ...]) -> None:
+    """Script flags that stand for config keys (``--n-scans`` = ``phantom.n_scans``):
+    set where given, then range-checked like any other config value."""
+    for key in keys:
+        if getattr(args, key, None) is not None:
+            setattr(getattr(cfg, section), key, getattr(args, key))
+    check_config(cfg)
 
 
-def _is_write_error(err: OSError) -> bool:
-    return err.errno in WRITE_ERRNOS or any(p in str(err) for p in WRITE_PHRASES)
+def output_folder(path: str | Path) -> Path:
+    """An output folder that can be one: not an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; the output must be a folder")
+    return path
+
+
+def output_file(path: str | Path) -> Path:
+    """An output file that can be one: not an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; the output must be a file path")
+    return path
+
+
+_OS_HINTS = {errno.EEXIST: "exists and is not a folder", errno.ENOTDIR: "a part of this path is a file, not a folder",
+             errno.EISDIR: "is a folder, not a file", errno.ENAMETOOLONG: "name too long"}
 
 
 def run(main: Callable[[], int | None]) -> None:
+    """Call a script's ``main`` and turn what a user can fix into one line on stderr, exit 2:
+    a UserError, or an OSError (full disk, read-only folder, a file where a folder should be)."""
     try:
         code = main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:
-        if not _is_write_error(err):
-            raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or str(err).splitlines()[0]} (earlier outputs are left as they were)",
-              file=sys.stderr)
+        what = _OS_HINTS.get(err.errno) or err.strerror or str(err).splitlines()[0]
+        print(f"error: {where}{what} (earlier outputs are left as they were)", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

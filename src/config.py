@@ -26,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/default.yaml"   # every script's config unless --config says otherwise
 
 
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None, choices: tuple | None = None, length: int | None = None, odd: bool = False,
+           increasing: bool = False) -> Any:
+    """A config field and the values it may take: bounds on the number (on every element of
+    a tuple), a tuple's length, odd, increasing. ``check_config`` enforces them at load time."""
+    rule = dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, length=length, odd=odd, increasing=increasing)
+    return field(default=default, metadata={"rule": rule})
+
+
 @dataclass
 class PathsConfig:
     data: str = "input/luna16"            # LUNA16-layout folder (built-in phantom by default)
@@ -43,93 +52,98 @@ class PathsConfig:
 
 @dataclass
 class PhantomConfig:
-    n_scans: int = 30
-    seed: int = 0
-    max_slices: int = 96                  # z crop around the nodules, keeps files small
-    max_slice_thickness_mm: float = 2.5   # LUNA16's inclusion rule
-    min_slice_thickness_mm: float = 0.0   # > 0: only scans at least this thick (a shifted condition)
-    min_readers: int = 3                  # annotations.csv: nodules >= 3 mm marked by >= 3 readers
-    min_diameter_mm: float = 3.0
-    n_subsets: int = 10
-    workers: int = 2
+    n_scans: int = ranged(30, ge=1)
+    seed: int = ranged(0, ge=0)
+    max_slices: int = ranged(96, ge=8)  # z crop around the nodules, keeps files small
+    max_slice_thickness_mm: float = ranged(2.5, gt=0)  # LUNA16's inclusion rule
+    min_slice_thickness_mm: float = ranged(0.0, ge=0)  # > 0: only scans at least this thick (a shifted condition)
+    min_readers: int = ranged(3, ge=1, le=4)  # annotations.csv: nodules >= 3 mm marked by >= 3 readers
+    min_diameter_mm: float = ranged(3.0, ge=0)
+    n_subsets: int = ranged(10, ge=1)
+    workers: int = ranged(2, ge=1)
     # What real chest CT holds, at published frequencies (../shared/reference/domain.md).
-    empty_scan_fraction: float = 0.33     # scans with no annotated nodule (LUNA16: ~1/3)
-    nonsolid_fraction: float = 0.15       # scans are taken so that about this share of annotated nodules is
-                                          # part-solid or ground glass (published: 12-20 %; LIDC's consensus
-                                          # nodules alone: ~8 %); 0 = LIDC's own draw
-    juxta_pleural_fraction: float = 0.25  # of nodules, touching the costal or mediastinal pleura
-    juxta_vascular_fraction: float = 0.175  # of nodules, touching a 0.8-2.5 mm vessel; the rest isolated
-    calcified_reader_share: float = 0.3   # a solid nodule is calcified when this share of its readers says so
-    cavitary_fraction: float = 0.02       # of solid, non-calcified nodules >= 8 mm: an air cavity
-    shape_noise_mm: float = 0.4           # sd of the smooth change of each nodule's rendered surface
-    emphysema_probability: float = 0.25   # per scan
-    dependent_density_probability: float = 0.3   # per scan: subpleural posterior density
-    plaque_probability: float = 0.3       # per scan: 1-4 pleural plaques or thickenings
-    scar_probability: float = 0.4         # per scan: 1-3 linear scars (parenchymal bands)
-    micronodules_per_scan: float = 1.5    # mean number of sub-3 mm nodules (listed as excluded findings)
+    empty_scan_fraction: float = ranged(0.33, ge=0, lt=1)  # scans with no annotated nodule (LUNA16: ~1/3)
+    # scans are taken so that about this share of annotated nodules is part-solid or ground
+    # glass (published: 12-20 %; LIDC's consensus nodules alone: ~8 %); 0 = LIDC's own draw
+    nonsolid_fraction: float = ranged(0.15, ge=0, le=1)
+    juxta_pleural_fraction: float = ranged(0.25, ge=0, le=1)  # of nodules, touching the costal or mediastinal pleura
+    # of nodules, touching a 0.8-2.5 mm vessel; the rest isolated
+    juxta_vascular_fraction: float = ranged(0.175, ge=0, le=1)
+    # a solid nodule is calcified when this share of its readers says so
+    calcified_reader_share: float = ranged(0.3, ge=0, le=1)
+    cavitary_fraction: float = ranged(0.02, ge=0, le=1)  # of solid, non-calcified nodules >= 8 mm: an air cavity
+    shape_noise_mm: float = ranged(0.4, ge=0)  # sd of the smooth change of each nodule's rendered surface
+    emphysema_probability: float = ranged(0.25, ge=0, le=1)  # per scan
+    dependent_density_probability: float = ranged(0.3, ge=0, le=1)  # per scan: subpleural posterior density
+    plaque_probability: float = ranged(0.3, ge=0, le=1)  # per scan: 1-4 pleural plaques or thickenings
+    scar_probability: float = ranged(0.4, ge=0, le=1)  # per scan: 1-3 linear scars (parenchymal bands)
+    micronodules_per_scan: float = ranged(1.5, ge=0)  # mean number of sub-3 mm nodules (listed as excluded findings)
     # Shifts of the renderer, for robustness conditions (defaults: the built-in dataset).
     profiles: tuple[str, ...] = ()        # reconstruction kernels drawn per scan; () = the four built-in ones
-    noise_scale: float = 1.0              # x every kernel's noise sd
-    edge_mm: float = 0.4                  # gaussian blur of the nodules' partial-volume edge (x 1-2.5 by margin)
+    noise_scale: float = ranged(1.0, ge=0)  # x every kernel's noise sd
+    edge_mm: float = ranged(0.4, ge=0)  # gaussian blur of the nodules' partial-volume edge (x 1-2.5 by margin)
 
 
 @dataclass
 class CacheConfig:
-    spacing_zyx: tuple[float, float, float] = (1.25, 0.75, 0.75)  # mm, model space
-    hu_clip: tuple[float, float] = (-1200.0, 600.0)   # stored HU range (int16)
-    window: tuple[float, float] = (-1000.0, 400.0)    # HU -> [0, 1] for the network
-    k_slices: int = 5                     # 2.5D: adjacent axial slices as channels (odd)
-    patch_size: int = 64                  # in-plane pixels at `spacing_zyx`
-    jitter_px: int = 12                   # random offset of positive patches from the centre
-    negatives_per_positive: float = 1.0
-    hard_negative_fraction: float = 0.5   # share of negatives at vessel-like candidates
-    negative_margin_mm: float = 5.0       # negatives keep this far from any nodule surface
-    roi_margin_mm: float = 5.0            # 3D validation ROI around each nodule
-    prior_margin_mm: float = 2.0          # coarse prior (half-max pseudo-mask) reaches this beyond the sphere
-    workers: int = 2
-    seed: int = 0
+    spacing_zyx: tuple[float, float, float] = ranged((1.25, 0.75, 0.75), gt=0, le=10, length=3)  # mm, model space
+    hu_clip: tuple[float, float] = ranged((-1200.0, 600.0), length=2, increasing=True)  # stored HU range (int16)
+    window: tuple[float, float] = ranged((-1000.0, 400.0), length=2, increasing=True)  # HU -> [0, 1] for the network
+    k_slices: int = ranged(5, ge=1, le=31, odd=True)  # 2.5D: adjacent axial slices as channels (odd)
+    patch_size: int = ranged(64, ge=16, le=1024)  # in-plane pixels at `spacing_zyx`
+    jitter_px: int = ranged(12, ge=0)  # random offset of positive patches from the centre
+    negatives_per_positive: float = ranged(1.0, ge=0)
+    hard_negative_fraction: float = ranged(0.5, ge=0, le=1)  # share of negatives at vessel-like candidates
+    negative_margin_mm: float = ranged(5.0, ge=0)  # negatives keep this far from any nodule surface
+    roi_margin_mm: float = ranged(5.0, ge=0)  # 3D validation ROI around each nodule
+    prior_margin_mm: float = ranged(2.0, ge=0)  # coarse prior (half-max pseudo-mask) reaches this beyond the sphere
+    workers: int = ranged(2, ge=1)
+    seed: int = ranged(0, ge=0)
 
 
 @dataclass
 class FoldsConfig:
-    n_folds: int = 5
-    holdout_fraction: float = 0.2
-    fine_fraction: float = 0.2            # share of training scans that keep their fine masks
-    seed: int = 0
+    n_folds: int = ranged(5, ge=2)
+    holdout_fraction: float = ranged(0.2, ge=0, lt=1)
+    fine_fraction: float = ranged(0.2, gt=0, le=1)  # share of training scans that keep their fine masks
+    seed: int = ranged(0, ge=0)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "Unet"                    # smp: Unet | UnetPlusPlus | FPN; MultiView: candidate classifier
+    # smp: Unet | UnetPlusPlus | FPN; MultiView: candidate classifier
+    arch: str = ranged("Unet", choices=("Unet", "UnetPlusPlus", "FPN", "MultiView"))
     encoder: str = "tu-coatnet_0_rw_224"
     encoder_weights: str = ""             # "" = random init; or a local .pth/.safetensors file
-    encoder_depth: int = 5
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
-    head_prior: float = 0.0               # > 0: initial nodule probability of every pixel (output bias)
+    encoder_depth: int = ranged(5, ge=3, le=5)
+    decoder_channels: tuple[int, ...] = ranged((256, 128, 64, 32, 16), ge=1)
+    head_prior: float = ranged(0.0, ge=0, lt=1)  # > 0: initial nodule probability of every pixel (output bias)
 
 
 @dataclass
 class LossConfig:
-    dice_weight: float = 1.0
-    bce_weight: float = 1.0
-    coarse: str = "mt"                    # ignore | sphere | mt (coarse-constrained mean teacher) | prior (half-max pseudo-masks + mt)
-    coarse_weight: float = 1.0
-    coarse_background_margin_mm: float = 2.0   # beyond sphere + margin = certain background
-    coarse_core_fraction: float = 0.4     # within this x radius of a given centre = certain nodule (0 = off)
-    mt_confidence: float = 0.8            # keep teacher pixels with p>c or p<1-c
-    mt_rampup_epochs: float = 3.0         # sigmoid ramp-up of the consistency weight
-    small_nodule_boost: float = 2.0       # sampling weight for nodules < 6 mm
+    dice_weight: float = ranged(1.0, ge=0)
+    bce_weight: float = ranged(1.0, ge=0)
+    # ignore | sphere | mt (coarse-constrained mean teacher) | prior (half-max pseudo-masks + mt)
+    coarse: str = ranged("mt", choices=("ignore", "sphere", "mt", "prior"))
+    coarse_weight: float = ranged(1.0, ge=0)
+    coarse_background_margin_mm: float = ranged(2.0, ge=0)  # beyond sphere + margin = certain background
+    # within this x radius of a given centre = certain nodule (0 = off)
+    coarse_core_fraction: float = ranged(0.4, ge=0, le=1)
+    mt_confidence: float = ranged(0.8, ge=0.5, le=1)  # keep teacher pixels with p>c or p<1-c
+    mt_rampup_epochs: float = ranged(3.0, ge=0)  # sigmoid ramp-up of the consistency weight
+    small_nodule_boost: float = ranged(2.0, gt=0)  # sampling weight for nodules < 6 mm
 
 
 @dataclass
 class DistillConfig:
-    supervised_weight: float = 1.0        # Dice+BCE on fine masks
-    kd_weight: float = 1.0                # logit distillation against ensemble soft targets
-    temperature: float = 2.0
-    region_weight: float = 4.0            # extra KD weight inside the nodule region (0 = off)
-    region_margin_mm: float = 3.0
-    feature_weight: float = 0.0           # attention transfer to teacher encoder stages (0 = off)
-    feature_teacher_fold: int = 0         # which fold teacher provides the online features
+    supervised_weight: float = ranged(1.0, ge=0)  # Dice+BCE on fine masks
+    kd_weight: float = ranged(1.0, ge=0)  # logit distillation against ensemble soft targets
+    temperature: float = ranged(2.0, gt=0)
+    region_weight: float = ranged(4.0, ge=0)  # extra KD weight inside the nodule region (0 = off)
+    region_margin_mm: float = ranged(3.0, ge=0)
+    feature_weight: float = ranged(0.0, ge=0)  # attention transfer to teacher encoder stages (0 = off)
+    feature_teacher_fold: int = ranged(0, ge=0)  # which fold teacher provides the online features
     coarse_pseudo: bool = True            # KD on coarse scans' patches too (False: on fine scans only, an ablation)
 
 
@@ -137,79 +151,80 @@ class DistillConfig:
 class StageConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    epochs: int = 30
-    steps_per_epoch: int = 200
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    ema_decay: float = 0.99
-    positive_fraction: float = 0.5        # share of nodule patches per batch
-    fine_share: float = 0.5               # of those, share drawn from fine-mask patches
-    num_workers: int = 2
+    epochs: int = ranged(30, ge=1)
+    steps_per_epoch: int = ranged(200, ge=1)
+    batch_size: int = ranged(32, ge=1)
+    lr: float = ranged(1e-3, gt=0)
+    weight_decay: float = ranged(1e-4, ge=0)
+    warmup_epochs: float = ranged(1.0, ge=0)
+    ema_decay: float = ranged(0.99, ge=0, lt=1)
+    positive_fraction: float = ranged(0.5, ge=0, le=1)  # share of nodule patches per batch
+    fine_share: float = ranged(0.5, ge=0, le=1)  # of those, share drawn from fine-mask patches
+    num_workers: int = ranged(2, ge=0)
     compile: bool = False
     channels_last: bool = True
-    grad_clip: float = 1.0
-    val_every: int = 1                    # validate every N epochs (and after the last); best among those
-    seed: int = 0
+    grad_clip: float = ranged(1.0, ge=0)
+    val_every: int = ranged(1, ge=1)  # validate every N epochs (and after the last); best among those
+    seed: int = ranged(0, ge=0)
 
 
 @dataclass
 class AugmentConfig:
     flip: bool = True
     rot90: bool = True
-    affine_p: float = 0.5
-    shift: float = 0.0625
-    scale: float = 0.15
-    rotate_deg: float = 15.0
-    intensity_p: float = 0.5              # brightness/contrast in the normalised window
-    noise_p: float = 0.3
-    blur_p: float = 0.2
+    affine_p: float = ranged(0.5, ge=0, le=1)
+    shift: float = ranged(0.0625, ge=0, le=0.5)
+    scale: float = ranged(0.15, ge=0, lt=1)
+    rotate_deg: float = ranged(15.0, ge=0, le=180)
+    intensity_p: float = ranged(0.5, ge=0, le=1)  # brightness/contrast in the normalised window
+    noise_p: float = ranged(0.3, ge=0, le=1)
+    blur_p: float = ranged(0.2, ge=0, le=1)
 
 
 @dataclass
 class PseudoConfig:
     tta: bool = True                      # flip TTA over the ensemble
-    prior_margin_mm: float = 2.0          # zero outside coarse sphere + margin
-    temperature: float = 1.0              # >1 softens, <1 sharpens the ensemble logits
-    batch_size: int = 64
+    prior_margin_mm: float = ranged(2.0, ge=0)  # zero outside coarse sphere + margin
+    temperature: float = ranged(1.0, gt=0)  # >1 softens, <1 sharpens the ensemble logits
+    batch_size: int = ranged(64, ge=1)
 
 
 @dataclass
 class InferConfig:
-    threshold: float = 0.5
+    threshold: float = ranged(0.5, gt=0, lt=1)
     threshold_from_oof: bool = True       # use outputs/<exp>/postprocessing.json when cv.py wrote one
-    batch_size: int = 32
+    batch_size: int = ranged(32, ge=1)
     tta: bool = False
-    roi_margin_mm: float = 10.0           # coords mode: region around the given centre
+    roi_margin_mm: float = ranged(10.0, ge=0)  # coords mode: region around the given centre
     coarse_prior: bool = True             # coords mode: nothing beyond the given sphere + margin
-    prior_margin_mm: float = 2.0
+    prior_margin_mm: float = ranged(2.0, ge=0)
 
 
 @dataclass
 class DetectConfig:
     """Whole-scan detection: candidates from a probability map, then the false-positive
     reduction (FPR) classifier on multi-view patches through each candidate."""
-    candidate_threshold: float = 0.2      # local maxima of the map at this probability: recall, not precision
-    peak_separation_mm: float = 6.0       # maxima closer than ~this are one
-    max_candidates: int = 1000            # per scan, by the map's peak probability, go to the classifier
-    max_detections: int = 50              # per scan, by the final probability, are written
-    min_component_mm3: float = 3.0        # of a candidate's core (>= half its peak)
+    # local maxima of the map at this probability: recall, not precision
+    candidate_threshold: float = ranged(0.2, gt=0, lt=1)
+    peak_separation_mm: float = ranged(6.0, gt=0)  # maxima closer than ~this are one
+    max_candidates: int = ranged(1000, ge=1)  # per scan, by the map's peak probability, go to the classifier
+    max_detections: int = ranged(50, ge=1)  # per scan, by the final probability, are written
+    min_component_mm3: float = ranged(3.0, ge=0)  # of a candidate's core (>= half its peak)
     # Nodules lie in the lungs. The prediction region is the lungs grown by a few mm (for
     # pleural nodules), so components mostly outside them are chest wall or mediastinum; a
     # pleural nodule that a lung mask cut off still keeps part of itself inside.
-    min_lung_fraction: float = 0.25
+    min_lung_fraction: float = ranged(0.25, ge=0, le=1)
     # Where the classifier's training candidates come from. oof: each fold teacher's
     # whole-scan map on its own validation scans (the test-time distribution); listed: no
     # network pass, only the annotated nodules and candidates_V2.csv (fast, CPU demo).
-    candidate_source: str = "oof"
+    candidate_source: str = ranged("oof", choices=("oof", "listed"))
     listed_negatives: bool = True         # add candidates_V2.csv negatives where the dataset has them
-    train_negatives_per_scan: int = 100   # map false positives per scan whose cubes train (a random draw)
-    view_size: int = 31                   # pixels per view, odd (centred on the candidate)
-    view_spacing_mm: float = 1.0          # isotropic
-    view_slices: int = 3                  # adjacent slices per view (axial, coronal, sagittal), odd
-    classifier_weight: float = -1.0       # final logit = w * classifier + (1 - w) * map; < 0: chosen on OOF
-    default_classifier_weight: float = 0.8   # when no OOF map candidates exist to choose on
+    train_negatives_per_scan: int = ranged(100, ge=0)  # map false positives per scan whose cubes train (a random draw)
+    view_size: int = ranged(31, ge=7, odd=True)  # pixels per view, odd (centred on the candidate)
+    view_spacing_mm: float = ranged(1.0, gt=0)  # isotropic
+    view_slices: int = ranged(3, ge=1, odd=True)  # adjacent slices per view (axial, coronal, sagittal), odd
+    classifier_weight: float = ranged(-1.0, le=1)  # final logit = w * classifier + (1 - w) * map; < 0: chosen on OOF
+    default_classifier_weight: float = ranged(0.8, ge=0, le=1)  # when no OOF map candidates exist to choose on
 
 
 @dataclass
@@ -243,7 +258,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
-        return _from_dict(hint, value, where)
+        return from_dict(hint, value, where)
     origin = get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -258,7 +273,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict, where: str = "") -> Any:
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """A config dataclass from a (partial) mapping: defaults for what is missing, every key
+    known and of the right type, else a ConfigError naming it."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {where or cls.__name__} must be a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     obj = cls()
     for key, value in data.items():
@@ -324,13 +343,78 @@ def load_config(path: str | Path | None = DEFAULT_CONFIG, overrides: list[str] |
         p = p if p.is_absolute() or p.exists() else ROOT / p
         data = _read_yaml(p)
         try:
-            _from_dict(Config, data)
+            from_dict(Config, data)
         except ConfigError as err:
             raise ConfigError(f"{p}: {err}") from None
     try:
-        return _from_dict(Config, _deep_merge(data, parse_overrides(overrides)))
+        cfg = from_dict(Config, _deep_merge(data, parse_overrides(overrides)))
     except ConfigError as err:
         raise ConfigError(f"--set: {err}") from None
+    return check_config(cfg)
+
+
+def _rule_problem(value: Any, rule: dict) -> str | None:
+    items = value if isinstance(value, tuple) else (value,)
+    if rule["length"] is not None and len(items) != rule["length"]:
+        return f"must have {rule['length']} values"
+    if rule["choices"] is not None and value not in rule["choices"]:
+        return f"must be one of {', '.join(map(str, rule['choices']))}"
+    for bound, ok, text in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                            ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+        if rule[bound] is not None and not all(ok(v, rule[bound]) for v in items):
+            return f"must be {text} {rule[bound]:g}" + (" (every value)" if isinstance(value, tuple) else "")
+    if rule["odd"] and not all(v % 2 == 1 for v in items):
+        return "must be odd"
+    if rule["increasing"] and not all(a < b for a, b in zip(items, items[1:])):
+        return "must be increasing (low, high)"
+    return None
+
+
+# Rules that tie two keys together: (keys, holds, what it must be).
+_JOINT_RULES = (
+    (("phantom.juxta_pleural_fraction", "phantom.juxta_vascular_fraction"), lambda a, b: a + b <= 1,
+     "must add up to <= 1"),
+    (("phantom.min_slice_thickness_mm", "phantom.max_slice_thickness_mm"), lambda a, b: a <= b, "must be min <= max"),
+    (("teacher.model.encoder_depth", "teacher.model.decoder_channels"), lambda d, c: len(c) >= d,
+     "need one decoder channel count per encoder stage"),
+    (("student.model.encoder_depth", "student.model.decoder_channels"), lambda d, c: len(c) >= d,
+     "need one decoder channel count per encoder stage"),
+)
+
+
+def _walk(obj: Any, where: str = ""):
+    """(dotted key, value, rule) of every ranged field."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, key + ".")
+        elif "rule" in f.metadata:
+            yield key, value, f.metadata["rule"]
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_config(cfg: Any, where: str = "") -> Any:
+    """Every value of a config (or of one section, named ``where``: "phantom.") within its
+    range (``ranged``), and the joint rules; one ConfigError naming the key otherwise. Types
+    were checked when the config was built."""
+    for key, value, rule in _walk(cfg, where):
+        problem = _rule_problem(value, rule)
+        if problem:
+            shown = list(value) if isinstance(value, tuple) else repr(value)
+            raise ConfigError(f"config key '{key}' {problem}, got {shown}")
+    for keys, holds, text in _JOINT_RULES:
+        if not all(k.startswith(where) for k in keys):
+            continue
+        values = [_get(cfg, k[len(where):]) for k in keys]
+        if not holds(*values):
+            raise ConfigError(f"config keys {' and '.join(repr(k) for k in keys)} {text}, got "
+                              f"{', '.join(repr(list(v) if isinstance(v, tuple) else v) for v in values)}")
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:

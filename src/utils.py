@@ -13,6 +13,12 @@ from typing import Iterable, Iterator
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)   # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -30,6 +36,8 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600; give the file what a plain open() would
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except OSError as err:
         if err.errno is not None and err.filename in (None, str(tmp_path), tmp):

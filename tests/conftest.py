@@ -3,6 +3,9 @@ from it with the project's own stages. Small enough that the whole suite stays f
 from __future__ import annotations
 
 import os
+import runpy
+import subprocess
+import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -155,3 +158,29 @@ def tiny_trained(tiny_ctx, cpu_runtime):
     write_pseudo_labels(tiny_ctx, cpu_runtime)
     train_student(tiny_ctx, cpu_runtime)
     return tiny_ctx
+
+
+@pytest.fixture()
+def run_script(monkeypatch, capsys):
+    """Run a top-level script as `python script ...` would, in this process (imports are
+    paid once): -> CompletedProcess with its exit code, stdout and stderr."""
+    def run(script, *argv):
+        monkeypatch.setattr(sys, "argv", [str(script), *map(str, argv)])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(script), run_name="__main__")
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, done.value.code, out.out, out.err)
+    return run
+
+
+def one_clean_line(result, *fragments) -> str:
+    """The error contract: exit 2, one line on stderr starting 'error: ' holding every
+    fragment, no traceback. -> that line."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

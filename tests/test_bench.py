@@ -81,3 +81,19 @@ def test_detection_sensitivity_by_every_grouping():
     at4 = table[table["fps_per_scan"] == 4.0].set_index(["grouping", "group"])["sensitivity"]
     assert at4[("attachment", "isolated")] == at4[("attachment", "unknown")] == 1.0
     assert at4[("attachment", "juxta-pleural")] == at4[("texture", "ground-glass")] == at4[("size", "10-20")] == 0.0
+
+
+def test_lung_mask_fields_of_view_crop_where_they_say():
+    from src.bench.lung_mask import fields_of_view
+    from src.data.geometry import Geometry
+    labels = np.zeros((20, 60, 100), np.uint8)               # z, y, x at 2 mm in-plane
+    labels[2:18, 10:50, 10:40] = 3                           # the larger lung, on the image's left
+    labels[4:16, 15:45, 60:85] = 4
+    labels[0:6, 20:25, 48:52] = 5                            # trachea: not a lung
+    boxes = fields_of_view(labels, Geometry.axis_aligned((0, 0, 0), (2.0, 2.0, 3.0), labels.shape))
+    assert boxes["a"] == (slice(0, 20), slice(0, 60), slice(0, 100))
+    assert boxes["b"] == (slice(0, 20), slice(0, 60), slice(15, 85))                # central 70 % in x
+    assert boxes["c"] == (slice(0, 20), slice(14, 46), slice(17, 78))               # lungs' y-x box less 10 %
+    z, y, x = boxes["d"]                       # inside lung 3, on past its medial edge (x 40) by 15 mm
+    assert (z, y, x) == (slice(3, 17), slice(16, 44), slice(14, 48))
+    assert (labels[z, y, :40][..., x.start:] == 3).all()

@@ -1,70 +1,47 @@
 """User errors reach the user as one line on stderr with exit code 2, never a traceback;
 every script defaults to the same config."""
-import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_clean_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("make_phantom.py", "prepare.py", "make_folds.py", "train.py", "cv.py", "pseudo_label.py",
            "infer.py", "evaluate.py", "export.py")
 
 
-@pytest.fixture()
-def _run(monkeypatch, capsys):
-    """Run a script as `python script ...` would, in this process (imports are paid once)."""
-    def run(script, *argv):
-        monkeypatch.setattr(sys, "argv", [script, *argv])
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as done:
-            runpy.run_path(script, run_name="__main__")
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, done.value.code, out.out, out.err)
-    return run
-
-
-def _one_clean_line(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_names_the_default_config(script, _run):
-    result = _run(str(ROOT / script), "--help")
+def test_every_script_names_the_default_config(script, run_script):
+    result = run_script(str(ROOT / script), "--help")
     assert result.returncode == 0 and "default: configs/default.yaml" in result.stdout
 
 
-def test_missing_cache_is_one_line(tmp_path, _run):
-    result = _run(str(ROOT / "train.py"), "--fold", "0", "--set", f"paths.cache={tmp_path}/nope.h5", "device=cpu")
-    _one_clean_line(result, "nope.h5: cache not found; run prepare.py first")
+def test_missing_cache_is_one_line(tmp_path, run_script):
+    result = run_script(str(ROOT / "train.py"), "--fold", "0", "--set", f"paths.cache={tmp_path}/nope.h5", "device=cpu")
+    one_clean_line(result, "nope.h5: cache not found; run prepare.py first")
 
 
-def test_unknown_config_key_lists_the_valid_ones(tmp_path, _run):
-    result = _run(str(ROOT / "make_folds.py"), "--set", "folds.n_fold=3")
-    _one_clean_line(result, "unknown config key 'folds.n_fold'", "valid keys of folds: fine_fraction, "
+def test_unknown_config_key_lists_the_valid_ones(tmp_path, run_script):
+    result = run_script(str(ROOT / "make_folds.py"), "--set", "folds.n_fold=3")
+    one_clean_line(result, "unknown config key 'folds.n_fold'", "valid keys of folds: fine_fraction, "
                     "holdout_fraction, n_folds, seed")
     bad = tmp_path / "bad.yaml"
     bad.write_text("inherit: " + str(ROOT / "configs" / "base.yaml") + "\nteacher:\n  epochz: 3\n")
-    _one_clean_line(_run(str(ROOT / "prepare.py"), "--config", str(bad)), f"{bad}: unknown config key 'teacher.epochz'")
-    _one_clean_line(_run(str(ROOT / "prepare.py"), "--set", "teacher.epochs=many"), "must be int")
+    one_clean_line(run_script(str(ROOT / "prepare.py"), "--config", str(bad)),
+                   f"{bad}: unknown config key 'teacher.epochz'")
+    one_clean_line(run_script(str(ROOT / "prepare.py"), "--set", "teacher.epochs=many"), "must be int")
 
 
-def test_bad_checkpoints_are_refused_in_one_line(tmp_path, _run):
+def test_bad_checkpoints_are_refused_in_one_line(tmp_path, run_script):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    result = _run(str(ROOT / "export.py"), "--checkpoint", str(junk), "--out", str(tmp_path / "x.onnx"))
-    _one_clean_line(result, "junk.pt: not a readable checkpoint")
+    result = run_script(str(ROOT / "export.py"), "--checkpoint", str(junk), "--out", str(tmp_path / "x.onnx"))
+    one_clean_line(result, "junk.pt: not a readable checkpoint")
     assert "weights_only=False" not in result.stderr + result.stdout
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, _run):
+def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, run_script):
     import pickle
     import zipfile
 
@@ -83,6 +60,6 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, _run):
     with zipfile.ZipFile(evil, "w") as z:
         for name, payload in data.items():
             z.writestr(name, payload)
-    result = _run(str(ROOT / "export.py"), "--checkpoint", str(evil), "--out", str(tmp_path / "x.onnx"))
-    _one_clean_line(result, "evil.pt: refused")
+    result = run_script(str(ROOT / "export.py"), "--checkpoint", str(evil), "--out", str(tmp_path / "x.onnx"))
+    one_clean_line(result, "evil.pt: refused")
     assert not marker.exists(), "nothing in the pickle was executed"

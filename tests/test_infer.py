@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY_OVERRIDES
+from src.cli import run
 from src.config import CacheConfig, DetectConfig
 from src.data.candidates import excluded_table, nodule_table
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
@@ -30,9 +31,12 @@ import evaluate
 import infer
 
 
-def _run(module, argv, monkeypatch):
+def _run(module, argv, monkeypatch) -> int:
+    """A script as the shell runs it (through src.cli.run): -> its exit code."""
     monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *argv])
-    return module.main()
+    with pytest.raises(SystemExit) as stop:
+        run(module.main)
+    return stop.value.code
 
 
 def _overrides(ctx):
@@ -86,9 +90,8 @@ def test_half_max_mode_uses_no_network_and_matches_the_leaderboard(tiny_trained,
     np.testing.assert_allclose(merged["dice_infer"], merged["dice_board"], atol=1e-9)
 
     capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:   # whole scans need a network
-        _run(infer, ["--input", data, "--model", "half-max", "--out", str(tmp_path / "scan")], monkeypatch)
-    assert stop.value.code == 2 and "needs --coords" in capsys.readouterr().err
+    rc = _run(infer, ["--input", data, "--model", "half-max", "--out", str(tmp_path / "scan")], monkeypatch)
+    assert rc == 2 and "needs --coords" in capsys.readouterr().err   # whole scans need a network
     assert not (tmp_path / "scan").exists()
 
 
@@ -124,13 +127,18 @@ def test_bad_inputs_fail_per_scan_and_the_run_continues(tiny_trained, tmp_path, 
     coords.to_csv(tmp_path / "coords.csv", index=False)
     rc = _run(infer, ["--input", str(tmp_path / "broken.nii.gz"), str(tmp_path / "empty"), str(tmp_path / "good.mhd"),
                       "--out", str(tmp_path / "out"), *_overrides(ctx)], monkeypatch)
-    text = capsys.readouterr().out
-    assert rc == 1
-    assert "broken.nii.gz: cannot read image" in text and "empty: folder is empty" in text
+    out, err = capsys.readouterr()
+    assert rc == 2, "errors exit 2, after the other scans were done"
+    assert "broken.nii.gz: cannot read image" in err and "empty: folder is empty" in err
+    assert err.strip().splitlines()[-1].startswith("error: 2 of 3 inputs failed (listed above; first: ")
+    assert "nan" not in out and "s/scan" in out
     assert (tmp_path / "out" / "good.nii.gz").is_file(), "the readable scan was still processed"
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["seriesuids"] == ["good"]
     rc = _run(infer, ["--input", str(tmp_path / "good.mhd"), "--coords", str(tmp_path / "coords.csv"),
                       "--out", str(tmp_path / "out2"), *_overrides(ctx)], monkeypatch)
-    assert rc == 1 and "outside the volume" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert rc == 2 and "outside the volume" in err and "no outputs written" in err
+    assert not (tmp_path / "out2" / "nodules.csv").exists() and not (tmp_path / "out2" / "run.json").exists()
 
 
 def test_whole_scan_candidates_must_lie_in_the_lungs():

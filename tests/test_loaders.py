@@ -69,12 +69,12 @@ def test_annotations_csv_wins_over_nodules_csv(luna_copy, capsys):
     first = records[0]
     assert first.nodules["texture"].iloc[0] == 3.0 and (first.nodules["n_readers"] == 4).all(), \
         "nodules.csv adds its columns to matching rows"
-    assert "match no annotations.csv row" not in capsys.readouterr().out, "rows with empty values still match"
+    assert "match no annotations.csv row" not in capsys.readouterr().err, "rows with empty values still match"
     assert {n.attachment for r in records for n in r.load(with_image=False).nodules} == {"unknown"}
     ann.loc[0, "coordX"] = 5000.0   # an edit of annotations.csv alone must be seen
     ann.to_csv(luna_copy / "annotations.csv", index=False)
     record = next(r for r in read_luna16(luna_copy) if r.seriesuid == ann["seriesuid"].iloc[0])
-    assert "1 row(s) match no annotations.csv row" in capsys.readouterr().out
+    assert "1 row(s) match no annotations.csv row" in capsys.readouterr().err
     assert record.nodules["coordX"].iloc[0] == 5000.0 and np.isnan(record.nodules["texture"].iloc[0])
     with pytest.raises(DataError, match="outside the volume"):
         record.load()
@@ -90,7 +90,7 @@ def _edit_annotations(folder, **changes):
 def test_bad_input_errors_name_file_and_problem(luna_copy):
     uid = pd.read_csv(luna_copy / "annotations.csv")["seriesuid"].iloc[0]
     _edit_annotations(luna_copy, diameter_mm=0)
-    with pytest.raises(DataError, match=r"annotations\.csv: row 2: diameter_mm=0.0 must be positive"):
+    with pytest.raises(DataError, match=r"annotations\.csv: row 2, column diameter_mm: 0 must be positive"):
         read_luna16(luna_copy)
 
     _edit_annotations(luna_copy, diameter_mm=5.0, seriesuid="9.9.9")
@@ -123,17 +123,20 @@ def test_mask_with_other_geometry_is_refused(luna_copy):
         record.load()
 
 
-def _write_dicom_series(image: np.ndarray, geo, folder, series="1.2.826.0.1.3680043.2.1125.1", skip=()):
-    """A CT series of one file per slice, as a scanner would write it (``skip``: lost slices)."""
+def _write_dicom_series(image: np.ndarray, geo, folder, series="1.2.826.0.1.3680043.2.1125.1", skip=(),
+                        shear_mm=0.0):
+    """A CT series of one file per slice, as a scanner would write it (``skip``: lost slices;
+    ``shear_mm``: each slice shifted in y by this much more, as a gantry tilt does)."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for z in (z for z in range(image.shape[0]) if z not in skip):
         s = sitk.GetImageFromArray(image[z:z + 1])
         s.SetSpacing(geo.spacing_xyz)
-        s.SetOrigin(tuple(geo.voxel_to_world([z, 0, 0])))
+        origin = geo.voxel_to_world([z, 0, 0]) + [0.0, z * shear_mm, 0.0]
+        s.SetOrigin(tuple(origin))
         for tag, value in {"0008|0060": "CT", "0020|000e": series, "0020|0013": str(z + 1),
-                           "0020|0032": "\\".join(f"{v:.4f}" for v in geo.voxel_to_world([z, 0, 0])),
+                           "0020|0032": "\\".join(f"{v:.4f}" for v in origin),
                            "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": str(geo.spacing_xyz[2]),
                            "0008|0018": f"{series}.{z + 1}"}.items():
             s.SetMetaData(tag, value)
@@ -171,7 +174,7 @@ def test_dicom_folder_with_two_series_uses_the_larger_and_says_so(tiny_luna, tmp
     _write_dicom_series(base.image, base.geometry, tmp_path / "mixed", series="1.2.3.200")
     image, geo = read_image(tmp_path / "mixed")
     assert image.shape == base.image.shape, "the 40-slice series, never a mix"
-    assert "2 DICOM series; using 1.2.3.200 (40 slices), not 1.2.3.100 (15)" in capsys.readouterr().out
+    assert "2 DICOM series; using 1.2.3.200 (40 slices), not 1.2.3.100 (15)" in capsys.readouterr().err
 
 
 def test_dicom_series_with_a_missing_slice_is_refused(tiny_luna, tmp_path):
@@ -179,6 +182,31 @@ def test_dicom_series_with_a_missing_slice_is_refused(tiny_luna, tmp_path):
     _write_dicom_series(base.image, base.geometry, tmp_path / "gap", skip=(17,))
     with pytest.raises(DataError, match=r"gap: series .* uneven slice spacing \(1\.25 to 2\.50 mm\): missing slices"):
         read_image(tmp_path / "gap")
+
+
+def test_dicom_series_with_a_gantry_tilt_is_refused(tiny_luna, tmp_path):
+    base = read_luna16(tiny_luna)[2].load()
+    _write_dicom_series(base.image[:10], base.geometry, tmp_path / "tilt", shear_mm=0.3)   # atan(0.3 / 1.25)
+    with pytest.raises(DataError, match=r"tilt: series .* gantry tilt of 13\.5 degrees; resample it"):
+        read_image(tmp_path / "tilt")
+
+
+def test_a_localiser_in_the_series_is_left_out_with_a_note(tiny_luna, tmp_path, capsys):
+    base = read_luna16(tiny_luna)[2].load()
+    series = "1.2.3.300"
+    _write_dicom_series(base.image, base.geometry, tmp_path / "scout", series=series)
+    scout = sitk.GetImageFromArray(np.zeros((1, 30, 50), np.int16))
+    for tag, value in {"0008|0060": "CT", "0020|000e": series, "0020|0013": "0", "0008|0018": f"{series}.0",
+                       "0020|0032": "-100\\0\\-50", "0020|0037": "1\\0\\0\\0\\0\\-1"}.items():
+        scout.SetMetaData(tag, value)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(tmp_path / "scout" / "000_localiser.dcm"))
+    writer.Execute(scout)
+    image, geo = read_image(tmp_path / "scout")
+    np.testing.assert_array_equal(image, base.image)
+    assert geo.same_grid(base.geometry, tol=1e-3)
+    assert "1 image(s) of another size or orientation left out (a localiser?)" in capsys.readouterr().err
 
 
 def test_manifest_errors(tmp_path):
@@ -223,8 +251,8 @@ def test_attachment_classes_and_a_misspelt_one_is_named(tmp_path, capsys):
     assert [attachment_class(v) for v in ("isolated", " Juxta Vascular", "perifissural", "unknown")] == \
         ["isolated", "juxta-vascular", "perifissural", "unknown"]
     assert {attachment_class(v) for v in (np.nan, None, "", "pleural", 3.0)} == {"unknown"}
-    from src.data.scan import check_nodule_table
-    table = pd.DataFrame(dict(coordX=[0.0, 1.0], coordY=0.0, coordZ=0.0, diameter_mm=5.0,
+    from src.data.tables import check_coordinates
+    table = pd.DataFrame(dict(seriesuid="s", coordX=[0.0, 1.0], coordY=0.0, coordZ=0.0, diameter_mm=5.0,
                               attachment=["juxta-pleura", None]))
-    check_nodule_table(table, "n.csv")
-    assert "note: n.csv: attachment 'juxta-pleura' is not one of" in capsys.readouterr().out
+    check_coordinates(table, "n.csv")
+    assert "note: n.csv: attachment 'juxta-pleura' is not one of" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from src.config import FoldsConfig
 from src.data.groups import size_bin
+from src.data.tables import FOLDS, check_table, read_table
 from src.errors import DataError
 
 HOLDOUT = "holdout"
@@ -109,13 +110,10 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: folds file not found; run make_folds.py first")
-    df = pd.read_csv(path, dtype={"seriesuid": str, "patient_id": str, "fold": str})
-    missing = [c for c in ("seriesuid", "patient_id", "fold", "label_kind") if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}")
-    bad = ~df["label_kind"].isin(["fine", "coarse"])
-    if bad.any():
-        raise DataError(f"{path}: label_kind must be fine or coarse (row {int(bad.to_numpy().argmax()) + 2})")
+    df = read_table(path, "folds file")
+    if "fold" in df.columns:   # "0".."4" and "holdout" in one text column
+        df["fold"] = df["fold"].astype(str)
+    df = check_table(df, FOLDS, path)
     spans = df.groupby("patient_id")["fold"].nunique()
     if (spans > 1).any():
         raise DataError(f"{path}: patient {spans[spans > 1].index[0]} spans several folds")

@@ -5,10 +5,13 @@ atomic (temporary file(s) beside the target, renamed only when complete).
 """
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
+import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -57,28 +60,58 @@ def _check_metaimage(path: Path) -> None:
 
 
 SLICE_GAP_TOLERANCE = 0.05   # relative spread of slice steps that still counts as even
+GANTRY_TILT_TOLERANCE_DEG = 0.5
 
 
-def _slice_positions(files: list[str]) -> np.ndarray:
-    """Each file's position along the slice normal (mm), from its header alone."""
+def _series_volume_files(folder: Path, series: str, files: list[str]) -> list[str]:
+    """The files of one DICOM series that make its volume, ordered along the slice normal,
+    from their headers alone. Images of another size or orientation than most (a localiser
+    saved into the series) are left out with a note; two slices at one position, missing
+    slices and a gantry tilt (ITK would read a sheared volume as a straight one) are errors."""
     reader = sitk.ImageFileReader()
-    positions = []
+    heads = []
     for name in files:
         reader.SetFileName(name)
-        reader.ReadImageInformation()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise DataError(f"{name}: unreadable DICOM file in series {series}") from None
         if not reader.HasMetaDataKey("0020|0032"):
-            return np.zeros(0)
-        cosines = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")]) \
-            if reader.HasMetaDataKey("0020|0037") else np.array([1.0, 0, 0, 0, 1, 0])
-        normal = np.cross(cosines[:3], cosines[3:])
-        positions.append(float(np.dot([float(v) for v in reader.GetMetaData("0020|0032").split("\\")], normal)))
-    return np.sort(np.asarray(positions))
+            return files   # no positions to check: ITK orders them as it can
+        cosines = tuple(np.round([float(v) for v in reader.GetMetaData("0020|0037").split("\\")], 3)) \
+            if reader.HasMetaDataKey("0020|0037") else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        heads.append((name, position, (cosines, tuple(reader.GetSize()[:2]))))
+    common = Counter(kind for *_, kind in heads).most_common(1)[0][0]
+    kept = [h for h in heads if h[2] == common]
+    if len(kept) < len(heads):
+        print(f"note: {folder}: series {series}: {len(heads) - len(kept)} image(s) of another size or orientation "
+              "left out (a localiser?)", file=sys.stderr)
+    cosines = np.asarray(common[0])
+    normal = np.cross(cosines[:3], cosines[3:])
+    positions = np.array([h[1] for h in kept])
+    order = np.argsort(positions @ normal, kind="stable")
+    positions = positions[order]
+    if len(kept) > 2:
+        deltas = np.diff(positions, axis=0)
+        steps = deltas @ normal
+        if steps.min() <= 1e-3:
+            raise DataError(f"{folder}: series {series} has two slices at the same position")
+        if (steps.max() - steps.min()) > SLICE_GAP_TOLERANCE * np.median(steps):
+            raise DataError(f"{folder}: series {series} has uneven slice spacing ({steps.min():.2f} to "
+                            f"{steps.max():.2f} mm): missing slices?")
+        across = np.linalg.norm(deltas - steps[:, None] * normal, axis=1)
+        tilt = float(np.degrees(np.arctan2(np.median(across), np.median(steps))))
+        if tilt > GANTRY_TILT_TOLERANCE_DEG:
+            raise DataError(f"{folder}: series {series} was acquired with a gantry tilt of {tilt:.1f} degrees; "
+                            "resample it to an orthogonal grid first (e.g. dcm2niix writes a tilt-corrected NIfTI)")
+    return [kept[i][0] for i in order]
 
 
 def _read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
     """One DICOM series as a volume. A folder with several series is never mixed: the one
     named ``series_uid``, else the one with the most slices (the CT, not a scout), and a
-    note says which. Missing slices or uneven spacing are an error."""
+    note says which. Its files are checked first (``_series_volume_files``)."""
     reader = sitk.ImageSeriesReader()
     series = list(reader.GetGDCMSeriesIDs(str(folder)))
     if not series:
@@ -92,44 +125,36 @@ def _read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Imag
         chosen = max(series, key=lambda s: len(files[s]))
         if len(series) > 1:
             print(f"note: {folder}: {len(series)} DICOM series; using {chosen} ({len(files[chosen])} slices), "
-                  f"not {', '.join(f'{s} ({len(files[s])})' for s in series if s != chosen)}")
-    positions = _slice_positions(files[chosen])
-    if len(positions) > 2:
-        steps = np.diff(positions)
-        if steps.min() <= 0:
-            raise DataError(f"{folder}: series {chosen} has two slices at the same position")
-        if (steps.max() - steps.min()) > SLICE_GAP_TOLERANCE * np.median(steps):
-            raise DataError(f"{folder}: series {chosen} has uneven slice spacing ({steps.min():.2f} to "
-                            f"{steps.max():.2f} mm): missing slices?")
-    reader.SetFileNames(files[chosen])
-    return reader.Execute()
-
-
-def read_sitk(path: str | Path) -> sitk.Image:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file or folder does not exist")
-    if path.is_dir():
-        return _read_dicom_series(path)
-    if not is_image_path(path):
-        raise DataError(f"{path}: unsupported image format (expected one of {IMAGE_SUFFIXES} "
-                        "or a DICOM folder)")
-    if path.suffix.lower() == ".mhd":
-        _check_metaimage(path)
+                  f"not {', '.join(f'{s} ({len(files[s])})' for s in series if s != chosen)}", file=sys.stderr)
+    reader.SetFileNames(_series_volume_files(folder, chosen, files[chosen]))
     try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as err:
+        return reader.Execute()
+    except RuntimeError as err:   # e.g. a transfer syntax GDCM cannot decode
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
-        raise DataError(f"{path}: cannot read image ({detail})") from None
+        raise DataError(f"{folder}: cannot read DICOM series {chosen} ({detail})") from None
 
 
-def read_header(path: str | Path) -> Geometry:
-    """The geometry of an image file from its header alone (DICOM folders: read whole)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file or folder does not exist")
-    if path.is_dir():
-        return Geometry.from_sitk(_read_dicom_series(path))
+# What a CT can be: a voxel edge in this range (mm), at most this many voxels (2 GiB as int16).
+SPACING_RANGE_MM = (0.1, 10.0)
+MAX_VOXELS = 2**30
+
+
+def check_grid(path: Path, size, spacing) -> None:
+    """Refuse absurd geometry before any voxel is allocated: a 1,000 mm or negative spacing,
+    an empty axis, or more voxels than any CT holds (a broken header)."""
+    size, spacing = [int(v) for v in size], [float(v) for v in spacing]
+    if min(size) < 1:
+        raise DataError(f"{path}: image size {size} has an empty axis")
+    if np.prod(size, dtype=float) > MAX_VOXELS:
+        raise DataError(f"{path}: image size {size} is {np.prod(size, dtype=float):.3g} voxels, more than any CT "
+                        f"({MAX_VOXELS:.3g}); is the header right?")
+    lo, hi = SPACING_RANGE_MM
+    if not all(np.isfinite(v) and lo <= v <= hi for v in spacing):
+        raise DataError(f"{path}: voxel spacing {spacing} mm is outside {lo:g}-{hi:g} mm; is the header right?")
+
+
+def _file_reader(path: Path) -> sitk.ImageFileReader:
+    """A reader whose header was read and checked (format, 3D, one channel, sane grid)."""
     if not is_image_path(path):
         raise DataError(f"{path}: unsupported image format (expected one of {IMAGE_SUFFIXES} or a DICOM folder)")
     if path.suffix.lower() == ".mhd":
@@ -144,6 +169,61 @@ def read_header(path: str | Path) -> Geometry:
     if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
         raise DataError(f"{path}: expected a 3D single-channel image, got {reader.GetDimension()}D with "
                         f"{reader.GetNumberOfComponents()} channels")
+    check_grid(path, reader.GetSize(), reader.GetSpacing())
+    return reader
+
+
+def _nifti_non_finite(path: Path) -> int:
+    """NaN/inf voxels of a float NIfTI file. ITK's NIfTI reader turns NaN into 0, so a scan
+    of NaN would read as a scan of water; count them in the file itself."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    for order in "<>":
+        if np.frombuffer(raw[:4], f"{order}i4")[0] in (348, 540):
+            break
+    else:
+        return 0
+    nifti2 = np.frombuffer(raw[:4], f"{order}i4")[0] == 540
+    datatype = int(np.frombuffer(raw[12:14] if nifti2 else raw[70:72], f"{order}i2")[0])
+    offset = int(np.frombuffer(raw[168:176], f"{order}i8")[0] if nifti2
+                 else np.frombuffer(raw[108:112], f"{order}f4")[0])
+    dtype = {16: "f4", 64: "f8"}.get(datatype)
+    if dtype is None:   # integer data cannot hold NaN
+        return 0
+    data = np.frombuffer(raw, f"{order}{dtype}", offset=offset, count=(len(raw) - offset) // np.dtype(dtype).itemsize)
+    return int((~np.isfinite(data)).sum())
+
+
+def read_sitk(path: str | Path) -> sitk.Image:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file or folder does not exist")
+    if path.is_dir():
+        image = _read_dicom_series(path)
+        check_grid(path, image.GetSize(), image.GetSpacing())
+        return image
+    reader = _file_reader(path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
+        raise DataError(f"{path}: cannot read image ({detail})") from None
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and ".nii" in path.name.lower():
+        bad = _nifti_non_finite(path)
+        if bad:
+            raise DataError(f"{path}: {bad} of {int(np.prod(image.GetSize()))} voxels are NaN or infinite")
+    return image
+
+
+def read_header(path: str | Path) -> Geometry:
+    """The geometry of an image file from its header alone (DICOM folders: read whole)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file or folder does not exist")
+    if path.is_dir():
+        return Geometry.from_sitk(read_sitk(path))
+    reader = _file_reader(path)
     return Geometry(tuple(reader.GetOrigin()), tuple(reader.GetSpacing()), tuple(reader.GetDirection()),
                     tuple(int(v) for v in reader.GetSize()))
 

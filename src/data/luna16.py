@@ -19,12 +19,24 @@ patient (LIDC has a handful of patients with two series: add scans.csv to group 
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from src.data.io import IMAGE_SUFFIXES, image_stem
-from src.data.scan import NODULE_COLUMNS, OPTIONAL_NODULE_COLUMNS, ScanRecord, check_nodule_table
+from src.data.scan import ScanRecord
+from src.data.tables import (
+    CANDIDATES,
+    EXCLUDED,
+    NODULE_COLUMNS,
+    OPTIONAL_NODULE_COLUMNS,
+    SCANS,
+    XYZ,
+    check_coordinates,
+    check_table,
+    read_table,
+)
 from src.errors import DataError
 
 MATCH_DECIMALS = 3   # mm: nodules.csv rows join annotations.csv rows on rounded coordinates
@@ -38,29 +50,22 @@ def _find_images(folder: Path) -> dict[str, Path]:
             if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)}
 
 
-def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype={"seriesuid": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{path}: cannot read CSV ({err})") from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
-    return df
-
-
 def _check_known(df: pd.DataFrame, known: set[str], path: Path, allow_partial: bool) -> pd.DataFrame:
     unknown = sorted(set(df["seriesuid"]) - known)
     if unknown and not allow_partial:
         raise DataError(f"{path}: {len(unknown)} seriesuid(s) have no image under subset*/ "
                         f"(e.g. {unknown[0]}); if only some subsets were downloaded, set "
                         "paths.allow_partial=true to ignore their rows")
-    return df[df["seriesuid"].isin(known)]
+    keep = df["seriesuid"].isin(known)
+    if not keep.all():   # dropped rows are counted, never silent
+        print(f"note: {path}: {int((~keep).sum())} row(s) of {len(unknown)} scan(s) not on disk ignored "
+              "(paths.allow_partial)", file=sys.stderr)
+    return df[keep]
 
 
 def _with_reader_columns(annotations: pd.DataFrame, rich_path: Path) -> pd.DataFrame:
     """annotations.csv plus the optional columns of the nodules.csv rows that match it."""
-    rich = check_nodule_table(_read_table(rich_path, ["seriesuid", *NODULE_COLUMNS]), str(rich_path))
+    rich = check_coordinates(read_table(rich_path, "nodule table"), rich_path)
     extra = [c for c in OPTIONAL_NODULE_COLUMNS if c in rich.columns]
     if not extra:
         return annotations
@@ -72,7 +77,7 @@ def _with_reader_columns(annotations: pd.DataFrame, rich_path: Path) -> pd.DataF
     merged = left.merge(rich.drop_duplicates(key), on=key, how="left", indicator="_matched")
     stale = len(rich) - int((merged.pop("_matched") == "both").sum())   # by key: a match may be all empty
     if stale > 0:
-        print(f"note: {rich_path}: {stale} row(s) match no annotations.csv row; annotations.csv wins")
+        print(f"note: {rich_path}: {stale} row(s) match no annotations.csv row; annotations.csv wins", file=sys.stderr)
     merged[NODULE_COLUMNS] = annotations[NODULE_COLUMNS].to_numpy()  # the unrounded coordinates
     return merged
 
@@ -96,7 +101,7 @@ def read_luna16(data_dir: str | Path, allow_partial: bool = False, mask_only_nod
     if not ann_path.is_file():
         raise DataError(f"{ann_path}: annotations file is missing")
     table_path = ann_path
-    annotations = check_nodule_table(_read_table(ann_path, ["seriesuid", *NODULE_COLUMNS]), str(ann_path))
+    annotations = check_coordinates(read_table(ann_path, "annotations file"), ann_path)
     if (data / "nodules.csv").is_file():
         annotations = _with_reader_columns(annotations, data / "nodules.csv")
     annotations = _check_known(annotations, known, table_path, allow_partial)
@@ -104,18 +109,18 @@ def read_luna16(data_dir: str | Path, allow_partial: bool = False, mask_only_nod
     excluded = pd.DataFrame(columns=["seriesuid", *NODULE_COLUMNS])
     if (data / "annotations_excluded.csv").is_file():
         path = data / "annotations_excluded.csv"
-        excluded = _read_table(path, ["seriesuid", "coordX", "coordY", "coordZ"])
+        excluded = read_table(path, "excluded findings")
         if "diameter_mm" not in excluded:
             excluded["diameter_mm"] = float("nan")
+        excluded = check_table(excluded, EXCLUDED, path)
         # LUNA16 writes -1 as the diameter of excluded findings without one.
-        excluded["diameter_mm"] = pd.to_numeric(excluded["diameter_mm"], errors="coerce")
         excluded.loc[excluded["diameter_mm"] <= 0, "diameter_mm"] = float("nan")
         excluded = _check_known(excluded, known, path, allow_partial)
 
-    candidates = pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "class"])
+    candidates = pd.DataFrame(columns=["seriesuid", *XYZ, "class"])
     for name in ("candidates_V2.csv", "candidates.csv"):
         if (data / name).is_file():
-            candidates = _read_table(data / name, ["seriesuid", "coordX", "coordY", "coordZ", "class"])
+            candidates = check_table(read_table(data / name, "candidates table"), CANDIDATES, data / name)
             candidates = _check_known(candidates, known, data / name, allow_partial)
             break
 
@@ -128,7 +133,7 @@ def read_luna16(data_dir: str | Path, allow_partial: bool = False, mask_only_nod
 
     patients: dict[str, str] = {}
     if (data / "scans.csv").is_file():
-        scans = _read_table(data / "scans.csv", ["seriesuid", "patient_id"])
+        scans = check_table(read_table(data / "scans.csv", "scans table"), SCANS, data / "scans.csv")
         patients = dict(zip(scans["seriesuid"], scans["patient_id"].astype(str)))
 
     by_uid = {uid: df for uid, df in annotations.groupby("seriesuid", sort=False)}

@@ -22,10 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from src.config import PathsConfig
-from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
+from src.data.scan import ScanRecord
+from src.data.tables import MANIFEST, NODULE_COLUMNS, check_coordinates, check_table, read_table
 from src.errors import DataError
-
-REQUIRED = ["seriesuid", "image"]
 
 
 def _path(base: Path, value, manifest: Path, what: str, uid: str) -> Path | None:
@@ -40,27 +39,18 @@ def _path(base: Path, value, manifest: Path, what: str, uid: str) -> Path | None
 
 def read_manifest(manifest: str | Path, mask_only_nodules: bool = False) -> list[ScanRecord]:
     manifest = Path(manifest)
-    if not manifest.is_file():
-        raise DataError(f"{manifest}: manifest not found")
-    try:
-        df = pd.read_csv(manifest, dtype={"seriesuid": str, "patient_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{manifest}: cannot read CSV ({err})") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise DataError(f"{manifest}: missing column(s) {missing}; has {list(df.columns)}")
+    df = read_table(manifest, "manifest")
     for col in ["patient_id", "mask", "lung", *NODULE_COLUMNS]:
         if col not in df.columns:
             df[col] = None
-    if df["seriesuid"].isna().any():
-        raise DataError(f"{manifest}: row {int(df['seriesuid'].isna().to_numpy().argmax()) + 2} has no seriesuid")
+    df = check_table(df, MANIFEST, manifest)
 
     has_coords = df[NODULE_COLUMNS].notna()
     partial = has_coords.any(axis=1) & ~has_coords.all(axis=1)
     if partial.any():
         row = int(partial.to_numpy().argmax())
         raise DataError(f"{manifest}: row {row + 2} has only some of {NODULE_COLUMNS}")
-    coords = check_nodule_table(df[has_coords.all(axis=1)], str(manifest))
+    coords = check_coordinates(df[has_coords.all(axis=1)], manifest)
 
     base = manifest.parent
     records = []

@@ -7,6 +7,7 @@ millimetres whatever the scanner did. The network input is HU clipped to
 """
 from __future__ import annotations
 
+import cc3d
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -14,6 +15,10 @@ from scipy import ndimage
 from src.data.geometry import Geometry
 
 AIR_HU = -1000.0
+BODY_HU = -500.0             # soft tissue and bone; lung parenchyma and air lie below
+LUNG_MEDIAN_HU = -950.0      # parenchyma's median is ~-850 (severe emphysema ~-920); room air ~-1000
+AIR_MEDIAN_HU = -975.0       # room air even inside the body's outline (e.g. under a back joined to the table)
+MIN_LUNG_AREA_CM2 = 10.0     # a lung's cross-section: the size floor of a thin slab of slices
 
 
 def resampled_geometry(geometry: Geometry, spacing_zyx) -> Geometry:
@@ -77,31 +82,63 @@ def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return ((np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32, copy=False)
 
 
+def _between(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Voxels lying between the first and the last True of their line along ``axis``."""
+    return np.logical_or.accumulate(mask, axis=axis) & \
+        np.flip(np.logical_or.accumulate(np.flip(mask, axis), axis=axis), axis)
+
+
 def lung_mask_from_hu(hu: np.ndarray, geometry: Geometry, threshold_hu: float = -400.0,
                       work_spacing_mm: float = 2.0, closing_mm: float = 10.0,
                       min_volume_ml: float = 50.0) -> np.ndarray:
     """Lungs from HU alone, for scans without a lung mask (LUNA16 ships seg-lungs).
 
-    Air-like voxels not connected to the outside of the body, large enough to be a lung,
-    closed with a ~1 cm ball so that nodules and vessels on the pleura are included.
-    Works at ~2 mm for speed, then returns a mask on the input grid.
+    Works at ~2 mm on air-like components (< ``threshold_hu``) of lung size. The body is
+    the largest soft-tissue component; its outline, per slice, is every voxel between two
+    body voxels of one row or column. A component inside the outline and off the image
+    border is a lung. One on the border but inside the outline (a tight field of view) is a
+    lung unless its median HU is room air's (< -975). One reaching out of the outline (room
+    air, or lungs seen through a field of view inside the chest) is a lung only if its
+    median is parenchyma's (>= -950: a very emphysematous lung is missed there). Trachea
+    and main bronchi stay with the lungs they join. The lungs are closed with a ~1 cm ball
+    (pleural nodules stay inside), their holes filled per slice, returned on the input grid.
     """
     coarse = resampled_geometry(geometry, (work_spacing_mm,) * 3)
     small = resample(hu.astype(np.float32), geometry, coarse, "linear", default=AIR_HU)
+    # The body: its outline tells room air from lungs, which both touch a tight FOV's border.
+    body = cc3d.largest_k(small > BODY_HU, k=1, connectivity=6) > 0
+    outline = _between(body, 1) | _between(body, 2)
     air = small < threshold_hu
-    labels, n = ndimage.label(air)
-    # Outside air (and the table gap) touches the in-plane border of some slice.
-    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
-                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(n + 1))
+    labels = cc3d.connected_components(air, connectivity=6)
+    n = int(labels.max())
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    reaches_out = np.zeros(n + 1, bool)
+    reaches_out[labels[air & ~outline]] = True
+    border = np.zeros(n + 1, bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        border[edge] = True
     voxel_ml = work_spacing_mm ** 3 / 1000.0
-    keep = sizes * voxel_ml >= min_volume_ml
-    keep[border] = False
-    keep[0] = False
+    # A scan of a few slices holds only a thin slab of lung: the size floor follows its depth.
+    depth_cm = small.shape[0] * work_spacing_mm / 10.0
+    floor_ml = min(min_volume_ml, MIN_LUNG_AREA_CM2 * depth_cm)
+    keep = np.zeros(n + 1, bool)
+    boxes = ndimage.find_objects(labels)
+    for label in np.flatnonzero(sizes * voxel_ml >= floor_ml):
+        if label == 0:
+            continue
+        if not (reaches_out[label] or border[label]):
+            keep[label] = True
+            continue
+        box = boxes[label - 1]
+        median = float(np.median(small[box][labels[box] == label]))
+        keep[label] = median >= (LUNG_MEDIAN_HU if reaches_out[label] else AIR_MEDIAN_HU)
     lungs = keep[labels]
     radius = max(1, int(round(closing_mm / 2 / work_spacing_mm)))
     ball = ndimage.generate_binary_structure(3, 1)
     ball = ndimage.iterate_structure(ball, radius)
     lungs = ndimage.binary_closing(np.pad(lungs, radius), ball)[radius:-radius, radius:-radius, radius:-radius]
     lungs = np.stack([ndimage.binary_fill_holes(s) for s in lungs])
-    return resample(lungs.astype(np.uint8), coarse, geometry, "nearest").astype(bool)
+    # The coarse grid can stop up to ~1 working voxel short of the input's last voxels (its
+    # size is rounded): repeat its edge voxels once, or those input voxels would come back empty.
+    edged = coarse.crop((-1, -1, -1), np.asarray(lungs.shape) + 2)
+    return resample(np.pad(lungs, 1, mode="edge").astype(np.uint8), edged, geometry, "nearest").astype(bool)

@@ -7,6 +7,7 @@ that (cache, inference) sees one code path whatever the source was.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,14 +16,10 @@ import numpy as np
 import pandas as pd
 
 from src.data.geometry import Geometry
-from src.data.groups import ATTACHMENT_LABELS, UNKNOWN, attachment_class
+from src.data.groups import UNKNOWN, attachment_class
 from src.data.io import read_image
+from src.data.tables import NODULE_COLUMNS
 from src.errors import DataError
-
-# Nodule table columns (world mm, LUNA16 naming). Optional columns may be NaN or empty;
-# attachment is text (ATTACHMENT_LABELS), the others numbers.
-NODULE_COLUMNS = ["coordX", "coordY", "coordZ", "diameter_mm"]
-OPTIONAL_NODULE_COLUMNS = ["texture", "n_readers", "malignancy", "attachment"]
 
 
 @dataclass
@@ -91,33 +88,6 @@ def check_seriesuid(uid: str, where: str) -> str:
         raise DataError(f"{where}: seriesuid {text!r} is not a plain file name (no '/', '\\', ':' or "
                         "leading '.'); it would name files outside the output folder")
     return text
-
-
-def check_nodule_table(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    """Coerce coordinate columns to float; reject missing/non-numeric/non-positive values."""
-    missing = [c for c in NODULE_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{where}: missing column(s) {missing}")
-    df = df.copy()
-    for col in NODULE_COLUMNS:
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = values.isna() & df[col].notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{where}: row {row + 2}: {col}={df[col].iloc[row]!r} is not a number")
-        df[col] = values
-    bad = df["diameter_mm"].notna() & (df["diameter_mm"] <= 0)
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{where}: row {row + 2}: diameter_mm={df['diameter_mm'].iloc[row]} "
-                        "must be positive")
-    if "attachment" in df.columns:   # a misspelt class would otherwise vanish into "unknown"
-        odd = sorted({str(v) for v in df["attachment"].dropna()
-                      if attachment_class(v) == UNKNOWN and str(v).strip().lower() not in ("", UNKNOWN)})
-        if odd:
-            print(f"note: {where}: attachment {', '.join(map(repr, odd[:3]))} is not one of "
-                  f"{', '.join(ATTACHMENT_LABELS)}; read as {UNKNOWN}")
-    return df
 
 
 def _as_labels(mask: np.ndarray) -> np.ndarray:
@@ -197,9 +167,9 @@ def check_hu(image: np.ndarray, path: Path) -> np.ndarray:
     if lo < -32768 or hi > 32767:
         raise DataError(f"{path}: intensities {lo:.4g}..{hi:.4g} are not Hounsfield units (outside int16)")
     if lo >= 0 and hi <= 255:
-        print(f"warning: {path}: intensities {lo:.0f}..{hi:.0f} look like an 8-bit image, not CT in HU")
+        print(f"warning: {path}: intensities {lo:.0f}..{hi:.0f} look like an 8-bit image, not CT in HU", file=sys.stderr)
     elif lo > -500:
-        print(f"warning: {path}: no air-like voxels (minimum {lo:.0f}); is this CT in HU?")
+        print(f"warning: {path}: no air-like voxels (minimum {lo:.0f}); is this CT in HU?", file=sys.stderr)
     return image.astype(np.int16)
 
 

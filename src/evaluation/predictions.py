@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.data.candidates import excluded_table, nodule_table
 from src.data.io import read_image
 from src.data.scan import ScanRecord
+from src.data.tables import PREDICTIONS, SUBMISSION, check_table, read_table
 from src.errors import DataError
 from src.evaluation.cases import score_full
-from src.data.candidates import excluded_table, nodule_table
 from src.evaluation.froc import froc_with_ci
 from src.utils import progress
 
@@ -20,7 +21,25 @@ def read_nodule_table(pred_dir: Path) -> pd.DataFrame:
     path = pred_dir / "nodules.csv"
     if not path.is_file():
         raise DataError(f"{path}: not found; is {pred_dir} an output folder of infer.py?")
-    return pd.read_csv(path, dtype={"seriesuid": str})
+    return check_table(read_table(path, "prediction table"), PREDICTIONS, path)
+
+
+def scored_uids(pred_dir: Path, records: list[ScanRecord]) -> list[str]:
+    """The scans both predicted (run.json lists them, also those without a detection) and in
+    the truth; none in common is an error, not a score."""
+    table = read_nodule_table(pred_dir)
+    run = pred_dir / "run.json"
+    try:
+        predicted = set(json.loads(run.read_text())["seriesuids"]) if run.is_file() else set(table["seriesuid"])
+    except (ValueError, KeyError, TypeError):   # run.json of an older version, or edited
+        predicted = set(table["seriesuid"])
+    truth = {r.seriesuid for r in records}
+    if not predicted:
+        raise DataError(f"{pred_dir / 'nodules.csv'}: no predictions (no rows) to score")
+    if not predicted & truth:
+        raise DataError(f"{pred_dir / 'nodules.csv'}: none of its {len(predicted)} seriesuid(s) is in the truth "
+                        f"data ({len(truth)} scans; e.g. {sorted(predicted)[0]}); wrong --data or --split?")
+    return sorted(predicted & truth)
 
 
 def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:
@@ -52,7 +71,8 @@ def score_mode2(pred_dir: Path, records: list[ScanRecord], uids: list[str]) -> d
     probability, as many per scan as the run keeps (what ``infer.py --no-fpr`` writes)."""
     scans = [r.load(with_image=False) for r in records if r.seriesuid in set(uids)]
     truth, excluded = nodule_table(scans), excluded_table(scans)
-    rankings = {"final": pd.read_csv(pred_dir / "submission.csv", dtype={"seriesuid": str})}
+    path = pred_dir / "submission.csv"
+    rankings = {"final": check_table(read_table(path, "submission"), SUBMISSION, path)}
     every = pred_dir / "candidates.csv"
     if every.is_file():
         found = pd.read_csv(every, dtype={"seriesuid": str})

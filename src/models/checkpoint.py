@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.config import CacheConfig, ModelConfig
-from src.errors import DataError
+from src.config import CacheConfig, ModelConfig, from_dict, to_dict
+from src.errors import ConfigError, DataError
 from src.layout import ExperimentLayout
 from src.models.factory import build_model
 from src.utils import atomic_path
 
-REQUIRED_KEYS = ("model_config", "in_channels", "patch_size", "model")
+REQUIRED_KEYS = ("model_config", "in_channels", "patch_size", "model", "config")
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> None:
@@ -35,31 +35,39 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
+        if "GLOBAL" in str(err).upper():   # torch's wording changes between releases
             raise DataError(f"{path}: refused: not a plain checkpoint (it holds objects other than tensors and "
                             "primitive values, which are never loaded)") from None
         raise DataError(f"{path}: not a readable checkpoint (not a torch checkpoint file)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
+    except Exception as err:  # noqa: BLE001 - a corrupt file fails in many ways (KeyError on text, EOF, zip errors)
+        detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: not a readable checkpoint ({detail})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise DataError(f"{path}: not a nodule-kd checkpoint (needs {', '.join(REQUIRED_KEYS)})")
+    try:  # what rebuilds the network, checked like a config file
+        ckpt["model_config"] = to_dict(from_dict(ModelConfig, ckpt["model_config"]))
+        ckpt["config"]["cache"] = to_dict(from_dict(CacheConfig, ckpt["config"]["cache"]))
+    except (ConfigError, TypeError, AttributeError) as err:
+        raise DataError(f"{path}: not a usable checkpoint ({err})") from None
     return ckpt
 
 
 def _model_config(ckpt: dict) -> ModelConfig:
-    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()})
+    return from_dict(ModelConfig, ckpt["model_config"])
 
 
 def cache_config(ckpt: dict) -> CacheConfig:
     """The model space (spacing, window, k, patch) the checkpoint's network was trained in."""
-    cfg = ckpt["config"]["cache"]
-    return CacheConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return from_dict(CacheConfig, ckpt["config"]["cache"])
 
 
 def model_from_checkpoint(path: str | Path, weights: str = "ema") -> nn.Module:
     """Rebuild the network a checkpoint was trained as and load its ``ema`` or ``model`` weights."""
     ckpt = load_checkpoint(path)
-    model = build_model(_model_config(ckpt), ckpt["in_channels"], ckpt["patch_size"])
+    try:
+        model = build_model(_model_config(ckpt), ckpt["in_channels"], ckpt["patch_size"])
+    except ConfigError as err:
+        raise DataError(f"{path}: cannot rebuild its network ({err})") from None
     try:
         model.load_state_dict(ckpt[weights] if ckpt.get(weights) is not None else ckpt["model"])
     except RuntimeError as err:

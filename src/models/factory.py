@@ -26,10 +26,24 @@ def needs_fixed_size(encoder: str) -> bool:
     return any(key in encoder for key in FIXED_SIZE_ENCODERS)
 
 
+def check_encoder(cfg: ModelConfig) -> None:
+    """An encoder smp can build: timm's by ``tu-<name>`` (the classifier: plain timm names),
+    smp's own by name; else one ConfigError naming it, before anything is built."""
+    import timm
+
+    if cfg.arch == "MultiView" or cfg.encoder.startswith("tu-"):
+        known = timm.is_model(cfg.encoder.removeprefix("tu-"))
+    else:
+        known = cfg.encoder in smp.encoders.get_encoder_names()
+    if not known:
+        raise ConfigError(f"unknown encoder '{cfg.encoder}' (timm encoders are 'tu-<timm model name>')")
+
+
 def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Module:
     """A 1-class smp segmentation model; ``model.fixed_input_size`` is the only (H, W) it
     accepts, or None if it is fully convolutional over any multiple of its stride.
     ``arch: MultiView`` builds the candidate classifier instead (``in_channels`` per view)."""
+    check_encoder(cfg)
     if cfg.arch == "MultiView":
         model = MultiViewClassifier(cfg.encoder, in_channels, cfg.head_prior)
         if cfg.encoder_weights:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.config import PhantomConfig
+from src.config import PhantomConfig, check_config
 from src.errors import ConfigError
 from src.phantom.acquisition import PROFILES
 from src.phantom.lidc import LidcNodule, LidcScan
@@ -57,7 +57,7 @@ def select_scans(cfg: PhantomConfig) -> list[LidcScan]:
     lower, so in practice non-solid nodules are taken first)."""
     from src.phantom.lidc import candidate_scan_ids
 
-    check_config(cfg)
+    check_phantom_config(cfg)
     want_empty = int(round(cfg.empty_scan_fraction * cfg.n_scans)) if cfg.n_scans > 1 else 0
     want_full = cfg.n_scans - want_empty
     ids = candidate_scan_ids(cfg.max_slice_thickness_mm, cfg.min_slice_thickness_mm)
@@ -117,33 +117,14 @@ def _keeps_mix(nonsolid: int, total: int, add_nonsolid: int, add_total: int, tar
     return abs(after - target) <= slack or abs(after - target) < abs(nonsolid / total - target)
 
 
-def check_config(cfg: PhantomConfig) -> None:
-    """The phantom settings' ranges, before any work: one clear line naming the key."""
-    def fail(key: str, value, want: str) -> None:
-        raise ConfigError(f"phantom.{key} must be {want}, got {value!r}")
-
-    if cfg.n_scans < 1:
-        fail("n_scans", cfg.n_scans, ">= 1")
-    if cfg.max_slices < 8:
-        fail("max_slices", cfg.max_slices, ">= 8")
-    for key in ("empty_scan_fraction", "nonsolid_fraction", "juxta_pleural_fraction", "juxta_vascular_fraction",
-                "calcified_reader_share", "cavitary_fraction", "emphysema_probability",
-                "dependent_density_probability", "plaque_probability", "scar_probability"):
-        if not 0.0 <= getattr(cfg, key) <= 1.0:
-            fail(key, getattr(cfg, key), "between 0 and 1")
-    if cfg.empty_scan_fraction >= 1.0:
-        fail("empty_scan_fraction", cfg.empty_scan_fraction, "below 1 (some scans must hold nodules)")
-    if cfg.juxta_pleural_fraction + cfg.juxta_vascular_fraction > 1.0:
-        fail("juxta_pleural_fraction + juxta_vascular_fraction",
-             cfg.juxta_pleural_fraction + cfg.juxta_vascular_fraction, "<= 1")
-    for key in ("micronodules_per_scan", "noise_scale", "edge_mm", "shape_noise_mm", "min_slice_thickness_mm"):
-        if not getattr(cfg, key) >= 0.0:
-            fail(key, getattr(cfg, key), ">= 0")
+def check_phantom_config(cfg: PhantomConfig) -> None:
+    """The phantom settings, before any work: the config's ranges (also when the section
+    was built in code) and kernels that exist; one clear line naming the key."""
+    check_config(cfg, "phantom.")
     unknown = sorted(set(cfg.profiles) - set(PROFILES))
     if unknown:
-        fail("profiles", list(cfg.profiles), f"kernels from {', '.join(sorted(PROFILES))} (unknown: {unknown})")
-    if cfg.max_slice_thickness_mm < cfg.min_slice_thickness_mm:
-        fail("max_slice_thickness_mm", cfg.max_slice_thickness_mm, f">= min_slice_thickness_mm ({cfg.min_slice_thickness_mm})")
+        raise ConfigError(f"config key 'phantom.profiles' must name kernels from {', '.join(sorted(PROFILES))}, "
+                          f"got {list(cfg.profiles)} (unknown: {unknown})")
 
 
 def calcification(nodule: LidcNodule, cfg: PhantomConfig) -> str:

@@ -9,6 +9,7 @@ file and the reason; the other scans carry on, and the caller exits non-zero at 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ import pandas as pd
 from src.config import CacheConfig, DetectConfig, InferConfig, code_version, config_hash
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.io import IMAGE_SUFFIXES, image_stem, is_image_path, write_image
-from src.data.scan import NODULE_COLUMNS, ScanRecord, check_nodule_table
+from src.data.scan import ScanRecord
+from src.data.tables import NODULE_COLUMNS, XYZ, check_coordinates, read_table
 from src.errors import DataError
 from src.models.checkpoint import load_models
 from src.predict.detect import candidates, predict_volume
@@ -95,14 +97,22 @@ def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[Sca
     """Replace each record's nodule table with its rows of a LUNA16-style coordinate CSV
     (annotations.csv, candidates_V2.csv without diameters, or a manifest)."""
     path = Path(coords_csv)
-    table = pd.read_csv(path, dtype={"seriesuid": str})
+    table = read_table(path, "coordinate table")
     if "diameter_mm" not in table.columns:  # candidates: no size known, segment within a default sphere
         table["diameter_mm"] = DEFAULT_CANDIDATE_DIAMETER_MM
-    table = check_nodule_table(table.dropna(subset=["coordX"]), str(path))
+    if "image" in table.columns:  # a manifest: rows without any coordinate list a scan, not a nodule
+        table = table[table.reindex(columns=XYZ).notna().any(axis=1)]
+    table = check_coordinates(table, path)
+    if table.empty:
+        raise DataError(f"{path}: no coordinate rows: nothing to segment")
     known = {r.seriesuid for r in records}
     unknown = sorted(set(table["seriesuid"]) - known)
+    if len(unknown) == table["seriesuid"].nunique() and records:
+        raise DataError(f"{path}: none of its {len(unknown)} seriesuid(s) is among the inputs (e.g. {unknown[0]}; "
+                        f"inputs e.g. {records[0].seriesuid})")
     if unknown:
-        print(f"note: {path}: {len(unknown)} seriesuid(s) not among the inputs (e.g. {unknown[0]}); ignored")
+        print(f"note: {path}: {len(unknown)} seriesuid(s) not among the inputs (e.g. {unknown[0]}); ignored",
+              file=sys.stderr)
     groups = {uid: df.reset_index(drop=True) for uid, df in table.groupby("seriesuid")}
     for r in records:
         r.nodules = groups.get(r.seriesuid, table.iloc[0:0][["seriesuid", *NODULE_COLUMNS]])
@@ -185,6 +195,9 @@ def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig
     the ``max_detections`` best, every candidate)."""
     if models.predictor is None:
         raise ValueError("finding nodules in whole scans needs a network; half-max segments given coordinates only")
+    if not mv.lung_mask().any():   # else an empty result would look like a scan without nodules
+        raise DataError(f"{mv.scan.record.image_path}: no lungs found (no large air-filled region inside the "
+                        "body); finding nodules needs a chest CT")
     prob_model = predict_volume(mv, models.predictor, cfg.batch_size)
     labels, prob, found = candidates(mv, prob_model, models.detect, models.threshold)
     if models.fpr is not None:
@@ -233,21 +246,25 @@ def write_qa(scan, labels: np.ndarray, table: pd.DataFrame, path: Path, max_pane
 
 
 def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, out_dir: Path, given: bool,
-                  fmt: str = ".nii.gz", save_prob: bool = False, qa: bool = False) -> tuple[pd.DataFrame, list[str], dict]:
-    """-> (nodules table of all scans, failures as 'file: reason', timing)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables, found, failures, seconds = [], [], [], []
+                  fmt: str = ".nii.gz", save_prob: bool = False, qa: bool = False
+                  ) -> tuple[pd.DataFrame, list[str], dict]:
+    """-> (nodules table of all scans, failures as 'file: reason', timing). The tables and
+    run.json are written only when at least one scan was done."""
+    tables, found, failures, seconds, done = [], [], [], [], []
     for record in progress(records, desc="scans"):
         start = time.time()
         try:
             table, candidates_of_scan = run_scan(record, models, cfg, out_dir, given, fmt, save_prob, qa)
+            done.append(record.seriesuid)
             tables.append(table)
             found.append(candidates_of_scan)
             seconds.append(time.time() - start)
         except (DataError, OSError, ValueError) as err:
-            failures.append(f"{record.seriesuid}: {err}")
-            print(f"FAILED {record.seriesuid}: {err}")
-    nodules = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=NODULE_TABLE)
+            failures.append(str(err) if str(record.image_path) in str(err) else f"{record.image_path}: {err}")
+    timing = {"seconds_per_scan": float(np.mean(seconds)) if seconds else None}
+    if not tables:
+        return pd.DataFrame(columns=NODULE_TABLE), failures, timing
+    nodules = pd.concat(tables, ignore_index=True)
     atomic_write_text(out_dir / "run.json", json.dumps(dict(
         code_version=code_version(), config_hash=config_hash(cfg), checkpoints=[str(p) for p in models.checkpoints],
         threshold=models.threshold, threshold_source=models.threshold_source, mode="coords" if given else "scan",
@@ -255,12 +272,12 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
         fpr=None if given or models.fpr is None else dict(
             checkpoints=[str(p) for p in models.fpr.checkpoints], classifier_weight=models.fpr.weight,
             weight_source=models.fpr.weight_source),
-        scans_done=len(tables), failures=failures), indent=1))
+        seriesuids=done, failures=failures), indent=1))
     atomic_to_csv(nodules, out_dir / "nodules.csv", float_format="%.4f")
     if not given:
         atomic_to_csv(nodules[["seriesuid", "coordX", "coordY", "coordZ", "probability"]],
                       out_dir / "submission.csv", float_format="%.4f")
-        every = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=NODULE_TABLE)
+        every = pd.concat(found, ignore_index=True)
         atomic_to_csv(every.drop(columns=[c for c in NODULE_TABLE if c.startswith("given_")] + ["nodule_uid"]),
                       out_dir / "candidates.csv", float_format="%.4f")
-    return nodules, failures, {"seconds_per_scan": float(np.mean(seconds)) if seconds else float("nan")}
+    return nodules, failures, timing

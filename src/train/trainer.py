@@ -11,6 +11,7 @@ progress) -> (loss, logs)`` and how to score through ``validate(model) -> metric
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,7 @@ class Trainer:
             # a bad batch (or an fp16 overflow) is skipped, never stepped into the weights
             self.bad_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
-            print(f"warning: loss is {loss.item()} at step {self.global_step}; step skipped ({logs})")
+            print(f"warning: loss is {loss.item()} at step {self.global_step}; step skipped ({logs})", file=sys.stderr)
             if self.bad_steps >= MAX_BAD_STEPS:
                 raise TrainingDiverged(f"{self.out_dir}: the loss was not finite for {self.bad_steps} steps in a row; "
                                        "lower the learning rate or set amp=off (checkpoints keep the last good state)")
