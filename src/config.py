@@ -223,6 +223,9 @@ class DetectConfig:
     view_size: int = ranged(31, ge=7, odd=True)  # pixels per view, odd (centred on the candidate)
     view_spacing_mm: float = ranged(1.0, gt=0)  # isotropic
     view_slices: int = ranged(3, ge=1, odd=True)  # adjacent slices per view (axial, coronal, sagittal), odd
+    # a classifier whose pooled OOF AUC is below this has learned nothing: it is not used
+    # (weight 0, the map alone) and the stage says so loudly
+    min_classifier_auc: float = ranged(0.6, ge=0, le=1)
     classifier_weight: float = ranged(-1.0, le=1)  # final logit = w * classifier + (1 - w) * map; < 0: chosen on OOF
     default_classifier_weight: float = ranged(0.8, ge=0, le=1)  # when no OOF map candidates exist to choose on
 

@@ -150,6 +150,8 @@ def test_candidates_carry_the_nodule_they_hit_and_a_scan_may_have_none(tiny_ctx)
 
 @pytest.fixture(scope="module")
 def fpr_trained(tiny_trained, cpu_runtime):
+    # the tiny classifiers are barely trained: no AUC floor here (it has a test of its own)
+    tiny_trained.cfg.detect.min_classifier_auc = 0.0
     result = train_fpr(tiny_trained, cpu_runtime)
     return tiny_trained, result
 
@@ -210,3 +212,17 @@ def test_fpr_classifiers_export_to_onnx(fpr_trained, monkeypatch):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         with torch.no_grad():
             np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], model(x).numpy(), atol=1e-4)
+
+
+def test_a_classifier_that_learned_nothing_is_flagged_and_not_used():
+    from src.train.fpr import classifier_health
+    labels = np.array([HIT, HIT, 0, 0, 0, 0, IGNORED])
+    oof = pd.DataFrame(dict(label=labels, fpr_logit=[2.0, 1.5, -1.0, 0.5, -2.0, -0.3, 9.0]))
+    auc, problem = classifier_health(oof, floor=0.6)
+    assert auc == pytest.approx(1.0) and problem is None, "ignored findings are not scored"
+    collapsed = oof.assign(fpr_logit=-2.1419)   # the demo's 0.1051 for every candidate
+    assert "every validation candidate gets the same score" in classifier_health(collapsed, 0.6)[1]
+    weak = oof.assign(fpr_logit=[0.1, -0.5, 0.2, 0.0, -0.4, 0.3, 0.0])
+    auc, problem = classifier_health(weak, floor=0.6)
+    assert auc == pytest.approx(0.25) and "OOF AUC 0.250 is below detect.min_classifier_auc 0.6" in problem
+    assert "no validation candidates of both kinds" in classifier_health(oof[oof["label"] != HIT], 0.6)[1]

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from src.config import DetectConfig
+from src.config import DetectConfig, from_dict
 from src.data.candidates import cut_views
 from src.data.preprocess import normalise
 from src.data.scan import Scan
-from src.errors import DataError
+from src.errors import ConfigError, DataError
 from src.models.checkpoint import load_checkpoint, model_from_checkpoint
 from src.runtime import Runtime
 
@@ -53,15 +53,19 @@ class CandidateScorer:
     @classmethod
     def load(cls, checkpoints: list[Path], combination: Path, rt: Runtime) -> "CandidateScorer":
         first = load_checkpoint(checkpoints[0])
-        detect = DetectConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in first["config"]["detect"].items()})
+        try:
+            detect = from_dict(DetectConfig, first["config"].get("detect", {}))
+        except ConfigError as err:
+            raise DataError(f"{checkpoints[0]}: not a usable FPR checkpoint ({err})") from None
         window = tuple(float(v) for v in first["config"]["cache"]["window"])
         try:
-            weight = float(json.loads(Path(combination).read_text())["weight"])
+            chosen = json.loads(Path(combination).read_text())
+            weight, source = float(chosen["weight"]), str(chosen.get("weight_source", ""))
         except (OSError, ValueError, KeyError, TypeError):
             raise DataError(f"{combination}: missing or unreadable; rerun train.py --stage fpr") from None
         models = [model_from_checkpoint(p).to(rt.device) for p in checkpoints]
-        return cls(models, rt, detect, window, weight, f"{combination}", checkpoints)
+        return cls(models, rt, detect, window, weight, f"{combination} ({source})" if source else f"{combination}",
+                   checkpoints)
 
     @torch.inference_mode()
     def classifier_logits(self, views_hu: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import zlib
 from pathlib import Path
 
@@ -282,6 +283,23 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
 # ----------------------------------------------------------------------------- 4. combination
 
 
+def classifier_health(oof: pd.DataFrame, floor: float) -> tuple[float, str | None]:
+    """(pooled OOF AUC of the classifiers on their own validation candidates, what is wrong
+    or None). A classifier that gives (nearly) every candidate the same score, or ranks
+    hits no better than ``floor``, has learned nothing (a collapsed FPR stage would
+    otherwise pass silently as a no-op)."""
+    scored = oof[oof["label"] != IGNORED]
+    hit = (scored["label"] == HIT).to_numpy()
+    if hit.all() or not hit.any():
+        return float("nan"), "no validation candidates of both kinds to judge the classifiers on"
+    auc = float(roc_auc_score(hit, scored["fpr_logit"]))
+    if np.ptp(scored["fpr_logit"].to_numpy()) < 1e-4:
+        return auc, f"every validation candidate gets the same score ({scored['fpr_logit'].iloc[0]:.4g})"
+    if auc < floor:
+        return auc, f"OOF AUC {auc:.3f} is below detect.min_classifier_auc {floor:g}"
+    return auc, None
+
+
 def choose_combination(ctx: StageContext, records: list[ScanRecord]) -> dict:
     """The classifier weight that maximises the pooled OOF CPM of the map candidates."""
     det = ctx.cfg.detect
@@ -291,19 +309,26 @@ def choose_combination(ctx: StageContext, records: list[ScanRecord]) -> dict:
     scans = [r.load(with_image=False) for r in records if r.seriesuid in set(uids)]
     truth, excluded = nodule_table(scans), excluded_table(scans)
     found = oof[oof["source"] == "map"]
+    auc, problem = classifier_health(oof, det.min_classifier_auc)
     result = dict(scans=len(uids), nodules=len(truth), code_version=code_version(),
-                  candidate_source=det.candidate_source)
+                  candidate_source=det.candidate_source, oof_auc=auc, classifier_problem=problem)
     if found.empty:   # no OOF map candidates (candidate_source: listed): nothing to choose on
         weight = det.classifier_weight if det.classifier_weight >= 0 else det.default_classifier_weight
-        result.update(weight=float(weight), weight_source="config (no OOF map candidates to choose on)")
+        source = "config (no OOF map candidates to choose on)"
     else:
         by_weight = {}
         for w in WEIGHTS:
             scored = found.assign(probability=combine(found["fpr_logit"], found["seg_probability"], w))
             by_weight[float(w)] = froc_with_ci(scored, truth, excluded, uids, n_boot=0)["cpm"]
+        result["oof_cpm_by_weight"] = by_weight
         weight = det.classifier_weight if det.classifier_weight >= 0 else max(by_weight, key=by_weight.get)
-        result.update(weight=float(weight), oof_cpm_by_weight=by_weight,
-                      weight_source="config" if det.classifier_weight >= 0 else "chosen on OOF CPM")
+        source = "config" if det.classifier_weight >= 0 else "chosen on OOF CPM"
+    if problem:
+        print(f"WARNING: the FPR classifiers learned nothing: {problem}; whole-scan ranking uses the map alone "
+              "(classifier weight 0). Train them longer or on more candidates.", file=sys.stderr)
+        weight, source = 0.0, f"map alone: the classifiers learned nothing ({problem})"
+    result.update(weight=float(weight), weight_source=source)
+    if not found.empty:
         for name, w in (("without_fpr", 0.0), ("with_fpr", weight)):
             scored = found.assign(probability=combine(found["fpr_logit"], found["seg_probability"], w))
             summary = froc_with_ci(scored, truth, excluded, uids)
@@ -333,7 +358,7 @@ def train_fpr(ctx: StageContext, rt: Runtime, folds: list[int] | None = None, re
 def report_line(result: dict, fpr_dir: Path) -> str:
     if not result:
         return f"FPR classifiers trained -> {fpr_dir} (the combination waits for every fold)"
-    line = f"FPR: classifier weight {result['weight']:g} ({result['weight_source']})"
+    line = f"FPR: OOF AUC {result['oof_auc']:.3f}, classifier weight {result['weight']:g} ({result['weight_source']})"
     if "with_fpr" in result:
         a, b = result["without_fpr"], result["with_fpr"]
         line += (f"; OOF CPM over {a['scans']} scans: {a['cpm']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f}) without, "
