@@ -18,7 +18,7 @@ from src.cli import add_config_args, config_from_args, run
 from src.config import code_version, config_hash
 from src.data.context import load_context
 from src.evaluation.leaderboard import render, tidy
-from src.evaluation.oof import choose_threshold, read_oof, score_oof
+from src.evaluation.oof import check_oof_folds, choose_threshold, read_oof, score_oof
 from src.utils import atomic_to_csv, atomic_write_text
 
 
@@ -35,7 +35,8 @@ def main() -> None:
     layout = ctx.layout
 
     if not args.holdout:
-        oof = read_oof(layout.all_oof_predictions())
+        oof = read_oof(layout.all_oof_predictions(), layout.root)
+        check_oof_folds(oof, ctx.folds, cfg.paths.folds)
         choice = choose_threshold(oof)
         dice_at = choice["oof_dice_at_threshold"]
         print(f"probability threshold chosen on OOF: {choice['threshold']} (pooled OOF Dice "

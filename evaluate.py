@@ -35,10 +35,9 @@ def main() -> None:
     cfg.paths.allow_partial = True  # a prediction folder may cover some scans only
 
     records = read_dataset(cfg.paths, data)
-    if args.split == "holdout":
-        keep = holdout_uids(read_folds(cfg.paths.folds))
-        records = [r for r in records if r.seriesuid in keep]
-    uids = scored_uids(pred, records)
+    keep = holdout_uids(read_folds(cfg.paths.folds)) if args.split == "holdout" else None
+    uids = scored_uids(pred, records, keep)
+    records = [r for r in records if r.seriesuid in set(uids)]
 
     if (pred / "submission.csv").is_file():
         results = score_mode2(pred, records, uids)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from src.cli import add_config_args, config_from_args, output_file, run
 from src.config import DetectConfig
-from src.errors import DataError
+from src.errors import DataError, UserError
 from src.layout import ExperimentLayout
 from src.models.checkpoint import cache_config, load_checkpoint, model_from_checkpoint
 from src.models.export import export_onnx, fpr_metadata, onnx_metadata
@@ -47,6 +47,8 @@ def main() -> None:
         return
     ckpt_path = Path(args.checkpoint) if args.checkpoint else layout.student_checkpoint()
     out = output_file(args.out) if args.out else layout.onnx(ckpt_path.parent)
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"{out}: export writes ONNX only; name the file .onnx")
 
     ckpt = load_checkpoint(ckpt_path)
     threshold = ckpt.get("threshold")

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.cli import add_config_args, config_from_args, output_folder, run
+from src.cli import add_config_args, config_from_args, output_folder, run, set_from_args
 from src.data.folds import holdout_uids, read_folds
 from src.errors import UserError
 from src.layout import find_experiment
@@ -74,8 +74,8 @@ def main() -> int:
     if args.model == "half-max" and not args.coords:
         parser.error("--model half-max segments given nodules: it needs --coords")
     cfg = config_from_args(args)
+    set_from_args(cfg, "infer", args, ("batch_size",))
     infer_cfg = cfg.infer
-    infer_cfg.batch_size = args.batch_size or infer_cfg.batch_size
 
     out = output_folder(args.out)
     records, failures = collect_inputs(args.input)

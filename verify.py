@@ -16,7 +16,7 @@ from pathlib import Path
 from src.cli import add_config_args, config_from_args, run
 from src.data.manifest import read_dataset
 from src.data.verify import Report, verify_cache, verify_folds, verify_records
-from src.errors import DataError
+from src.errors import DataError, UserError
 
 
 def main() -> int:
@@ -47,7 +47,9 @@ def main() -> int:
         except DataError as err:
             report.errors.append(str(err))
     print(report.render())
-    return 0 if report.ok else 2
+    if not report.ok:   # the report above lists every problem; the error line names the first
+        raise UserError(f"{len(report.errors)} error(s) found (listed above); first: {report.errors[0]}")
+    return 0
 
 
 if __name__ == "__main__":

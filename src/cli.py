@@ -57,7 +57,8 @@ def output_file(path: str | Path) -> Path:
     return path
 
 
-_OS_HINTS = {errno.EEXIST: "exists and is not a folder", errno.ENOTDIR: "a part of this path is a file, not a folder",
+_OS_HINTS = {errno.EEXIST: "a part of this path is a file, not a folder",
+             errno.ENOTDIR: "a part of this path is a file, not a folder",
              errno.EISDIR: "is a folder, not a file", errno.ENAMETOOLONG: "name too long"}
 
 

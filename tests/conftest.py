@@ -11,79 +11,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from src.config import load_config  # noqa: E402
-from src.data.geometry import Geometry  # noqa: E402
-from src.data.io import write_image  # noqa: E402
+from src.phantom.tiny import make_tiny_luna  # noqa: E402
 
 torch.set_num_threads(2)
-
-TINY_SHAPE = (40, 112, 112)            # z, y, x
-TINY_SPACING_XYZ = (0.8, 0.8, 1.25)
-# nodules.csv: the k-th annotated nodule's attachment (None: an empty cell, read as "unknown")
-TINY_ATTACHMENTS = ("isolated", "juxta-pleural", "juxta-vascular", None)
-
-
-def _tiny_scan(rng: np.random.Generator, shape=TINY_SHAPE, spacing_xyz=TINY_SPACING_XYZ):
-    """Lung-like box of -850 HU in air, a few bright tubes along z (vessels) and 1-2
-    spherical nodules; returns image, label mask, lung labels, nodule voxel centres/radii."""
-    z, y, x = np.indices(shape, dtype=np.float32)
-    sz, sy, sx = spacing_xyz[::-1]
-    image = np.full(shape, -1000.0, np.float32)
-    lung = np.zeros(shape, np.uint8)
-    body = ((y - shape[1] / 2) / (shape[1] * 0.47)) ** 2 + ((x - shape[2] / 2) / (shape[2] * 0.47)) ** 2 <= 1
-    image[body] = 40.0
-    inner = ((y - shape[1] / 2) / (shape[1] * 0.40)) ** 2 + ((x - shape[2] / 2) / (shape[2] * 0.40)) ** 2 <= 1
-    image[inner] = -850.0
-    lung[inner & (x < shape[2] / 2)] = 3
-    lung[inner & (x >= shape[2] / 2)] = 4
-    vessels = []
-    for _ in range(4):
-        cy, cx = rng.uniform(0.3, 0.7, 2) * shape[1:]
-        tube = ((y - cy) * sy) ** 2 + ((x - cx) * sx) ** 2 <= 1.6 ** 2
-        image[tube & inner] = 30.0
-        vessels.append((shape[0] / 2, cy, cx))
-    labels = np.zeros(shape, np.uint8)
-    nodules = []
-    for k in range(1, int(rng.integers(1, 3)) + 1):
-        r = rng.uniform(2.5, 7.0)
-        c = np.array([rng.uniform(12, shape[0] - 12), *rng.uniform(0.3, 0.7, 2) * shape[1:]])
-        ball = ((z - c[0]) * sz) ** 2 + ((y - c[1]) * sy) ** 2 + ((x - c[2]) * sx) ** 2 <= r ** 2
-        image[ball] = 30.0
-        labels[ball] = k
-        nodules.append((c, r))
-    image += rng.normal(0, 15, shape).astype(np.float32)
-    return np.rint(image).astype(np.int16), labels, lung, nodules, vessels
-
-
-def make_tiny_luna(root: Path, n_scans: int = 10, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    ann, cand, scans = [], [], []
-    for i in range(n_scans):
-        uid = f"1.3.6.1.4.1.0.{i:04d}"
-        image, labels, lung, nodules, vessels = _tiny_scan(rng)
-        geo = Geometry.axis_aligned((-44.5 + i, -40.0, -100.0 - 3 * i), TINY_SPACING_XYZ, TINY_SHAPE)
-        write_image(image, geo, root / f"subset{i % 3}" / f"{uid}.mhd")
-        write_image(labels, geo, root / "masks" / f"{uid}.mhd", compress=True)
-        write_image(lung, geo, root / "seg-lungs-LUNA16" / f"{uid}.mhd", compress=True)
-        for c, r in nodules:
-            x, y, z = geo.voxel_to_world(c)
-            ann.append(dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, diameter_mm=2 * r))
-        for c in vessels:
-            x, y, z = geo.voxel_to_world(c)
-            cand.append(dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": 0}))
-        # scans 0 and 1 belong to one patient: folds must keep them together
-        scans.append(dict(seriesuid=uid, patient_id=f"P{max(i, 1):03d}"))
-    pd.DataFrame(ann).to_csv(root / "annotations.csv", index=False)
-    attachment = [TINY_ATTACHMENTS[k % len(TINY_ATTACHMENTS)] for k in range(len(ann))]
-    pd.DataFrame(ann).assign(attachment=attachment).to_csv(root / "nodules.csv", index=False)
-    pd.DataFrame(cand).to_csv(root / "candidates_V2.csv", index=False)
-    pd.DataFrame(scans).to_csv(root / "scans.csv", index=False)
-    return root
 
 
 TINY_OVERRIDES = [

@@ -228,7 +228,7 @@ def test_atomic_outputs_respect_the_umask(tmp_path):
     ("seriesuid,nodule_id,coordX,coordY,coordZ,probability\n{uid},1,1.0,2.0,3.0,0.9\n{uid},2,1.",
      "nodules.csv: row 3, column probability: is empty"),
     ("seriesuid,nodule_id,coordX,coordY,coordZ,probability\nelsewhere,1,1.0,2.0,3.0,0.9\n",
-     "nodules.csv: none of its 1 seriesuid(s) is in the truth data"),
+     "nodules.csv: 1 of its 1 seriesuid(s) are not in the truth data"),
     ("seriesuid,nodule_id,coordX,coordY,coordZ,probability\n", "nodules.csv: no predictions (no rows) to score"),
 ], ids=["truncated", "other-scans", "no-rows"])
 def test_evaluate_refuses_predictions_it_cannot_score(scan, tiny_luna, tmp_path, run_script, text, message):

@@ -10,8 +10,7 @@ from src.data.groups import attachment_class
 from src.data.io import DataError, read_image
 from src.data.luna16 import read_luna16
 from src.data.manifest import read_manifest
-
-from conftest import TINY_ATTACHMENTS, make_tiny_luna
+from src.phantom.tiny import TINY_ATTACHMENTS, make_tiny_luna
 
 
 @pytest.fixture()

@@ -134,13 +134,13 @@ class BenchRun:
                 self.log(f"{cond.name} seed {seed}: training '{arm.name}' fold {fold}")
                 train_teacher(ctx, fold, self.rt, resume=True)
         if not ctx.layout.postprocessing.is_file():
-            ctx.layout.write_postprocessing(choose_threshold(read_oof(ctx.layout.all_oof_predictions())))
+            ctx.layout.write_postprocessing(choose_threshold(read_oof(ctx.layout.all_oof_predictions(), ctx.layout.root)))
         return ctx
 
     def oof_folds(self, ctx: StageContext) -> pd.DataFrame:
         """Mean OOF Dice per fold at the arm's chosen threshold (the fold-to-fold spread)."""
         threshold, _ = ctx.layout.threshold(ctx.cfg.infer)
-        scored = score_oof(read_oof(ctx.layout.all_oof_predictions()), threshold)
+        scored = score_oof(read_oof(ctx.layout.all_oof_predictions(), ctx.layout.root), threshold)
         return scored.groupby("fold")["dice"].agg(["mean", "size"]).reset_index()
 
     # ------------------------------------------------------------------ scoring

@@ -141,8 +141,12 @@ def build_cache(records: list[ScanRecord], cfg: CacheConfig, out: Path, source: 
     out = Path(out)
     attrs = _attrs(cfg, source)
     if out.exists() and not overwrite:
-        with h5py.File(out, "r") as f:
-            same = f.attrs.get("config_hash") == attrs["config_hash"] and f.attrs.get("source") == source
+        try:
+            with h5py.File(out, "r") as f:
+                same = f.attrs.get("config_hash") == attrs["config_hash"] and f.attrs.get("source") == source
+        except OSError as err:   # h5py's message names no file
+            raise DataError(f"{out}: an unreadable file is in the way ({str(err).splitlines()[0][:100]}); "
+                            "pass --overwrite or choose another --out") from None
         if same:
             return out
         raise DataError(f"{out}: a cache with another config or source already exists; "

@@ -21,6 +21,8 @@ from src.data.geometry import Geometry
 from src.errors import DataError
 
 IMAGE_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr")
+_IMAGE_IO = {".mhd": "MetaImageIO", ".mha": "MetaImageIO", ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO",
+             ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO"}
 
 _MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
               "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8}
@@ -143,8 +145,8 @@ def check_grid(path: Path, size, spacing) -> None:
     """Refuse absurd geometry before any voxel is allocated: a 1,000 mm or negative spacing,
     an empty axis, or more voxels than any CT holds (a broken header)."""
     size, spacing = [int(v) for v in size], [float(v) for v in spacing]
-    if min(size) < 1:
-        raise DataError(f"{path}: image size {size} has an empty axis")
+    if min(size) < 2:
+        raise DataError(f"{path}: image size {size} (x, y, z) is not a volume (a single slice or row)")
     if np.prod(size, dtype=float) > MAX_VOXELS:
         raise DataError(f"{path}: image size {size} is {np.prod(size, dtype=float):.3g} voxels, more than any CT "
                         f"({MAX_VOXELS:.3g}); is the header right?")
@@ -157,10 +159,11 @@ def _file_reader(path: Path) -> sitk.ImageFileReader:
     """A reader whose header was read and checked (format, 3D, one channel, sane grid)."""
     if not is_image_path(path):
         raise DataError(f"{path}: unsupported image format (expected one of {IMAGE_SUFFIXES} or a DICOM folder)")
-    if path.suffix.lower() == ".mhd":
+    if _suffix(path) == ".mhd":
         _check_metaimage(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    reader.SetImageIO(_IMAGE_IO[_suffix(path)])   # ITK picks by a lower-case suffix only (SCAN.MHD)
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:

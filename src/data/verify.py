@@ -128,14 +128,16 @@ def verify_records(records: list[ScanRecord], full: bool = True, desc: str = "ve
     return report
 
 
-def _compare_scans(report: Report, path, listed: set[str], uids: set[str], remedy: str) -> None:
-    """A file naming scans the dataset lacks is an error; one missing some of them, a warning."""
+def _compare_scans(report: Report, path, listed: set[str], uids: set[str], remedy: str,
+                   lacking_is_error: bool = False) -> None:
+    """A file naming scans the dataset lacks is an error; one missing some of them, a warning
+    (an error where the stages refuse it: folds.csv must hold every cached scan)."""
     if listed - uids:
         report.errors.append(f"{path}: names {len(listed - uids)} scan(s) the dataset lacks, "
                              f"e.g. {sorted(listed - uids)[0]}; {remedy}")
     if uids - listed:
-        report.warnings.append(f"{path}: lacks {len(uids - listed)} scan(s) of the dataset, "
-                               f"e.g. {sorted(uids - listed)[0]}; {remedy}")
+        (report.errors if lacking_is_error else report.warnings).append(
+            f"{path}: lacks {len(uids - listed)} scan(s) of the dataset, e.g. {sorted(uids - listed)[0]}; {remedy}")
 
 
 def verify_folds(folds_path: str | Path, uids: set[str]) -> Report:
@@ -149,7 +151,7 @@ def verify_folds(folds_path: str | Path, uids: set[str]) -> Report:
         report.errors.append(str(err))
         return report
     report.count("folds files")
-    _compare_scans(report, folds_path, set(folds["seriesuid"]), uids, "rerun make_folds.py")
+    _compare_scans(report, folds_path, set(folds["seriesuid"]), uids, "rerun make_folds.py", lacking_is_error=True)
     if not (folds["fold"] == HOLDOUT).any():
         report.warnings.append(f"{folds_path}: no hold-out patients")
     return report

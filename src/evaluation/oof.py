@@ -60,10 +60,22 @@ class OOFNodule:
         return segment_at(self.prob, self.centre_zyx, self.radius_mm, self.spacing_zyx, threshold)
 
 
-def read_oof(paths: list[Path]) -> list[tuple[int, OOFNodule]]:
-    """(fold, nodule) for every nodule of the given fold files."""
+def check_oof_folds(oof: list[tuple[int, OOFNodule]], folds: pd.DataFrame, folds_path: str | Path) -> None:
+    """Every OOF nodule's scan is still in the fold that validated it (folds.csv edited after
+    training would otherwise mix in-fold and out-of-fold predictions silently)."""
+    fold_of = dict(zip(folds["seriesuid"], folds["fold"]))
+    for fold, nodule in oof:
+        uid = nodule.info["seriesuid"]
+        if fold_of.get(uid) != str(fold):
+            raise DataError(f"{folds_path}: scan {uid} was validated by teacher fold {fold} but is now in fold "
+                            f"{fold_of.get(uid, '(none)')}; retrain the folds, or restore folds.csv")
+
+
+def read_oof(paths: list[Path], root: Path | None = None) -> list[tuple[int, OOFNodule]]:
+    """(fold, nodule) for every nodule of the given fold files (``root``: where they were
+    looked for, named when there are none)."""
     if not paths:
-        raise DataError("no teacher/fold_*/val_predictions.h5; train the fold teachers first")
+        raise DataError(f"{root or '.'}: no teacher/fold_*/val_predictions.h5; train the fold teachers first")
     out = []
     for path in paths:
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +25,32 @@ def read_nodule_table(pred_dir: Path) -> pd.DataFrame:
     return check_table(read_table(path, "prediction table"), PREDICTIONS, path)
 
 
-def scored_uids(pred_dir: Path, records: list[ScanRecord]) -> list[str]:
-    """The scans both predicted (run.json lists them, also those without a detection) and in
-    the truth; none in common is an error, not a score."""
+def scored_uids(pred_dir: Path, records: list[ScanRecord], keep: set[str] | None = None) -> list[str]:
+    """The predicted scans (run.json lists them, also those without a detection) that are in
+    the truth ``records`` and in ``keep`` (a split), sorted. A prediction of a scan the truth
+    does not hold is an error (wrong --data?); scans outside the split are counted in a note."""
+    path = pred_dir / "nodules.csv"
     table = read_nodule_table(pred_dir)
     run = pred_dir / "run.json"
     try:
-        predicted = set(json.loads(run.read_text())["seriesuids"]) if run.is_file() else set(table["seriesuid"])
+        predicted = set(json.loads(run.read_text())["seriesuids"]) if run.is_file() else set()
     except (ValueError, KeyError, TypeError):   # run.json of an older version, or edited
-        predicted = set(table["seriesuid"])
-    truth = {r.seriesuid for r in records}
+        predicted = set()
+    predicted |= set(table["seriesuid"])
     if not predicted:
-        raise DataError(f"{pred_dir / 'nodules.csv'}: no predictions (no rows) to score")
-    if not predicted & truth:
-        raise DataError(f"{pred_dir / 'nodules.csv'}: none of its {len(predicted)} seriesuid(s) is in the truth "
-                        f"data ({len(truth)} scans; e.g. {sorted(predicted)[0]}); wrong --data or --split?")
-    return sorted(predicted & truth)
+        raise DataError(f"{path}: no predictions (no rows) to score")
+    truth = {r.seriesuid for r in records}
+    unknown = sorted(predicted - truth)
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} of its {len(predicted)} seriesuid(s) are not in the truth data "
+                        f"({len(truth)} scans), e.g. {unknown[0]}; wrong --data?")
+    scored = predicted & (keep if keep is not None else truth)
+    if not scored:
+        raise DataError(f"{path}: none of its {len(predicted)} scans is in the split to score (--split)")
+    if len(scored) < len(predicted):
+        print(f"note: {path}: {len(predicted) - len(scored)} predicted scan(s) outside the split are not scored",
+              file=sys.stderr)
+    return sorted(scored)
 
 
 def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:

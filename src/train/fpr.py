@@ -342,11 +342,15 @@ def train_fpr(ctx: StageContext, rt: Runtime, folds: list[int] | None = None, re
     """The whole stage (or the classifiers of ``folds`` only); returns combination.json's content."""
     if ctx.cfg.detect.candidate_source not in ("oof", "listed"):
         raise DataError(f"detect.candidate_source must be oof or listed, got {ctx.cfg.detect.candidate_source!r}")
+    todo = folds if folds is not None else fold_ids(ctx.folds)
+    unknown = sorted(set(todo) - set(fold_ids(ctx.folds)))
+    if unknown:
+        raise DataError(f"{ctx.cfg.paths.folds}: no fold {unknown[0]} (its folds: "
+                        f"{', '.join(map(str, fold_ids(ctx.folds)))})")
     threshold = ctx.layout.threshold(ctx.cfg.infer)[0]
     if ctx.cfg.detect.candidate_source == "oof":
         write_oof_maps(ctx, rt)
     cache = build_candidate_cache(ctx, threshold)
-    todo = folds if folds is not None else fold_ids(ctx.folds)
     for fold in todo:
         train_fpr_fold(ctx, cache, fold, rt, resume=resume)
     if folds is not None and any(not (ctx.layout.fpr_fold_dir(f) / "val_candidates.csv").is_file()

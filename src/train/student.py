@@ -64,9 +64,6 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     assert not splits["train"] & splits["holdout"], "hold-out scans leaked into the student's training set"
     seed_everything(stage.seed)
     out_dir = ctx.layout.student_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rt.is_main:
-        dump_config(cfg, out_dir / "args.yaml")
     threshold, source = ctx.layout.threshold(cfg.infer)
     print(f"probability threshold {threshold} from {source}; stamped into the student's checkpoints")
 
@@ -82,6 +79,9 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
         feature_teacher = feature_teacher.to(rt.device)
     objective = StudentObjective(stage.loss, cfg.distill, feature_teacher)
     model = build_model(stage.model, ctx.k, ctx.patch_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rt.is_main:   # only once everything the run needs was found and built
+        dump_config(cfg, out_dir / "args.yaml")
     info = RunInfo(stage="student", fold=None, model_config=to_dict(stage.model), in_channels=ctx.k,
                    patch_size=ctx.patch_size, config=to_dict(cfg), cache_hash=ctx.cache_hash,
                    config_hash=ctx.run_hash(stage, cfg.augment, cfg.distill, {"pseudo": str(ctx.layout.pseudo_labels)}),

@@ -58,10 +58,6 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
     assert not (splits["train"] | splits["val"]) & splits["holdout"], "hold-out scans leaked into a fold"
     seed_everything(stage.seed + fold)
     out_dir = ctx.layout.teacher_dir(fold)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rt.is_main:
-        dump_config(cfg, out_dir / "args.yaml")
-
     objective = TeacherObjective(stage.loss)
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
     weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], selection.fine_ok,
@@ -73,6 +69,9 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
                    config_hash=ctx.run_hash(stage, cfg.augment, {"fold": fold}),
                    extra={"train_uids": sorted(splits["train"]), "val_uids": sorted(splits["val"])})
     validator = fold_validator(ctx, splits["val"], rt) if rt.is_main else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rt.is_main:   # only once everything the run needs was found and built
+        dump_config(cfg, out_dir / "args.yaml")
     trainer = Trainer(stage, model, objective, dataset, weights, validator, out_dir, rt, info,
                       select_metric="val_dice", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
     if resume and trainer.resume() and rt.is_main:
