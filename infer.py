@@ -18,7 +18,6 @@ geometry (optionally _prob), nodules.csv, and in whole-scan mode a LUNA16 submis
 Without --experiment, the models trained by `make demo` are used.
 """
 import argparse
-import sys
 from pathlib import Path
 
 from src.cli import add_config_args, config_from_args, output_folder, run, set_from_args
@@ -26,7 +25,15 @@ from src.data.folds import holdout_uids, read_folds
 from src.errors import UserError
 from src.layout import find_experiment
 from src.predict.fpr import CandidateScorer
-from src.predict.run import Models, attach_coords, collect_inputs, half_max_models, prepare_models, run_inference
+from src.predict.run import (
+    Models,
+    attach_coords,
+    collect_inputs,
+    failure_summary,
+    half_max_models,
+    prepare_models,
+    run_inference,
+)
 from src.runtime import setup_runtime
 
 
@@ -89,19 +96,15 @@ def main() -> int:
         records = attach_coords(records, args.coords)
     models = load_segmenter(args, cfg)
     print(f"probability threshold {models.threshold} from {models.threshold_source}")
+    n_inputs = len(records) + len(failures)
     nodules, scan_failures, timing = run_inference(records, models, infer_cfg, out, bool(args.coords),
                                                    args.format, args.save_prob, args.qa)
     failures += scan_failures
     done = len(records) - len(scan_failures)
     speed = f", {timing['seconds_per_scan']:.1f} s/scan" if timing["seconds_per_scan"] is not None else ""
     print(f"{done} scan(s) done, {len(nodules)} nodule rows{speed} -> {out}")
-    if failures:   # every failure named; the last line is the error line
-        outputs = f"outputs of the other {done} scan(s) are in {out}" if done else "no outputs written"
-        if len(failures) == 1:
-            raise UserError(f"{failures[0]}; {outputs}")
-        print("failed:", *failures, sep="\n  ", file=sys.stderr)
-        raise UserError(f"{len(failures)} of {len(records) + len(failures) - len(scan_failures)} inputs failed "
-                        f"(listed above; first: {failures[0]}); {outputs}")
+    if failures:
+        raise UserError(failure_summary(failures, n_inputs, done, out))
     return 0
 
 if __name__ == "__main__":

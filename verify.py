@@ -15,7 +15,7 @@ from pathlib import Path
 
 from src.cli import add_config_args, config_from_args, run
 from src.data.manifest import read_dataset
-from src.data.verify import Report, verify_cache, verify_folds, verify_records
+from src.data.verify import Report, verify_cache, verify_folds, verify_folds_against_cache, verify_records
 from src.errors import DataError, UserError
 
 
@@ -39,6 +39,8 @@ def main() -> int:
     cache = Path(args.cache or cfg.paths.cache)
     if args.cache or cache.is_file():
         report.merge(verify_cache(cache, uids))
+        if folds.is_file() and report.ok:
+            report.merge(verify_folds_against_cache(folds, cache))
     if folds.is_file() and Path(cfg.paths.outputs).is_dir():
         from src.data.folds import holdout_uids, read_folds
         from src.models.checkpoint import holdout_leaks

@@ -29,7 +29,8 @@ def main() -> int:
     parser.add_argument("--only", metavar="REGEX", help="run only the cases whose id or script matches")
     parser.add_argument("--workers", type=int, default=2, help="cases run at once (default: 2)")
     parser.add_argument("--out", default="outputs/bench/bad_inputs", help="work folder (fixtures, one folder per case)")
-    parser.add_argument("--table", default="docs/bad_inputs.md", help="Markdown table of the outcomes")
+    parser.add_argument("--table", help="Markdown table of the outcomes (default: docs/bad_inputs.md; with --only: "
+                                        "<out>/table.md, so a partial run never replaces the full table)")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
     args = parser.parse_args()
     if args.workers < 1:
@@ -40,10 +41,11 @@ def main() -> int:
         return 0
     command = "python bench/bad_inputs.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = run_bad_inputs(Path(args.out), args.only, args.workers, command.strip())
-    atomic_write_text(Path(args.table), render_table(report))
+    table = Path(args.table or (Path(args.out) / "table.md" if args.only else "docs/bad_inputs.md"))
+    atomic_write_text(table, render_table(report))
     atomic_write_text(Path(args.out) / "failures.md", render_failures(report))
     print(summary(report))
-    print(f"-> {args.table}; commands and stderr of the failing cases: {Path(args.out) / 'failures.md'}")
+    print(f"-> {table}; commands and stderr of the failing cases: {Path(args.out) / 'failures.md'}")
     return 1 if report.failed or report.repo_changes else 0
 
 

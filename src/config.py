@@ -249,8 +249,8 @@ class Config:
         model=ModelConfig(arch="MultiView", encoder="resnet10t", head_prior=0.05),
         epochs=10, steps_per_epoch=60, batch_size=64, lr=2e-3, warmup_epochs=0.5, ema_decay=0.98,
         positive_fraction=0.3, num_workers=0))
-    device: str = "auto"                  # auto | cpu | cuda
-    amp: str = "auto"                     # auto | bf16 | fp16 | off (CUDA only; CPU runs fp32)
+    device: str = ranged("auto", choices=("auto", "cpu", "cuda"))
+    amp: str = ranged("auto", choices=("auto", "bf16", "fp16", "off"))   # CUDA only; CPU runs fp32
 
 
 # ----------------------------------------------------------------------------- build

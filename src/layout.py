@@ -20,6 +20,7 @@ read from its file and passed on explicitly, never written into a config in plac
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,5 +176,5 @@ def find_experiment(paths: PathsConfig, preferred: str, model: str) -> Experimen
                    key=lambda e: e.root.stat().st_mtime)
     if not found:
         raise DataError(f"{outputs}: no trained {model} in any experiment; run `make demo` or train.py first")
-    print(f"note: using the models of {found[-1].root} ({wanted.root} has no {model})")
+    print(f"note: using the models of {found[-1].root} ({wanted.root} has no {model})", file=sys.stderr)
     return found[-1]

@@ -13,10 +13,13 @@ from typing import Iterable, Iterator
 import numpy as np
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)   # reading the umask means setting it; put it straight back
-    os.umask(mask)
+def _read_umask() -> int:
+    mask = os.umask(0o022)   # reading the umask means setting it: done once, at import, so that
+    os.umask(mask)           # no other thread ever creates a file in between
     return mask
+
+
+UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -37,7 +40,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.exists():  # mkstemp makes 0600; give the file what a plain open() would
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.chmod(tmp_path, 0o666 & ~UMASK)
         os.replace(tmp_path, path)
     except OSError as err:
         if err.errno is not None and err.filename in (None, str(tmp_path), tmp):

@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny LUNA16-layout dataset made in code, and the cache/folds built
-from it with the project's own stages. Small enough that the whole suite stays fast."""
+"""Shared fixtures: the tiny LUNA16-layout dataset (src/phantom/tiny.py), the cache/folds
+built from it with the project's own stages, and a script runner. Small enough that the
+whole suite stays fast."""
 from __future__ import annotations
 
 import os

@@ -60,6 +60,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from src.errors import UserError
 from src.phantom.tiny import TINY_SHAPE, TINY_SPACING_XYZ, make_tiny_luna, tiny_geometry, tiny_scan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -676,8 +677,13 @@ class RunReport:
 def select(pattern: str | None) -> list[Case]:
     cases = all_cases()
     if pattern:
-        rx = re.compile(pattern)
+        try:
+            rx = re.compile(pattern)
+        except re.error as err:
+            raise UserError(f"--only {pattern!r}: not a regular expression ({err})") from None
         cases = [c for c in cases if rx.search(c.id) or rx.search(c.script)]
+    if not cases:
+        raise UserError(f"--only {pattern!r}: no case matches (--list shows them)")
     return cases
 
 
@@ -685,8 +691,6 @@ def run_bad_inputs(work: Path, pattern: str | None = None, workers: int = 2, com
                    log: Callable[[str], None] = print) -> RunReport:
     started, t0 = datetime.now(), time.time()
     cases = select(pattern)
-    if not cases:
-        raise ValueError(f"no case matches {pattern!r}")
     work = work.resolve()
     old_umask = os.umask(0o022)   # every script runs under umask 022 (outputs must be group/other-readable)
     guarded = [ROOT / g for g in GUARDED]

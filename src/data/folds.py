@@ -110,10 +110,7 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: folds file not found; run make_folds.py first")
-    df = read_table(path, "folds file")
-    if "fold" in df.columns:   # "0".."4" and "holdout" in one text column
-        df["fold"] = df["fold"].astype(str)
-    df = check_table(df, FOLDS, path)
+    df = check_table(read_table(path, "folds file"), FOLDS, path)
     spans = df.groupby("patient_id")["fold"].nunique()
     if (spans > 1).any():
         raise DataError(f"{path}: patient {spans[spans > 1].index[0]} spans several folds")

@@ -83,8 +83,8 @@ def _series_volume_files(folder: Path, series: str, files: list[str]) -> list[st
         cosines = tuple(np.round([float(v) for v in reader.GetMetaData("0020|0037").split("\\")], 3)) \
             if reader.HasMetaDataKey("0020|0037") else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
         position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
-        heads.append((name, position, (cosines, tuple(reader.GetSize()[:2]))))
-    common = Counter(kind for *_, kind in heads).most_common(1)[0][0]
+        heads.append((name, position, (cosines, tuple(reader.GetSize()[:2])), tuple(reader.GetSpacing()[:2])))
+    common = Counter(kind for _, _, kind, _ in heads).most_common(1)[0][0]
     kept = [h for h in heads if h[2] == common]
     if len(kept) < len(heads):
         print(f"note: {folder}: series {series}: {len(heads) - len(kept)} image(s) of another size or orientation "
@@ -94,6 +94,8 @@ def _series_volume_files(folder: Path, series: str, files: list[str]) -> list[st
     positions = np.array([h[1] for h in kept])
     order = np.argsort(positions @ normal, kind="stable")
     positions = positions[order]
+    steps = np.diff(positions @ normal) if len(kept) > 1 else np.ones(1)
+    check_grid(folder, (*common[1], len(kept)), (*kept[0][3], float(np.median(steps))))   # before any pixel
     if len(kept) > 2:
         deltas = np.diff(positions, axis=0)
         steps = deltas @ normal

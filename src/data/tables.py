@@ -4,10 +4,12 @@ Coordinates (annotations.csv, nodules.csv, ``infer.py --coords``), excluded find
 candidates, scans.csv, hospital manifests, folds.csv and infer.py's predictions each have
 one pandera schema here; ``read_table`` + ``check_table`` turn the first problem into one
 :class:`DataError` naming the file, the row (as a spreadsheet numbers it: the header is
-row 1), the column and the value. ``verify.py`` and every script read through them.
+row 1), the column and the value. ``verify.py`` and the scripts read them through it
+(the project's own intermediate tables, e.g. candidates.csv, are read directly).
 """
 from __future__ import annotations
 
+import numbers
 import sys
 from pathlib import Path
 
@@ -57,7 +59,7 @@ EXCLUDED = pa.DataFrameSchema({"seriesuid": _uid(), **_COORDS,
 CANDIDATES = pa.DataFrameSchema({"seriesuid": _uid(), **_COORDS,
                                  "class": pa.Column(int, pa.Check.isin([0, 1], error="must be 0 or 1"), coerce=True)},
                                 name="candidates")
-SCANS = pa.DataFrameSchema({"seriesuid": _uid(), "patient_id": _uid()}, name="scans")
+SCANS = pa.DataFrameSchema({"seriesuid": _uid(), "patient_id": _uid()}, unique=["seriesuid"], name="scans")
 MANIFEST = pa.DataFrameSchema({
     "seriesuid": _uid(), "image": pa.Column(str, nullable=True), "patient_id": _uid(nullable=True),
     **{c: _number(nullable=True) for c in NODULE_COLUMNS}}, name="manifest")
@@ -73,7 +75,7 @@ SUBMISSION = pa.DataFrameSchema({"seriesuid": _uid(), **_COORDS, "probability": 
                                 name="submission")
 
 _SEPARATORS = (";", "\t", "|")
-_TEXT_COLUMNS = ("seriesuid", "patient_id", "image", "mask", "lung")
+_TEXT_COLUMNS = ("seriesuid", "patient_id", "image", "mask", "lung", "fold", "label_kind")
 _NA_STRINGS = ["", "nan", "NaN", "NA", "N/A", "n/a", "null", "NULL", "None"]
 
 
@@ -109,12 +111,13 @@ def read_table(path: str | Path, what: str = "table") -> pd.DataFrame:
 def _problem(check: str) -> str:
     if check.startswith(("coerce_dtype", "dtype(")):
         return "is not a number" if "float" in check or "int" in check else f"has the wrong type ({check})"
-    return {"not_nullable": "is empty", "field_uniqueness": "is repeated"}.get(check, check)
+    return {"not_nullable": "is empty", "field_uniqueness": "is repeated",
+            "multiple_fields_uniqueness": "is repeated"}.get(check, check)
 
 
 def check_table(df: pd.DataFrame, schema: pa.DataFrameSchema, where: str | Path) -> pd.DataFrame:
     """``df`` coerced to ``schema``'s types, or a DataError on its first problem (by row):
-    'where: row 5, column coordX: 'abc' is not a number (and 2 more problems)'."""
+    "where: row 5, column coordX: 'abc' is not a number (problems in 3 rows)"."""
     missing = [name for name, col in schema.columns.items() if col.required and name not in df.columns]
     if missing:
         raise DataError(f"{where}: missing column(s) {missing}; has {list(df.columns)}")
@@ -129,7 +132,7 @@ def check_table(df: pd.DataFrame, schema: pa.DataFrameSchema, where: str | Path)
         rows = cases["index"].dropna().nunique()
         at = f"row {int(first['index']) + 2}, " if pd.notna(first["index"]) else ""
         value, problem = first["failure_case"], _problem(str(first["check"]))
-        shown = "" if problem == "is empty" else f"{value:g} " if isinstance(value, (int, float)) else f"{value!r} "
+        shown = "" if problem == "is empty" else f"{value:g} " if isinstance(value, numbers.Real) else f"{value!r} "
         more = f" (problems in {rows} rows)" if rows > 1 else ""
         raise DataError(f"{where}: {at}column {first['column']}: {shown}{problem}{more}") from None
 

@@ -128,16 +128,14 @@ def verify_records(records: list[ScanRecord], full: bool = True, desc: str = "ve
     return report
 
 
-def _compare_scans(report: Report, path, listed: set[str], uids: set[str], remedy: str,
-                   lacking_is_error: bool = False) -> None:
-    """A file naming scans the dataset lacks is an error; one missing some of them, a warning
-    (an error where the stages refuse it: folds.csv must hold every cached scan)."""
+def _compare_scans(report: Report, path, listed: set[str], uids: set[str], remedy: str) -> None:
+    """A file naming scans the dataset lacks is an error; one missing some of them, a warning."""
     if listed - uids:
         report.errors.append(f"{path}: names {len(listed - uids)} scan(s) the dataset lacks, "
                              f"e.g. {sorted(listed - uids)[0]}; {remedy}")
     if uids - listed:
-        (report.errors if lacking_is_error else report.warnings).append(
-            f"{path}: lacks {len(uids - listed)} scan(s) of the dataset, e.g. {sorted(uids - listed)[0]}; {remedy}")
+        report.warnings.append(f"{path}: lacks {len(uids - listed)} scan(s) of the dataset, "
+                               f"e.g. {sorted(uids - listed)[0]}; {remedy}")
 
 
 def verify_folds(folds_path: str | Path, uids: set[str]) -> Report:
@@ -151,9 +149,22 @@ def verify_folds(folds_path: str | Path, uids: set[str]) -> Report:
         report.errors.append(str(err))
         return report
     report.count("folds files")
-    _compare_scans(report, folds_path, set(folds["seriesuid"]), uids, "rerun make_folds.py", lacking_is_error=True)
+    _compare_scans(report, folds_path, set(folds["seriesuid"]), uids, "rerun make_folds.py")
     if not (folds["fold"] == HOLDOUT).any():
         report.warnings.append(f"{folds_path}: no hold-out patients")
+    return report
+
+
+def verify_folds_against_cache(folds_path: str | Path, cache_path: str | Path) -> Report:
+    """folds.csv and the cache must hold the same scans: the training stages refuse them otherwise."""
+    from src.data.cache import PatchCache
+    from src.data.folds import check_against_cache, read_folds
+
+    report = Report()
+    try:
+        check_against_cache(read_folds(folds_path), PatchCache(cache_path).scans, folds_path)
+    except DataError as err:
+        report.errors.append(str(err))
     return report
 
 

@@ -47,7 +47,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:  # what rebuilds the network, checked like a config file
         ckpt["model_config"] = to_dict(from_dict(ModelConfig, ckpt["model_config"]))
         ckpt["config"]["cache"] = to_dict(from_dict(CacheConfig, ckpt["config"]["cache"]))
-    except (ConfigError, TypeError, AttributeError) as err:
+    except (ConfigError, TypeError, AttributeError, KeyError) as err:
         raise DataError(f"{path}: not a usable checkpoint ({err})") from None
     return ckpt
 

@@ -245,6 +245,20 @@ def write_qa(scan, labels: np.ndarray, table: pd.DataFrame, path: Path, max_pane
         nodule_gallery(items, path, title=scan.seriesuid)
 
 
+def failure_summary(failures: list[str], n_inputs: int, done: int, out_dir: Path) -> str:
+    """The error line of a run with failures (several are listed on stderr first, so each
+    is named and the last line is still the error line)."""
+    if done:
+        outputs = f"outputs of the other {done} scan(s) are in {out_dir}"
+    else:
+        earlier = " (the tables already there are an earlier run's)" if (out_dir / "run.json").exists() else ""
+        outputs = f"no outputs written{earlier}"
+    if len(failures) == 1:
+        return f"{failures[0]}; {outputs}"
+    print("failed:", *failures, sep="\n  ", file=sys.stderr)
+    return f"{len(failures)} of {n_inputs} inputs failed (listed above; first: {failures[0]}); {outputs}"
+
+
 def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, out_dir: Path, given: bool,
                   fmt: str = ".nii.gz", save_prob: bool = False, qa: bool = False
                   ) -> tuple[pd.DataFrame, list[str], dict]:

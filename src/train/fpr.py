@@ -33,8 +33,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from src.config import code_version, config_hash, dump_config, to_dict
-from src.data.candidates import (HIT, IGNORED, CandidateCache, cube_side, cut_cubes, excluded_table,
-                                 match_candidates, merge_candidate_shards, nodule_table, write_candidate_shard)
+from src.data.candidates import (
+    HIT,
+    IGNORED,
+    CandidateCache,
+    cube_side,
+    cut_cubes,
+    excluded_table,
+    match_candidates,
+    merge_candidate_shards,
+    nodule_table,
+    write_candidate_shard,
+)
 from src.data.context import StageContext
 from src.data.folds import fold_ids, split_uids
 from src.data.manifest import read_dataset
@@ -283,15 +293,15 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
 # ----------------------------------------------------------------------------- 4. combination
 
 
-def classifier_health(oof: pd.DataFrame, floor: float) -> tuple[float, str | None]:
+def classifier_health(oof: pd.DataFrame, floor: float) -> tuple[float | None, str | None]:
     """(pooled OOF AUC of the classifiers on their own validation candidates, what is wrong
     or None). A classifier that gives (nearly) every candidate the same score, or ranks
     hits no better than ``floor``, has learned nothing (a collapsed FPR stage would
-    otherwise pass silently as a no-op)."""
+    otherwise pass silently as a no-op). (None, None): no candidates of both kinds to judge on."""
     scored = oof[oof["label"] != IGNORED]
     hit = (scored["label"] == HIT).to_numpy()
     if hit.all() or not hit.any():
-        return float("nan"), "no validation candidates of both kinds to judge the classifiers on"
+        return None, None
     auc = float(roc_auc_score(hit, scored["fpr_logit"]))
     if np.ptp(scored["fpr_logit"].to_numpy()) < 1e-4:
         return auc, f"every validation candidate gets the same score ({scored['fpr_logit'].iloc[0]:.4g})"
@@ -310,6 +320,8 @@ def choose_combination(ctx: StageContext, records: list[ScanRecord]) -> dict:
     truth, excluded = nodule_table(scans), excluded_table(scans)
     found = oof[oof["source"] == "map"]
     auc, problem = classifier_health(oof, det.min_classifier_auc)
+    if auc is None:
+        print("note: no OOF candidates of both kinds: the FPR classifiers' AUC cannot be checked", file=sys.stderr)
     result = dict(scans=len(uids), nodules=len(truth), code_version=code_version(),
                   candidate_source=det.candidate_source, oof_auc=auc, classifier_problem=problem)
     if found.empty:   # no OOF map candidates (candidate_source: listed): nothing to choose on
@@ -362,7 +374,8 @@ def train_fpr(ctx: StageContext, rt: Runtime, folds: list[int] | None = None, re
 def report_line(result: dict, fpr_dir: Path) -> str:
     if not result:
         return f"FPR classifiers trained -> {fpr_dir} (the combination waits for every fold)"
-    line = f"FPR: OOF AUC {result['oof_auc']:.3f}, classifier weight {result['weight']:g} ({result['weight_source']})"
+    auc = "n/a" if result["oof_auc"] is None else f"{result['oof_auc']:.3f}"
+    line = f"FPR: OOF AUC {auc}, classifier weight {result['weight']:g} ({result['weight_source']})"
     if "with_fpr" in result:
         a, b = result["without_fpr"], result["with_fpr"]
         line += (f"; OOF CPM over {a['scans']} scans: {a['cpm']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f}) without, "
