@@ -37,7 +37,8 @@ def main() -> None:
     records = read_dataset(cfg.paths, data)
     keep = holdout_uids(read_folds(cfg.paths.folds)) if args.split == "holdout" else None
     uids = scored_uids(pred, records, keep)
-    records = [r for r in records if r.seriesuid in set(uids)]
+    scored = set(uids)
+    records = [r for r in records if r.seriesuid in scored]
 
     if (pred / "submission.csv").is_file():
         results = score_mode2(pred, records, uids)
