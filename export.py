@@ -26,7 +26,7 @@ def export_fpr(layout: ExperimentLayout) -> None:
     for path in layout.fpr_checkpoints():
         ckpt = load_checkpoint(path)
         detect = DetectConfig(**ckpt["config"]["detect"])
-        metadata = fpr_metadata(detect, ckpt["config"]["cache"]["window"], weight, path)
+        metadata = fpr_metadata(detect, ckpt["config"]["cache"]["window"], weight, path, ckpt["model_config"]["arch"])
         out = export_onnx(model_from_checkpoint(path), ckpt["in_channels"], ckpt["patch_size"],
                           layout.onnx(path.parent), metadata)
         print(f"{path} -> {out}")

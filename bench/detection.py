@@ -1,13 +1,17 @@
-"""Detection benchmark: whole-scan CPM with and without false-positive reduction.
+"""Detection benchmark: whole-scan CPM with and without false-positive reduction, beside a
+classical blob detector.
 
-    python bench/detection.py          # ~45 min on 2 CPU cores after bench/quality.py; resumes
+    python bench/detection.py --quality outputs/bench/quality-baseline   # after bench/quality.py; resumes
+    python bench/detection.py --quick    # a fresh clone's check: trains its own small models (< 10 min)
 
 Runs the FPR stage (OOF candidates from the fold teachers) on the quality benchmark's
-default set (half OOF, half hold-out; 240 scans since the v2 dataset), then the student's
-whole-scan detection on the hold-out scans, and writes outputs/bench/detection/: report.md, summary.csv (CPM with
-bootstrap CIs, sensitivity at each FP rate, recall, candidates per scan),
-sensitivity_by_group.csv, froc_oof.png, froc_holdout.png. The models and data are those of
-outputs/bench/quality/ (trained here first if missing). See src/bench/detection.py.
+default set (half OOF, half hold-out; 240 scans since the v2 dataset), the student's
+whole-scan detection on the hold-out scans and the classical blob detector on all of them,
+and writes outputs/bench/detection/: report.md, summary.csv (CPM with bootstrap CIs,
+sensitivity at each FP rate, recall, candidates per scan), paired_cpm.csv (the pipeline minus
+the classical detector), recall_by_group.csv, froc_oof.png, froc_holdout.png. The models and
+data are those of the quality benchmark's folder (trained here first if missing). See
+src/bench/detection.py.
 """
 import argparse
 import sys
@@ -25,17 +29,22 @@ from src.runtime import setup_runtime  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quality", default="outputs/bench/quality", help="the quality benchmark's folder")
-    parser.add_argument("--out", default="outputs/bench/detection")
+    parser.add_argument("--quick", action="store_true",
+                        help="16 scans and the quick budget's small models, trained here (a check, not a result)")
+    parser.add_argument("--quality", help="the quality benchmark's folder (default outputs/bench/quality, "
+                                          "with --quick outputs/bench/quality-quick)")
+    parser.add_argument("--out", help="default outputs/bench/detection (with --quick: detection-quick)")
     parser.add_argument("--config", default="configs/cpu.yaml", help="the recipe (as bench/quality.py)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args()
     rt = setup_runtime(args.device, "auto")
-    out = Path(args.out)
+    budget = "quick" if args.quick else "full"
+    quality = Path(args.quality or ("outputs/bench/quality-quick" if args.quick else "outputs/bench/quality"))
+    out = Path(args.out or ("outputs/bench/detection-quick" if args.quick else "outputs/bench/detection"))
     out.mkdir(parents=True, exist_ok=True)
-    print(f"detection benchmark on {args.quality} with {args.config}, {rt.describe()} -> {out}", flush=True)
+    print(f"detection benchmark ({budget}) on {quality} with {args.config}, {rt.describe()} -> {out}", flush=True)
     start = time.time()
-    print(run_detection(BenchRun(Path(args.quality), BUDGETS["full"], args.config, rt), out))
+    print(run_detection(BenchRun(quality, BUDGETS[budget], args.config, rt), out, budget))
     print(f"done in {(time.time() - start) / 60:.1f} min -> {out / 'report.md'}")
 
 

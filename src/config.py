@@ -111,8 +111,8 @@ class FoldsConfig:
 
 @dataclass
 class ModelConfig:
-    # smp: Unet | UnetPlusPlus | FPN; MultiView: candidate classifier
-    arch: str = ranged("Unet", choices=("Unet", "UnetPlusPlus", "FPN", "MultiView"))
+    # smp: Unet | UnetPlusPlus | FPN; candidate classifiers: MultiView (2.5D views) | Cube3D (3D CNN)
+    arch: str = ranged("Unet", choices=("Unet", "UnetPlusPlus", "FPN", "MultiView", "Cube3D"))
     encoder: str = "tu-coatnet_0_rw_224"
     encoder_weights: str = ""             # "" = random init; or a local .pth/.safetensors file
     encoder_depth: int = ranged(5, ge=3, le=5)
@@ -207,7 +207,12 @@ class DetectConfig:
     # local maxima of the map at this probability: recall, not precision
     candidate_threshold: float = ranged(0.2, gt=0, lt=1)
     peak_separation_mm: float = ranged(6.0, gt=0)  # maxima closer than ~this are one
-    max_candidates: int = ranged(1000, ge=1)  # per scan, by the map's peak probability, go to the classifier
+    # per scan, to the classifier: every blob-only candidate, then the map's peaks by probability
+    # (recall 0.95 within 150 per scan is the target; bench/detection.py)
+    max_candidates: int = ranged(150, ge=1)
+    # the strongest classical blobs (src.data.blobs) merged with the map's peaks; 0: map only
+    blob_candidates: int = ranged(50, ge=0)
+    blob_min_response: float = ranged(50.0, ge=0)  # HU-scaled -sigma^2 LoG; ground glass stands ~150+
     max_detections: int = ranged(50, ge=1)  # per scan, by the final probability, are written
     min_component_mm3: float = ranged(3.0, ge=0)  # of a candidate's core (>= half its peak)
     # Nodules lie in the lungs. The prediction region is the lungs grown by a few mm (for
@@ -219,7 +224,12 @@ class DetectConfig:
     # network pass, only the annotated nodules and candidates_V2.csv (fast, CPU demo).
     candidate_source: str = ranged("oof", choices=("oof", "listed"))
     listed_negatives: bool = True         # add candidates_V2.csv negatives where the dataset has them
-    train_negatives_per_scan: int = ranged(100, ge=0)  # map false positives per scan whose cubes train (a random draw)
+    # detected false positives per scan whose cubes train (a random draw; >= max_candidates: all)
+    train_negatives_per_scan: int = ranged(150, ge=0)
+    # hard-negative mining: rounds of half the schedule from the best classifier so far, in
+    # which the negatives it scores highest (this share of them) get half the negatives' draws
+    mining_rounds: int = ranged(1, ge=0)
+    mined_fraction: float = ranged(0.1, gt=0, le=1)
     view_size: int = ranged(31, ge=7, odd=True)  # pixels per view, odd (centred on the candidate)
     view_spacing_mm: float = ranged(1.0, gt=0)  # isotropic
     view_slices: int = ranged(3, ge=1, odd=True)  # adjacent slices per view (axial, coronal, sagittal), odd

@@ -11,7 +11,8 @@
       fpr/              false-positive reduction (train.py --stage fpr):
         maps/<seriesuid>.npz     OOF whole-scan probability (each fold teacher, its own scans)
         candidates.h5            candidate cubes + labels; fold_K/ classifier of fold K (as a
-                                 teacher's folder, val_candidates.csv = its OOF scores)
+                                 teacher's folder; hard_negatives_R/ its mining rounds,
+                                 classifier.pt the best round's, val_candidates.csv its OOF scores)
         combination.json, oof_froc.{csv,png}, detection_leaderboard.md
 
 Every stage asks this module for its paths; none builds them by hand. Postprocessing is
@@ -35,6 +36,7 @@ CHECKPOINTS = ("last", "best", "final")
 class ExperimentLayout:
     root: Path
     student: str = "student"   # the student's folder: benchmarks distil variants from one ensemble
+    fpr: str = "fpr"           # the FPR classifiers' folder: benchmarks compare variants on one candidate set
 
     @classmethod
     def from_paths(cls, paths: PathsConfig, experiment: str | None = None) -> "ExperimentLayout":
@@ -95,25 +97,35 @@ class ExperimentLayout:
     # ------------------------------------------------------------------ false-positive reduction
     @property
     def fpr_dir(self) -> Path:
-        return self.root / "fpr"
+        return self.root / self.fpr
 
     def fpr_fold_dir(self, fold: int) -> Path:
         return self.fpr_dir / f"fold_{fold}"
 
     def fpr_map(self, seriesuid: str) -> Path:
-        return self.fpr_dir / "maps" / f"{seriesuid}.npz"
+        """Maps and candidates depend on the teachers and the detect config only: every
+        classifier variant shares ``fpr/``'s."""
+        return self.root / "fpr" / "maps" / f"{seriesuid}.npz"
 
     @property
     def fpr_candidates(self) -> Path:
-        return self.fpr_dir / "candidates.h5"
+        return self.root / "fpr" / "candidates.h5"
 
     @property
     def fpr_combination(self) -> Path:
         return self.fpr_dir / "combination.json"
 
+    def fpr_mining_dir(self, fold: int, round_: int) -> Path:
+        """A hard-negative round of fold ``fold``'s classifier (a trainer's folder)."""
+        return self.fpr_fold_dir(fold) / f"hard_negatives_{round_}"
+
+    def fpr_classifier(self, fold: int) -> Path:
+        """Fold ``fold``'s classifier: the best checkpoint of its best round."""
+        return self.fpr_fold_dir(fold) / "classifier.pt"
+
     def fpr_checkpoints(self) -> list[Path]:
-        """Every fold classifier's best checkpoint ([] when the FPR stage has not run)."""
-        return sorted(self.fpr_dir.glob("fold_*/checkpoint_best.pt"))
+        """Every fold's classifier ([] when the FPR stage has not run)."""
+        return sorted(self.fpr_dir.glob(f"fold_*/{self.fpr_classifier(0).name}"))
 
     def has_fpr(self) -> bool:
         return bool(self.fpr_checkpoints()) and self.fpr_combination.is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -49,6 +50,11 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    with atomic_path(dst, suffix=Path(dst).suffix) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -78,9 +78,12 @@ def test_detection_sensitivity_by_every_grouping():
                               probability=[0.9, 0.8, 0.7]))
     table = groups_table({"x": froc_with_ci(found, nodules, nodules.iloc[0:0], ["s0", "s1"], n_boot=0)})
     assert set(table["grouping"]) == {"size", "texture", "attachment"}
-    at4 = table[table["fps_per_scan"] == 4.0].set_index(["grouping", "group"])["sensitivity"]
+    by_group = table.set_index(["grouping", "group"])
+    at4, recall = by_group["sens_at_4"], by_group["recall"]
     assert at4[("attachment", "isolated")] == at4[("attachment", "unknown")] == 1.0
     assert at4[("attachment", "juxta-pleural")] == at4[("texture", "ground-glass")] == at4[("size", "10-20")] == 0.0
+    assert recall[("attachment", "juxta-pleural")] == 0.0 and recall[("size", "3-6")] == 1.0
+    assert (by_group["nodules"].groupby(level="grouping").sum() == 3).all()
 
 
 def test_lung_mask_fields_of_view_crop_where_they_say():

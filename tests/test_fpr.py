@@ -11,18 +11,20 @@ import pytest
 import torch
 
 from src.config import DetectConfig, ModelConfig
-from src.data.candidates import (FALSE_POSITIVE, HIT, IGNORED, CandidateCache, cube_side, cut_cubes, cut_views,
+from src.data.candidates import (DETECTED, FALSE_POSITIVE, HIT, IGNORED, CandidateCache, cube_side, cut_cubes, cut_inputs,
                                  match_candidates)
 from src.data.groups import ATTACHMENT_LABELS
 from src.data.luna16 import read_luna16
 from src.errors import ConfigError
 from src.data.geometry import Geometry
-from src.evaluation.froc import froc, froc_with_ci
-from src.models.checkpoint import holdout_leaks, model_from_checkpoint
-from src.models.classifier import classifier_input, sample_views, views
+from src.data.preprocess import normalise
+from src.evaluation.froc import froc, froc_with_ci, paired_cpm_difference
+from src.data.folds import fold_ids
+from src.models.checkpoint import holdout_leaks, load_checkpoint, model_from_checkpoint
+from src.models.classifier import classifier_input, cube_offsets, sample_input, view_offsets
 from src.models.factory import build_model
 from src.predict.fpr import combine
-from src.train.fpr import WEIGHTS, random_affines, scan_candidates, train_fpr
+from src.train.fpr import WEIGHTS, mined_weights, random_affines, scan_candidates, train_fpr
 
 import export
 import infer
@@ -60,6 +62,13 @@ def test_froc_ci_brackets_the_cpm_and_collapses_for_a_perfect_detector():
     assert froc(pd.concat([hits, fps]), nodules, nodules.iloc[0:0], uids)[1] == pytest.approx(result["cpm"])
     perfect = froc_with_ci(hits.assign(probability=1.0), nodules, nodules.iloc[0:0], uids, n_boot=50)
     assert perfect["cpm"] == perfect["ci_low"] == perfect["ci_high"] == 1.0
+    # paired over scans: a ranking against itself differs by exactly 0; the perfect one is better
+    candidates = pd.concat([hits, fps])
+    same = paired_cpm_difference(candidates, candidates, nodules, nodules.iloc[0:0], uids, n_boot=100)
+    assert same["difference"] == same["ci_low"] == same["ci_high"] == 0.0
+    better = paired_cpm_difference(pd.concat([hits.assign(probability=1.0), fps]), candidates, nodules,
+                                   nodules.iloc[0:0], uids, n_boot=100)
+    assert better["difference"] == pytest.approx(1.0 - result["cpm"]) and 0 < better["ci_low"] <= better["ci_high"]
 
 
 def test_cubes_are_centred_in_world_coordinates_and_views_are_orthogonal():
@@ -73,7 +82,7 @@ def test_cubes_are_centred_in_world_coordinates_and_views_are_orthogonal():
     assert (cube[4, 4] == 400).all()                           # the line runs along the cube's x
     assert cube[4, :, 4].argmax() == 4 and (cube[4, :, 4] == 400).sum() == 1   # through its centre
     assert cube[:, 4, 4].argmax() == 4 and (cube[:, 4, 4] == 400).sum() == 1
-    v = views(torch.from_numpy(cube[None].astype(np.float32)), size=7, k=3)
+    v = sample_input(torch.from_numpy(cube[None].astype(np.float32)), torch.eye(3, 4)[None], view_offsets(7, 3))
     assert v.shape == (1, 3, 3, 7, 7)
     c = v[0, :, 1]                      # the central slice of each view
     assert c[0, 3].max() == c[0, 3, 3]  # axial (y, x): the line is a row
@@ -81,7 +90,8 @@ def test_cubes_are_centred_in_world_coordinates_and_views_are_orthogonal():
     assert c[2][3, 3] == 400 and (c[2] == 400).sum() == 1   # sagittal (z, y): a point
 
 
-def test_inference_views_are_the_training_cubes_views():
+@pytest.mark.parametrize("offsets", [view_offsets(9, 3), cube_offsets(9)], ids=["views", "cube"])
+def test_inference_inputs_are_the_training_cubes_inputs(offsets):
     rng = np.random.default_rng(1)
     geometry = Geometry((-20.0, 5.0, 100.0), (0.7, 0.8, 1.5), (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0),
                         (60, 50, 30))    # x and y axes swapped: views follow world axes, not the array's
@@ -89,8 +99,11 @@ def test_inference_views_are_the_training_cubes_views():
     cfg = DetectConfig(view_size=9, view_slices=3, view_spacing_mm=1.3)
     centres = geometry.voxel_to_world(np.array([[15.0, 20.3, 30.0], [2.0, 1.0, 58.0]]))
     cubes = cut_cubes(image, geometry, centres, cube_side(cfg), cfg.view_spacing_mm)
-    expected = views(torch.from_numpy(cubes), cfg.view_size, cfg.view_slices).numpy()
-    np.testing.assert_array_equal(cut_views(image, geometry, centres, cfg), expected)
+    window = (-1000.0, 400.0)
+    expected = classifier_input(cubes, window, offsets).numpy()
+    cut = normalise(cut_inputs(image, geometry, centres, offsets, cfg.view_spacing_mm), window)
+    assert cut.shape == expected.shape == (2, *offsets.shape[:-1])
+    np.testing.assert_allclose(cut, expected, atol=1e-5)
     with pytest.raises(ConfigError, match="must be odd"):
         cube_side(DetectConfig(view_size=32))
 
@@ -98,29 +111,33 @@ def test_inference_views_are_the_training_cubes_views():
 def test_augmented_views_are_seeded_keep_the_centre_and_are_views_without_augmentation():
     cubes = torch.rand(2, 21, 21, 21)
     identity = torch.eye(3, 4).expand(2, 3, 4)
-    torch.testing.assert_close(sample_views(cubes, identity, 15, 3), views(cubes, 15, 3))
+    offsets = view_offsets(15, 3)
+    torch.testing.assert_close(sample_input(cubes, identity, offsets)[:, 0], cubes[:, 9:12, 3:18, 3:18])  # axial
     cubes = torch.zeros(2, 21, 21, 21)
     cubes[:, 8:13, 8:13, 8:13] = 1.0
-    a = sample_views(cubes, random_affines(torch.tensor([3, 4]), 21, 1.0), 15, 3)
-    b = sample_views(cubes, random_affines(torch.tensor([3, 4]), 21, 1.0), 15, 3)
+    a = sample_input(cubes, random_affines(torch.tensor([3, 4]), 21, 1.0), offsets)
+    b = sample_input(cubes, random_affines(torch.tensor([3, 4]), 21, 1.0), offsets)
     assert torch.equal(a, b) and not torch.equal(a[0], a[1])
     assert (a[:, :, 1, 7, 7] > 0.5).all(), "a <= 1.5 mm shift keeps the centre inside the 5 mm blob"
     rotated = torch.zeros(1, 21, 21, 21)
     rotated[0, 10, 10, :] = 1.0                  # a line along x; 90 degrees about z turns it along y
     quarter = torch.tensor([[[0.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]])
-    axial = sample_views(rotated, quarter, 15, 3)[0, 0, 1]
+    axial = sample_input(rotated, quarter, offsets)[0, 0, 1]
     assert axial[:, 7].sum() > 14 and axial[7].sum() < 2
 
 
-def test_the_classifier_is_built_by_the_model_factory_and_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("arch,shape", [("MultiView", (3, 3, 15, 15)), ("Cube3D", (1, 15, 15, 15))])
+def test_the_classifier_is_built_by_the_model_factory_and_exports_to_onnx(tmp_path, arch, shape):
     from src.models.export import export_onnx
-    model = build_model(ModelConfig(arch="MultiView", encoder="lcnet_050", head_prior=0.1), 3, 15).eval()
+    model = build_model(ModelConfig(arch=arch, encoder="lcnet_050", head_prior=0.1), 3, 15).eval()
     x = classifier_input(np.random.default_rng(0).integers(-1000, 400, (2, 19, 19, 19)).astype(np.int16),
-                         (-1000.0, 400.0), 15, 3)
+                         (-1000.0, 400.0), model.offsets)
+    assert x.shape == (2, *shape)
     with torch.no_grad():
         out = model(x)
     assert out.shape == (2, 1)
-    assert float(torch.sigmoid(model.head.bias.detach())) == pytest.approx(0.1)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert float(torch.sigmoid(head.bias.detach())) == pytest.approx(0.1)
     path = export_onnx(model, 3, 15, tmp_path / "fpr.onnx", {"k": 3})
     onnx_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
     np.testing.assert_allclose(onnx_out, out.numpy(), atol=1e-4, rtol=1e-4)
@@ -162,12 +179,17 @@ def test_fpr_stage_trains_on_oof_candidates_only(fpr_trained):
     cache = CandidateCache(ctx.layout.fpr_candidates)
     table = cache.table
     assert not set(table["seriesuid"]) & holdout
-    assert set(table["source"]) <= {"map", "annotation", "listed"} and (table["source"] == "map").any()
+    assert set(table["source"]) <= {*DETECTED, "annotation", "listed"} and table["source"].isin(DETECTED).any()
     assert (table.loc[table["source"] == "annotation", "label"] == HIT).all()
     assert set(table.loc[table["label"] == HIT, "attachment"]) <= set(ATTACHMENT_LABELS)
     # every map candidate's map came from the teacher of its own fold (never trained on it)
-    for uid in table.loc[table["source"] == "map", "seriesuid"].unique():
+    for uid in table.loc[table["source"].isin(DETECTED), "seriesuid"].unique():
         assert ctx.layout.fpr_map(uid).is_file()
+    for fold in fold_ids(ctx.folds):   # a hard-negative round from the first one's best; the better one kept
+        assert (ctx.layout.fpr_mining_dir(fold, 1) / "checkpoint_final.pt").is_file()
+        chosen = load_checkpoint(ctx.layout.fpr_classifier(fold))["config_hash"]
+        assert chosen in {load_checkpoint(d / "checkpoint_best.pt")["config_hash"]
+                          for d in (ctx.layout.fpr_fold_dir(fold), ctx.layout.fpr_mining_dir(fold, 1))}
     assert not holdout_leaks(ctx.layout.fpr_dir, holdout)
     assert result["weight"] in set(WEIGHTS.tolist()) and result["weight_source"] == "chosen on OOF CPM"
     assert set(result["oof_cpm_by_weight"]) == set(WEIGHTS.tolist())
@@ -212,6 +234,17 @@ def test_fpr_classifiers_export_to_onnx(fpr_trained, monkeypatch):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         with torch.no_grad():
             np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], model(x).numpy(), atol=1e-4)
+
+
+def test_hard_negative_rounds_draw_the_highest_scored_negatives_more_often():
+    table = pd.DataFrame({"label": [HIT, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]})
+    rows = np.arange(11)                 # one positive, ten negatives
+    logits = np.array([5.0, -3, -2, 4, -1, 0, -5, -4, -6, 1, -7])
+    weights = mined_weights(table, rows, logits, positive_fraction=0.3, hard_fraction=0.2)
+    assert weights.sum() == pytest.approx(1.0) and weights[0] == pytest.approx(0.3)
+    hard = {3, 9}                        # the two negatives scored highest (logits 4 and 1)
+    assert all(weights[i] > weights[j] for i in hard for j in set(range(1, 11)) - hard)
+    assert weights[[3, 9]].sum() == pytest.approx(0.35 + 0.35 * 2 / 10)
 
 
 def test_a_classifier_that_learned_nothing_is_flagged_and_not_used():

@@ -5,10 +5,10 @@ A candidate is a point (world mm) in a scan. Its label follows the LUNA16 evalua
 it lies within an ``annotations_excluded.csv`` finding, a false positive (0) otherwise. The
 FROC scorer uses the same :func:`match_candidates`, so training labels and scores agree.
 
-The classifier sees a candidate through a cube of ``view_size``-pixel sides at
+The classifier sees a candidate through views or a cube of ``view_size``-pixel sides at
 ``view_spacing_mm`` (axes along world z, y, x), cut from the scan by trilinear
 interpolation; the cache stores a larger cube (``CUBE_MARGIN``) so that rotated and scaled
-copies can be cut from it in training (the views are taken by ``src.models.classifier``).
+copies can be cut from it in training (the inputs are taken by ``src.models.classifier``).
 
 Layout of ``candidates.h5`` (one cube per chunk):
 
@@ -35,6 +35,9 @@ from src.utils import atomic_path
 FORMAT_VERSION = 1
 CUBE_MARGIN = 1.25     # stored cube side / view side: room for rotations and scaling in training
 HIT, FALSE_POSITIVE, IGNORED = 1, 0, -1
+# candidates a detector found (src.predict.detect: the map's peaks, classical blobs, or both),
+# as opposed to the annotated nodules and listed negatives added for training
+DETECTED = ("map", "blob", "both")
 CANDIDATE_COLUMNS = ["seriesuid", "fold", "source", "coordX", "coordY", "coordZ", "seg_probability", "label",
                      "nodule_uid", "diameter_mm", "texture", "attachment", "cube"]
 
@@ -123,17 +126,12 @@ def cut_cubes(image: np.ndarray, geometry: Geometry, centres_xyz: np.ndarray, si
     return sample_around(image, geometry, centres_xyz, np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1))
 
 
-def cut_views(image: np.ndarray, geometry: Geometry, centres_xyz: np.ndarray, cfg: DetectConfig) -> np.ndarray:
-    """(N, 3, k, S, S): only the voxels of the axial (z; y, x), coronal (y; z, x) and sagittal
-    (x; z, y) stacks - the same values as ``src.models.classifier.views`` of ``cut_cubes``,
-    for a seventh of the sampling."""
-    cube_side(cfg)   # checks the sizes are odd
-    v, t = _axis(cfg.view_size, cfg.view_spacing_mm), _axis(cfg.view_slices, cfg.view_spacing_mm)
-    a, b, c = np.meshgrid(t, v, v, indexing="ij")      # slice, row, column
-    offsets = np.stack([np.stack([a, b, c], -1),       # axial: z = slice, y = row, x = column
-                        np.stack([b, a, c], -1),       # coronal: y = slice, z = row, x = column
-                        np.stack([b, c, a], -1)])      # sagittal: x = slice, z = row, y = column
-    return sample_around(image, geometry, centres_xyz, offsets)
+def cut_inputs(image: np.ndarray, geometry: Geometry, centres_xyz: np.ndarray, offsets_vox: np.ndarray,
+               spacing_mm: float) -> np.ndarray:
+    """(N, *offsets.shape[:-1]) HU at a classifier's input points (``offsets_vox``: voxels
+    (z, y, x) of ``spacing_mm`` from each centre, as the model's ``offsets``): the same
+    values as the classifier's input cut from ``cut_cubes``, and only those voxels."""
+    return sample_around(image, geometry, centres_xyz, np.asarray(offsets_vox, dtype=float) * spacing_mm)
 
 
 # ----------------------------------------------------------------------------- cache

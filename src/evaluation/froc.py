@@ -86,17 +86,38 @@ def froc_with_ci(candidates: pd.DataFrame, annotations: pd.DataFrame, excluded: 
            **{f"sens_at_{r:g}": float(s) for r, s in zip(FROC_FPS, points["sensitivity"])},
            "curve": curve, "per_nodule": truth.assign(best_probability=best)}
     if n_boot:
-        rng = np.random.default_rng(seed)
-        by_scan_best = {u: best[truth["seriesuid"].to_numpy() == u] for u in uids}
-        by_scan_fp = {u: g["probability"].to_numpy(float) for u, g in false_pos.groupby("seriesuid")}
-        stats = []
-        for _ in range(n_boot):
-            pick = rng.choice(len(uids), len(uids), replace=True)
-            b = np.concatenate([by_scan_best[uids[i]] for i in pick])
-            f = np.concatenate([by_scan_fp.get(uids[i], np.zeros(0)) for i in pick])
-            stats.append(np.mean(sensitivity_at(b, f, len(uids))))
+        stats = [np.mean(sensitivity_at(b, f, len(uids))) for b, f in _resampled(best, false_pos, truth, uids,
+                                                                                 n_boot, seed)]
         out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(stats, [2.5, 97.5]))
     return out
+
+
+def _resampled(best: np.ndarray, false_pos: pd.DataFrame, truth: pd.DataFrame, uids: list[str], n_boot: int,
+               seed: int):
+    """Bootstrap replicates over scans (each brings its nodules and its false positives):
+    (best probability per nodule, false-positive scores) per replicate; the same seed draws
+    the same scans, so two rankings of the same scans are resampled in pairs."""
+    rng = np.random.default_rng(seed)
+    by_scan_best = {u: best[truth["seriesuid"].to_numpy() == u] for u in uids}
+    by_scan_fp = {u: g["probability"].to_numpy(float) for u, g in false_pos.groupby("seriesuid")}
+    for _ in range(n_boot):
+        pick = rng.choice(len(uids), len(uids), replace=True)
+        yield (np.concatenate([by_scan_best[uids[i]] for i in pick]),
+               np.concatenate([by_scan_fp.get(uids[i], np.zeros(0)) for i in pick]))
+
+
+def paired_cpm_difference(a: pd.DataFrame, b: pd.DataFrame, annotations: pd.DataFrame, excluded: pd.DataFrame,
+                          seriesuids: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
+    """CPM(a) - CPM(b) of two rankings of the same scans, with a 95 % CI from resampling the
+    scans in pairs (both rankings see the same draw)."""
+    uids = sorted(set(seriesuids))
+    truth = annotations[annotations["seriesuid"].isin(set(uids))].reset_index(drop=True)
+    scored = [score_candidates(c, annotations, excluded, uids) for c in (a, b)]
+    cpms = [float(np.mean(sensitivity_at(best, fp["probability"].to_numpy(float), len(uids)))) for best, fp in scored]
+    draws = [list(_resampled(best, fp, truth, uids, n_boot, seed)) for best, fp in scored]
+    diffs = [np.mean(sensitivity_at(*x, len(uids))) - np.mean(sensitivity_at(*y, len(uids))) for x, y in zip(*draws)]
+    low, high = np.percentile(diffs, [2.5, 97.5]) if diffs else (np.nan, np.nan)
+    return {"difference": cpms[0] - cpms[1], "ci_low": float(low), "ci_high": float(high), "scans": len(uids)}
 
 
 def sensitivity_by_group(summary: dict, group: pd.Series, false_pos_rates=(1.0, 4.0)) -> pd.DataFrame:

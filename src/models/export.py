@@ -3,8 +3,8 @@
 A segmentation graph takes the *normalised* 2.5D stack (N, k, H, W) - HU clipped to the
 cache window and scaled to [0, 1], see ``src.data.preprocess.normalise`` - and returns
 logits (N, 1, H, W); batch, height and width are dynamic (H and W multiples of 32). The
-FPR classifier takes the normalised views (N, 3, k, S, S) of ``src.data.candidates`` and
-returns logits (N, 1); the batch is dynamic. The window, spacing and k are stored in the
+FPR classifier takes the normalised views (N, 3, k, S, S) or cube (N, 1, S, S, S) of
+``src.models.classifier`` and returns logits (N, 1); the batch is dynamic. The window, spacing and k are stored in the
 model's metadata so a consumer can reproduce the input.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from timm.utils.model import reparameterize_model
 from torch import nn
 
 from src.config import CacheConfig, DetectConfig, code_version
-from src.models.classifier import N_VIEWS, MultiViewClassifier
 from src.utils import atomic_path
 
 OPSET = 17
@@ -32,19 +31,21 @@ def onnx_metadata(cache: CacheConfig, threshold: float, threshold_source: str, c
             "threshold_source": threshold_source, "source": str(checkpoint), "code_version": code_version()}
 
 
-def fpr_metadata(detect: DetectConfig, window, weight: float, checkpoint: Path) -> dict:
+def fpr_metadata(detect: DetectConfig, window, weight: float, checkpoint: Path, arch: str) -> dict:
+    seen = ("the cube of side view_size around the candidate; (N, 1, S, S, S)" if arch == "Cube3D" else
+            "axial, coronal, sagittal stacks of view_slices slices through the candidate, view_size px; "
+            "(N, 3, k, S, S)")
     return {"window_hu": list(window), "view_size": detect.view_size, "view_spacing_mm": detect.view_spacing_mm,
-            "view_slices": detect.view_slices,
-            "input": "axial, coronal, sagittal stacks of view_slices slices through the candidate, view_size px at "
-                     "view_spacing_mm, HU clipped to window_hu, scaled to [0,1]; (N, 3, k, S, S)",
+            "view_slices": detect.view_slices, "arch": arch,
+            "input": f"{seen}; at view_spacing_mm, axes along world z, y, x, HU clipped to window_hu, scaled to [0,1]",
             "output": "logits (N, 1); final = sigmoid(w * logit + (1 - w) * logit(segmentation peak))",
             "classifier_weight": weight, "source": str(checkpoint), "code_version": code_version()}
 
 
 def export_onnx(model: nn.Module, k: int, patch_size: int, path: str | Path, metadata: dict) -> Path:
     model = reparameterize_model(model.eval().cpu())  # fuses re-parameterisable branches (FastViT/MobileOne)
-    if isinstance(model, MultiViewClassifier):
-        example = torch.zeros(1, N_VIEWS, k, patch_size, patch_size)
+    if hasattr(model, "offsets"):   # a candidate classifier: its input points say its shape
+        example = torch.zeros(1, *model.offsets.shape[:-1])
         axes = {"image": {0: "batch"}, "logits": {0: "batch"}}
     else:
         example = torch.zeros(1, k, patch_size, patch_size)

@@ -15,7 +15,7 @@ from torch import nn
 
 from src.config import ModelConfig
 from src.errors import ConfigError
-from src.models.classifier import MultiViewClassifier
+from src.models.classifier import CLASSIFIERS, CubeClassifier, MultiViewClassifier
 
 # Encoders whose attention windows / relative-position tables are fixed when built: timm
 # must know the input size, and inference must tile at exactly that size.
@@ -31,6 +31,8 @@ def check_encoder(cfg: ModelConfig) -> None:
     smp's own by name; else one ConfigError naming it, before anything is built."""
     import timm
 
+    if cfg.arch == "Cube3D":
+        return   # MONAI's 3D CNN: no encoder to name
     if cfg.arch == "MultiView" or cfg.encoder.startswith("tu-"):
         known = timm.is_model(cfg.encoder.removeprefix("tu-"))
     else:
@@ -42,10 +44,12 @@ def check_encoder(cfg: ModelConfig) -> None:
 def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Module:
     """A 1-class smp segmentation model; ``model.fixed_input_size`` is the only (H, W) it
     accepts, or None if it is fully convolutional over any multiple of its stride.
-    ``arch: MultiView`` builds the candidate classifier instead (``in_channels`` per view)."""
+    ``arch: MultiView | Cube3D`` builds a candidate classifier instead (``in_channels``
+    slices per view, ``patch_size`` the views' or the cube's side)."""
     check_encoder(cfg)
-    if cfg.arch == "MultiView":
-        model = MultiViewClassifier(cfg.encoder, in_channels, cfg.head_prior)
+    if cfg.arch in CLASSIFIERS:
+        model = MultiViewClassifier(cfg.encoder, in_channels, patch_size, cfg.head_prior) \
+            if cfg.arch == "MultiView" else CubeClassifier(patch_size, cfg.head_prior)
         if cfg.encoder_weights:
             load_encoder_weights(model, Path(cfg.encoder_weights))
         model.fixed_input_size = (patch_size, patch_size)

@@ -3,10 +3,10 @@
 Inside the lungs' bounding box (LUNA16 seg-lungs when present, else a lung mask from HU,
 dilated so that nodules on the pleura stay in), every axial slice is predicted as a 2.5D
 stack, streamed in batches of slices; the network is fully convolutional over the field.
-Candidates are the map's local maxima (low threshold: recall first); each one large
-enough and mostly inside the lungs becomes a row, with the map's component around it as
-its mask on the scan's own grid; the false-positive-reduction classifier
-(``src.predict.fpr``) rescores them.
+Candidates are the map's local maxima (low threshold: recall first), large enough and
+mostly inside the lungs, merged with classical blobs of the image (``src.data.blobs``);
+each becomes a row, with the map's component around it as its mask on the scan's own grid;
+the false-positive-reduction classifier (``src.predict.fpr``) rescores them.
 """
 from __future__ import annotations
 
@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Callable
 
 from src.config import CacheConfig, DetectConfig
+from src.data.blobs import find_blobs
 from src.data.scan import ScanRecord
 from src.data.preprocess import resample
 from src.predict.predictor import Predictor
 from src.predict.segment import ModelVolume, to_model_volume
 from src.utils import progress
 
+CANDIDATE_COLUMNS = ["coordX", "coordY", "coordZ", "volume_mm3", "diameter_mm", "mean_hu", "seg_probability", "source"]
+XYZ = ["coordX", "coordY", "coordZ"]
 LUNG_DILATION_MM = 6.0
 CORE_REACH_MM = 20.0      # a candidate's core is measured within this distance of its peak
 
@@ -105,14 +108,47 @@ def candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: DetectConfig,
                seg_threshold: float) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Native-grid (label volume, probability volume, one row per candidate).
 
-    Candidates are the local maxima of the map at or above ``cfg.candidate_threshold`` (low:
-    recall first, the FPR stage brings precision), ``peak_separation_mm`` apart, so that a
-    nodule touching a vessel keeps a peak of its own. Each peak's *core* (the voxels at or
-    above half its probability, connected to it) must hold ``min_component_mm3`` and have
-    ``min_lung_fraction`` of itself in the lungs; the ``max_candidates`` highest peaks that
-    pass are kept. A candidate's location is its peak (inside the nodule it found, even when
+    Two sources, merged (``source``: map, blob or both):
+
+    * the map's local maxima at or above ``cfg.candidate_threshold`` (low: recall first, the
+      FPR stage brings precision), ``peak_separation_mm`` apart, so that a nodule touching a
+      vessel keeps a peak of its own. Each peak's *core* (the voxels at or above half its
+      probability, connected to it) must hold ``min_component_mm3`` and have
+      ``min_lung_fraction`` of itself in the lungs;
+    * the ``blob_candidates`` strongest classical blobs in the closed lungs
+      (``src.data.blobs``): nodules the map gives no response to (faint ground glass) still
+      reach the classifier. A blob within ``peak_separation_mm`` of a map peak is that peak.
+
+    Every blob-only candidate is kept; map peaks fill the rest of ``max_candidates`` by their
+    probability. A candidate's location is its peak (inside the nodule it found, even when
     the map is a ring around a large one); its mask, the component of the map at the
-    segmentation threshold around it; ``seg_probability`` is the peak's probability."""
+    segmentation threshold around it (a blob-only candidate usually has none);
+    ``seg_probability`` is the map's probability there."""
+    table = map_candidates(mv, prob_model, cfg)
+    table["blob_response"] = np.nan
+    blobs = find_blobs(mv.image, mv.geometry, mv.lung_mask(), cfg.blob_candidates, cfg.blob_min_response)
+    if len(blobs):
+        blobs = blob_rows(mv, prob_model, blobs)
+        if len(table):
+            d = np.linalg.norm(blobs[XYZ].to_numpy(float)[:, None] - table[XYZ].to_numpy(float)[None], axis=-1)
+            near = d.argmin(axis=1)
+            same = d[np.arange(len(blobs)), near] <= cfg.peak_separation_mm
+            for i, j in zip(np.flatnonzero(same), near[same]):   # strongest blob first: it names the peak
+                if np.isnan(table.at[j, "blob_response"]):
+                    table.at[j, "blob_response"] = blobs.at[i, "blob_response"]
+                    table.at[j, "source"] = "both"
+            blobs = blobs[~same]
+        table = pd.concat([table.head(cfg.max_candidates - min(len(blobs), cfg.max_candidates)),
+                           blobs.head(cfg.max_candidates)], ignore_index=True)
+    table["probability"] = table["seg_probability"]   # the final score until the FPR stage rescores it
+    table["nodule_id"] = np.arange(1, len(table) + 1)
+    native = mv.native
+    prob = resample(prob_model, mv.geometry, native, "linear", default=0.0)
+    return candidate_masks(prob, native, table, seg_threshold), prob, table
+
+
+def map_candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: DetectConfig) -> pd.DataFrame:
+    """Up to ``max_candidates`` peaks of the map whose core passes the size and lung tests."""
     spacing = mv.geometry.spacing_zyx
     lung = mv.lung_mask()
     voxel_mm3 = float(np.prod(spacing))
@@ -131,14 +167,19 @@ def candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: DetectConfig,
         x, y, z = mv.geometry.voxel_to_world(at)
         rows.append(dict(coordX=x, coordY=y, coordZ=z, volume_mm3=volume,
                          diameter_mm=float((6.0 * volume / np.pi) ** (1 / 3)),
-                         mean_hu=float(mv.image[box][core].mean()), seg_probability=float(peak)))
-    table = pd.DataFrame(rows, columns=["coordX", "coordY", "coordZ", "volume_mm3", "diameter_mm", "mean_hu",
-                                        "seg_probability"])
-    table["probability"] = table["seg_probability"]   # the final score until the FPR stage rescores it
-    table["nodule_id"] = np.arange(1, len(table) + 1)
-    native = mv.native
-    prob = resample(prob_model, mv.geometry, native, "linear", default=0.0)
-    return candidate_masks(prob, native, table, seg_threshold), prob, table
+                         mean_hu=float(mv.image[box][core].mean()), seg_probability=float(peak), source="map"))
+    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+
+
+def blob_rows(mv: ModelVolume, prob_model: np.ndarray, blobs: pd.DataFrame) -> pd.DataFrame:
+    """Blobs as candidate rows: the sphere their scale implies, the map's probability at
+    their centre and the mean HU of the 3 x 3 x 3 voxels there."""
+    at = np.rint(mv.geometry.world_to_voxel(blobs[XYZ].to_numpy(float))).astype(int)
+    at = np.clip(at, 0, np.asarray(prob_model.shape) - 1).reshape(-1, 3)
+    mean_hu = [float(mv.image[tuple(slice(max(c - 1, 0), c + 2) for c in v)].mean()) for v in at]
+    return blobs.assign(volume_mm3=np.pi / 6 * blobs["diameter_mm"] ** 3, mean_hu=mean_hu,
+                        seg_probability=prob_model[tuple(at.T)].astype(float), source="blob"
+                        ).reindex(columns=[*CANDIDATE_COLUMNS, "blob_response"])
 
 
 def candidate_masks(prob: np.ndarray, native, table: pd.DataFrame, seg_threshold: float) -> np.ndarray:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from src.config import DetectConfig, from_dict
-from src.data.candidates import cut_views
+from src.data.candidates import cut_inputs
 from src.data.preprocess import normalise
 from src.data.scan import Scan
 from src.errors import ConfigError, DataError
@@ -68,17 +68,19 @@ class CandidateScorer:
                    checkpoints)
 
     @torch.inference_mode()
-    def classifier_logits(self, views_hu: np.ndarray) -> np.ndarray:
-        """(N, 3, k, S, S) HU views -> (N,) mean logit over the fold classifiers."""
-        out = np.zeros(len(views_hu), dtype=np.float64)
-        for i in range(0, len(views_hu), self.batch_size):
-            x = torch.from_numpy(normalise(views_hu[i:i + self.batch_size], self.window)).to(self.rt.device)
+    def classifier_logits(self, inputs_hu: np.ndarray) -> np.ndarray:
+        """(N, ...) HU inputs (:meth:`inputs`) -> (N,) mean logit over the fold classifiers."""
+        out = np.zeros(len(inputs_hu), dtype=np.float64)
+        for i in range(0, len(inputs_hu), self.batch_size):
+            x = torch.from_numpy(normalise(inputs_hu[i:i + self.batch_size], self.window)).to(self.rt.device)
             with self.rt.autocast():
                 out[i:i + len(x)] = np.mean([m(x).float()[:, 0].cpu().numpy() for m in self.models], axis=0)
         return out
 
-    def views(self, scan: Scan, table: pd.DataFrame) -> np.ndarray:
-        return cut_views(scan.image, scan.geometry, table[["coordX", "coordY", "coordZ"]].to_numpy(float), self.detect)
+    def inputs(self, scan: Scan, table: pd.DataFrame) -> np.ndarray:
+        """The classifiers' HU inputs at the candidates (views or cubes, as they were trained)."""
+        return cut_inputs(scan.image, scan.geometry, table[["coordX", "coordY", "coordZ"]].to_numpy(float),
+                          self.models[0].offsets, self.detect.view_spacing_mm)
 
     def rescore(self, scan: Scan, table: pd.DataFrame) -> pd.DataFrame:
         """The candidates with ``fpr_probability`` and the combined ``probability``, best first."""
@@ -86,7 +88,7 @@ class CandidateScorer:
         if table.empty:
             table["fpr_probability"] = []
             return table
-        z = self.classifier_logits(self.views(scan, table))
+        z = self.classifier_logits(self.inputs(scan, table))
         table["fpr_probability"] = 1.0 / (1.0 + np.exp(-z))
         table["probability"] = combine(z, table["seg_probability"].to_numpy(), self.weight)
         return table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)

@@ -5,15 +5,17 @@
 1. *OOF maps* (``detect.candidate_source: oof``): each fold teacher predicts the whole lungs
    of its own validation scans, so every training candidate comes from a model that never
    trained on its scan - the distribution the student's candidates have at test time.
-2. *Candidates*: per non-hold-out scan, the map's candidates (``src.predict.detect``), the
-   annotated nodules themselves (positives even where the map missed them), and
-   ``candidates_V2.csv`` negatives where the dataset has them; labelled from coordinates
-   alone (``src.data.candidates.match_candidates``); their cubes cut into ``candidates.h5``.
+2. *Candidates*: per non-hold-out scan, the detected candidates (the map's peaks merged
+   with classical blobs, ``src.predict.detect``), the annotated nodules themselves
+   (positives even where the map missed them), and ``candidates_V2.csv`` negatives where
+   the dataset has them; labelled from coordinates alone
+   (``src.data.candidates.match_candidates``); their cubes cut into ``candidates.h5``.
 3. *Classifiers*: one multi-view classifier per fold, trained on the other folds'
    candidates, their views sampled from rotated, flipped, scaled and shifted cubes,
-   selected on its fold's AUC; it scores its fold's candidates (OOF).
+   selected on its fold's AUC, then hard-negative rounds from it (the negatives it scores
+   highest drawn more often); the best round scores its fold's candidates (OOF).
 4. *Combination*: the weight of the classifier against the map's peak probability that
-   maximises the CPM of the pooled OOF map candidates (``combination.json``), with the OOF
+   maximises the CPM of the pooled OOF detected candidates (``combination.json``), with the OOF
    FROC with and without FPR. The hold-out is never touched.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import math
 import sys
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ from torch.utils.data import Dataset
 
 from src.config import code_version, config_hash, dump_config, to_dict
 from src.data.candidates import (
+    DETECTED,
     HIT,
     IGNORED,
     CandidateCache,
@@ -53,7 +57,7 @@ from src.data.scan import Scan, ScanRecord
 from src.errors import DataError
 from src.evaluation.froc import froc_with_ci
 from src.models.checkpoint import load_checkpoint, model_from_checkpoint
-from src.models.classifier import classifier_input, sample_views
+from src.models.classifier import classifier_input, sample_input
 from src.models.factory import build_model
 from src.predict.detect import candidates, read_map, write_maps
 from src.predict.fpr import CandidateScorer, combine
@@ -61,7 +65,13 @@ from src.predict.predictor import Predictor
 from src.predict.segment import to_model_volume
 from src.runtime import Runtime
 from src.train.trainer import RunInfo, Trainer
-from src.utils import atomic_to_csv, atomic_write_text, progress, seed_everything
+from src.utils import (
+    atomic_to_csv,
+    atomic_write_text,
+    copy_file,
+    progress,
+    seed_everything,
+)
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)   # classifier weights tried on OOF
 ROTATE_DEG, SCALE, SHIFT_MM = 180.0, 0.15, 1.5      # augmentation of the training cubes
@@ -94,7 +104,7 @@ def scan_candidates(ctx: StageContext, scan: Scan, fold: str, threshold: float) 
         if not map_path.is_file():
             raise DataError(f"{map_path}: OOF map missing; rerun train.py --stage fpr")
         _, _, table = candidates(to_model_volume(scan, ctx.cache.config), read_map(map_path), cfg, threshold)
-        parts.append(table[["coordX", "coordY", "coordZ", "seg_probability"]].assign(source="map"))
+        parts.append(table[["coordX", "coordY", "coordZ", "seg_probability", "source"]])
     nodules = nodule_table([scan])
     parts.append(nodules[["coordX", "coordY", "coordZ"]].assign(source="annotation", seg_probability=np.nan))
     if cfg.listed_negatives and len(scan.candidates_xyz):
@@ -114,8 +124,8 @@ def scan_candidates(ctx: StageContext, scan: Scan, fold: str, threshold: float) 
 
 def training_rows(table: pd.DataFrame, negatives: int, rng: np.random.Generator) -> np.ndarray:
     """The rows whose cubes train: every positive, every annotation and listed row, and a
-    random draw of ``negatives`` of the map's false positives (a scan has hundreds)."""
-    map_fp = (table["source"] == "map").to_numpy() & (table["label"] != HIT).to_numpy()
+    random draw of ``negatives`` of the detected false positives (all when there are fewer)."""
+    map_fp = table["source"].isin(DETECTED).to_numpy() & (table["label"] != HIT).to_numpy()
     keep = ~map_fp
     drawn = rng.permutation(np.flatnonzero(map_fp))[:negatives]
     keep[drawn] = True
@@ -133,7 +143,7 @@ def build_candidate_cache(ctx: StageContext, threshold: float) -> CandidateCache
         out.unlink()   # another detect config: rebuild (the maps are kept)
     folds = ctx.folds.set_index("seriesuid")["fold"]
     records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in folds.index and folds[r.seriesuid] != "holdout"]
-    parts = ctx.layout.fpr_dir / f".candidates.parts-{want}"
+    parts = out.parent / f".candidates.parts-{want}"
     parts.mkdir(parents=True, exist_ok=True)
     side = cube_side(ctx.cfg.detect)
     for record in progress(records, desc="candidate cubes"):
@@ -161,7 +171,7 @@ def build_candidate_cache(ctx: StageContext, threshold: float) -> CandidateCache
 
 
 def random_affines(seeds: torch.Tensor, side: int, spacing_mm: float) -> torch.Tensor:
-    """(N, 3, 4) augmentations for :func:`sample_views`, one per seed: a rotation about the
+    """(N, 3, 4) augmentations for :func:`sample_input`, one per seed: a rotation about the
     cranio-caudal axis, flips of every axis, scaling and a shift of up to ``SHIFT_MM``."""
     out = torch.zeros(len(seeds), 3, 4)
     for i, seed in enumerate(seeds.tolist()):
@@ -198,13 +208,13 @@ class CandidateDataset(Dataset):
 class FprObjective:
     needs_two_views = False
 
-    def __init__(self, size: int, k: int, spacing_mm: float):
-        self.size, self.k, self.spacing_mm = size, k, spacing_mm
+    def __init__(self, offsets: np.ndarray, spacing_mm: float):
+        self.offsets, self.spacing_mm = offsets, spacing_mm   # the model's input points (its ``offsets``)
 
     def __call__(self, model: nn.Module, ema: nn.Module, batch: dict, progress: float):
         cubes = batch["cube"]
         affines = random_affines(batch["seed"], cubes.shape[-1], self.spacing_mm).to(cubes)
-        logits = model(sample_views(cubes, affines, self.size, self.k))[:, 0]
+        logits = model(sample_input(cubes, affines, self.offsets))[:, 0]
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"])
         return loss, {"bce": float(loss.detach())}
 
@@ -212,16 +222,16 @@ class FprObjective:
 class FoldScorer:
     """Validation: the classifier's AUC on its fold's candidates (all sources, ignored ones out)."""
 
-    def __init__(self, cache: CandidateCache, indices: np.ndarray, window, size: int, k: int, rt: Runtime):
+    def __init__(self, cache: CandidateCache, indices: np.ndarray, window, rt: Runtime):
         self.cubes = cache.cubes(indices)
         self.labels = cache.table["label"].to_numpy()[indices]
-        self.window, self.size, self.k, self.rt = window, size, k, rt
+        self.window, self.rt = window, rt
 
     @torch.inference_mode()
     def logits(self, model: nn.Module) -> np.ndarray:
         out = []
         for i in range(0, len(self.cubes), 128):
-            x = classifier_input(self.cubes[i:i + 128], self.window, self.size, self.k).to(self.rt.device)
+            x = classifier_input(self.cubes[i:i + 128], self.window, model.offsets).to(self.rt.device)
             with self.rt.autocast():
                 out.append(model(x).float()[:, 0].cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
@@ -239,11 +249,28 @@ def classifier_logits_in_scans(ctx: StageContext, model: nn.Module, table: pd.Da
     out = np.zeros(len(table))
     for uid, rows in progress(list(table.groupby("seriesuid").indices.items()), desc="OOF candidate scores"):
         scan = records[uid].load()
-        out[rows] = scorer.classifier_logits(scorer.views(scan, table.iloc[rows]))
+        out[rows] = scorer.classifier_logits(scorer.inputs(scan, table.iloc[rows]))
     return out
 
 
+def mined_weights(table: pd.DataFrame, train_idx: np.ndarray, logits: np.ndarray, positive_fraction: float,
+                  hard_fraction: float) -> np.ndarray:
+    """Sampling weights of a hard-negative round: positives keep ``positive_fraction``; half
+    of the negatives' share goes to the ``hard_fraction`` of them the classifier scored
+    highest (vessel spots, pleura it confuses with nodules), half to all of them."""
+    positive = table["label"].to_numpy()[train_idx] == HIT
+    negatives = np.flatnonzero(~positive)
+    hard = negatives[np.argsort(-logits[negatives], kind="stable")[:max(1, round(hard_fraction * len(negatives)))]]
+    weights = np.where(positive, positive_fraction / positive.sum(), (1 - positive_fraction) / 2 / max(len(negatives), 1))
+    weights[hard] += (1 - positive_fraction) / 2 / len(hard)
+    return weights
+
+
 def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runtime, resume: bool = False) -> Path:
+    """One fold's classifier: a round on every training candidate, then
+    ``detect.mining_rounds`` rounds from the best so far with the negatives it scores
+    highest drawn more often; the round with the best validation AUC is the fold's
+    classifier (``layout.fpr_classifier``), which scores the fold's candidates (OOF)."""
     cfg, stage, det = ctx.cfg, ctx.cfg.fpr, ctx.cfg.detect
     splits = split_uids(ctx.folds, fold)
     table = cache.table
@@ -262,29 +289,53 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
                        (1 - stage.positive_fraction) / max((~positive).sum(), 1))
     window = ctx.window
     dataset = CandidateDataset(cache, train_idx, window)
-    model = build_model(stage.model, det.view_slices, det.view_size)
-    info = RunInfo(stage="fpr", fold=fold, model_config=to_dict(stage.model), in_channels=det.view_slices,
-                   patch_size=det.view_size, config=to_dict(cfg), cache_hash=str(cache.attrs["build_hash"]),
-                   config_hash=ctx.run_hash(stage, det, {"fold": fold, "candidates": cache.attrs["build_hash"]}),
-                   extra={"train_uids": sorted(splits["train"]), "val_uids": sorted(splits["val"])})
+    base_hash = ctx.run_hash(stage, det, {"fold": fold, "candidates": cache.attrs["build_hash"]})
+    rounds = [out_dir] + [ctx.layout.fpr_mining_dir(fold, r) for r in range(1, det.mining_rounds + 1)]
+
+    def info(r: int) -> RunInfo:
+        return RunInfo(stage="fpr", fold=fold, model_config=to_dict(stage.model), in_channels=det.view_slices,
+                       patch_size=det.view_size, config=to_dict(cfg), cache_hash=str(cache.attrs["build_hash"]),
+                       config_hash=f"{base_hash}-round{r}" if r else base_hash,
+                       extra={"train_uids": sorted(splits["train"]), "val_uids": sorted(splits["val"])})
+
     oof_path = out_dir / "val_candidates.csv"
-    final = out_dir / "checkpoint_final.pt"
-    if oof_path.is_file() and final.is_file() and load_checkpoint(final).get("config_hash") == info.config_hash:
+    classifier = ctx.layout.fpr_classifier(fold)
+    if oof_path.is_file() and classifier.is_file() and \
+            load_checkpoint(classifier).get("config_hash") in {info(r).config_hash for r in range(len(rounds))} and \
+            (rounds[-1] / "checkpoint_final.pt").is_file():
         return out_dir   # done with this config and these candidates
-    scorer = FoldScorer(cache, val_idx, window, det.view_size, det.view_slices, rt)
-    objective = FprObjective(det.view_size, det.view_slices, det.view_spacing_mm)
-    trainer = Trainer(stage, model, objective, dataset, weights, scorer, out_dir, rt, info, select_metric="val_auc")
-    last = out_dir / "checkpoint_last.pt"
-    # a run of another config or on other candidates is stale: it is trained anew
-    if resume and last.is_file() and load_checkpoint(last).get("config_hash") == info.config_hash:
-        trainer.resume()
-        if rt.is_main:
-            print(f"resumed FPR fold {fold} at epoch {trainer.epoch}")
-    trainer.fit()
-    # OOF scores of the best checkpoint on every candidate of the fold (ignored ones too),
+    scorer = FoldScorer(cache, val_idx, window, rt)
+    best_dir, best_auc = out_dir, -math.inf
+    for r, round_dir in enumerate(rounds):
+        model = build_model(stage.model, det.view_slices, det.view_size)
+        round_stage = stage
+        if r:   # from the best so far, half the schedule, its hardest negatives drawn more often
+            model.load_state_dict(load_checkpoint(best_dir / "checkpoint_best.pt")["ema"])
+            train_logits = FoldScorer(cache, train_idx, window, rt).logits(
+                model_from_checkpoint(best_dir / "checkpoint_best.pt"))
+            weights = mined_weights(table, train_idx, train_logits, stage.positive_fraction,
+                                    det.mined_fraction)
+            round_stage = replace(stage, epochs=max(1, math.ceil(stage.epochs / 2)), warmup_epochs=0.0)
+        round_dir.mkdir(parents=True, exist_ok=True)
+        objective = FprObjective(model.offsets, det.view_spacing_mm)
+        trainer = Trainer(round_stage, model, objective, dataset, weights, scorer, round_dir, rt, info(r),
+                          select_metric="val_auc")
+        last = round_dir / "checkpoint_last.pt"
+        # a run of another config or on other candidates is stale: it is trained anew
+        if resume and last.is_file() and load_checkpoint(last).get("config_hash") == info(r).config_hash:
+            trainer.resume()
+            if rt.is_main:
+                print(f"resumed FPR fold {fold} round {r} at epoch {trainer.epoch}")
+        trainer.fit()
+        if trainer.best > best_auc:
+            best_dir, best_auc = round_dir, trainer.best
+    if rt.is_main:
+        print(f"FPR fold {fold}: the classifier of round {rounds.index(best_dir)} (validation AUC {best_auc:.4f})")
+    copy_file(best_dir / "checkpoint_best.pt", classifier)
+    # OOF scores of the chosen classifier on every candidate of the fold (ignored ones too),
     # their cubes cut from the scans as infer.py cuts them
     oof = table[table["seriesuid"].isin(splits["val"])].reset_index(drop=True)
-    model = model_from_checkpoint(out_dir / "checkpoint_best.pt")
+    model = model_from_checkpoint(classifier)
     oof["fpr_logit"] = classifier_logits_in_scans(ctx, model, oof, rt)
     atomic_to_csv(oof, oof_path, float_format="%.5g")
     return out_dir
@@ -311,20 +362,20 @@ def classifier_health(oof: pd.DataFrame, floor: float) -> tuple[float | None, st
 
 
 def choose_combination(ctx: StageContext, records: list[ScanRecord]) -> dict:
-    """The classifier weight that maximises the pooled OOF CPM of the map candidates."""
+    """The classifier weight that maximises the pooled OOF CPM of the detected candidates."""
     det = ctx.cfg.detect
     oof = pd.concat([pd.read_csv(ctx.layout.fpr_fold_dir(f) / "val_candidates.csv", dtype={"seriesuid": str})
                      for f in fold_ids(ctx.folds)], ignore_index=True)
     uids = sorted(oof["seriesuid"].unique())
     scans = [r.load(with_image=False) for r in records if r.seriesuid in set(uids)]
     truth, excluded = nodule_table(scans), excluded_table(scans)
-    found = oof[oof["source"] == "map"]
+    found = oof[oof["source"].isin(DETECTED)]
     auc, problem = classifier_health(oof, det.min_classifier_auc)
     if auc is None:
         print("note: no OOF candidates of both kinds: the FPR classifiers' AUC cannot be checked", file=sys.stderr)
     result = dict(scans=len(uids), nodules=len(truth), code_version=code_version(),
                   candidate_source=det.candidate_source, oof_auc=auc, classifier_problem=problem)
-    if found.empty:   # no OOF map candidates (candidate_source: listed): nothing to choose on
+    if found.empty:   # no OOF detections (candidate_source: listed): nothing to choose on
         weight = det.classifier_weight if det.classifier_weight >= 0 else det.default_classifier_weight
         source = "config (no OOF map candidates to choose on)"
     else:
