@@ -44,7 +44,7 @@ def load_segmenter(args, cfg) -> Models:
     if args.checkpoint:
         checkpoints, fallback = [Path(p) for p in args.checkpoint], (cfg.infer.threshold, "config infer.threshold")
     else:
-        experiment = find_experiment(cfg.paths, args.experiment or cfg.paths.experiment, args.model)
+        experiment = find_experiment(cfg.paths, args.experiment, args.model)
         checkpoints, fallback = experiment.model_checkpoints(args.model), experiment.threshold(cfg.infer)
     rt = setup_runtime(args.device or cfg.device, cfg.amp)
     print(rt.describe())
@@ -64,7 +64,8 @@ def main() -> int:
     parser.add_argument("--coords", help="CSV of nodule coordinates (annotations.csv form): mode 1")
     parser.add_argument("--model", choices=("student", "ensemble", "half-max"), default="student",
                         help="half-max: no network, given nodules only (needs --coords)")
-    parser.add_argument("--experiment", help="outputs/<experiment>/ holding the models")
+    parser.add_argument("--experiment", help="outputs/<experiment>/ holding the models (an error if it has none; "
+                        "without it the config's experiment, else the newest one with models)")
     parser.add_argument("--checkpoint", nargs="+", help="explicit checkpoint file(s) instead")
     parser.add_argument("--split", choices=("all", "holdout"), default="all",
                         help="only the hold-out scans of folds.csv (paths.folds)")

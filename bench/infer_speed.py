@@ -1,6 +1,6 @@
 """Whole-scan inference speed and memory (infer.py mode 2) on a ~512x512x300 built-in scan.
 
-    python bench/infer_speed.py --config configs/cpu.yaml [--device cuda]
+    python bench/infer_speed.py --config configs/cpu.yaml [--device cuda] [--models student]
 
 Generates one long phantom scan (real LIDC geometry, >= 280 slices) into a temporary
 folder, then runs infer.py on it once per model in a fresh process, and reports seconds
@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--min-slices", type=int, default=280)
+    parser.add_argument("--models", nargs="+", choices=("student", "ensemble"), default=["student", "ensemble"])
     add_config_args(parser)
     args = parser.parse_args()
     config_from_args(args)
@@ -48,7 +49,7 @@ def main() -> None:
         print(f"scan: {int(scan['n_slices'])} x 512 x 512, spacing {scan['pixel_spacing_mm']:.3f} / "
               f"{scan['slice_spacing_mm']:.3f} mm, device {args.device}")
         print("| model | seconds per scan | command wall s | peak RSS GB |\n|---|---|---|---|")
-        for model in ("student", "ensemble"):
+        for model in args.models:
             cmd = [sys.executable, "infer.py", "--input", str(data), "--out", f"{tmp}/out_{model}",
                    "--model", model, "--device", args.device, *(["--config", args.config] if args.config else []),
                    *(["--set", *args.overrides] if args.overrides else [])]

@@ -178,14 +178,18 @@ class ExperimentLayout:
         return float(cfg.threshold), "config infer.threshold"
 
 
-def find_experiment(paths: PathsConfig, preferred: str, model: str) -> ExperimentLayout:
-    """outputs/<preferred>/ if it holds the wanted models, else the newest experiment that does."""
+def find_experiment(paths: PathsConfig, named: str | None, model: str) -> ExperimentLayout:
+    """outputs/<named>/ when ``--experiment`` named one (an error if it lacks the wanted
+    models); else the config's experiment, or the newest one that has them, with a note."""
     outputs = Path(paths.outputs)
-    wanted = ExperimentLayout(outputs / preferred)
+    wanted = ExperimentLayout(outputs / (named or paths.experiment))
     if wanted.has(model):
         return wanted
     found = sorted((ExperimentLayout(p) for p in outputs.glob("*") if p.is_dir() and ExperimentLayout(p).has(model)),
                    key=lambda e: e.root.stat().st_mtime)
+    others = f"; experiments with one: {', '.join(e.root.name for e in found)}" if found else ""
+    if named:
+        raise DataError(f"{wanted.root}: no trained {model} in experiment '{named}'{others}")
     if not found:
         raise DataError(f"{outputs}: no trained {model} in any experiment; run `make demo` or train.py first")
     print(f"note: using the models of {found[-1].root} ({wanted.root} has no {model})", file=sys.stderr)

@@ -63,3 +63,18 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, run_script)
     result = run_script(str(ROOT / "export.py"), "--checkpoint", str(evil), "--out", str(tmp_path / "x.onnx"))
     one_clean_line(result, "evil.pt: refused")
     assert not marker.exists(), "nothing in the pickle was executed"
+
+
+def test_a_named_experiment_without_models_is_an_error_not_a_switch(tmp_path, capsys):
+    from src.config import PathsConfig
+    from src.errors import DataError
+    from src.layout import ExperimentLayout, find_experiment
+    paths = PathsConfig(outputs=str(tmp_path), experiment="cpu")
+    trained = ExperimentLayout(tmp_path / "other").student_checkpoint()
+    trained.parent.mkdir(parents=True)
+    trained.touch()
+    with pytest.raises(DataError, match="no trained student in experiment 'typo'; experiments with one: other"):
+        find_experiment(paths, "typo", "student")
+    assert find_experiment(paths, None, "student").root == tmp_path / "other", "the config's default falls back"
+    assert "note: using the models of" in capsys.readouterr().err
+    assert find_experiment(paths, "other", "student").root == tmp_path / "other"
