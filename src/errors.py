@@ -16,3 +16,8 @@ class DataError(UserError, ValueError):
 
 class ConfigError(UserError, ValueError):
     """A config file, key, value or CLI override that cannot be used."""
+
+
+class HoldoutLeak(RuntimeError):
+    """Hold-out scans reached a training step: a bug, never to be skipped (unlike ``assert``,
+    which ``python -O`` removes)."""

@@ -151,3 +151,11 @@ def test_too_few_patients_for_the_folds_is_a_clear_error(tiny_cache):
     scans = tiny_cache.scans[tiny_cache.scans["patient_id"].isin(["P001", "P002", "P003"])]
     with pytest.raises(DataError, match=r"3 patient\(s\) cannot fill 3 folds and a hold-out: need at least 4"):
         make_folds(scans, tiny_cache.nodules, FoldsConfig(n_folds=3, holdout_fraction=0.2))
+
+
+def test_a_holdout_leak_raises_even_under_python_O():
+    from src.data.folds import refuse_holdout
+    from src.errors import HoldoutLeak
+    refuse_holdout({"a", "b"}, {"c"}, "training")
+    with pytest.raises(HoldoutLeak, match="1 hold-out scan\\(s\\) reached training, e.g. c"):
+        refuse_holdout(["a", "c"], {"c", "d"}, "training")

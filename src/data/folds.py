@@ -25,7 +25,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from src.config import FoldsConfig
 from src.data.groups import size_bin
 from src.data.tables import FOLDS, check_table, read_table
-from src.errors import DataError
+from src.errors import DataError, HoldoutLeak
 
 HOLDOUT = "holdout"
 COLUMNS = ["seriesuid", "patient_id", "fold", "label_kind", "has_fine_mask", "n_nodules",
@@ -133,6 +133,13 @@ def split_uids(folds: pd.DataFrame, fold: int | None) -> dict[str, set[str]]:
     val = set(folds.loc[folds["fold"] == str(fold), "seriesuid"]) if fold is not None else set()
     train = set(folds["seriesuid"]) - holdout - val
     return dict(train=train, val=val, holdout=holdout)
+
+
+def refuse_holdout(uids, holdout: set[str], what: str) -> None:
+    """Raise :class:`HoldoutLeak` when any of ``uids`` is a hold-out scan."""
+    leaked = sorted(set(uids) & holdout)
+    if leaked:
+        raise HoldoutLeak(f"{len(leaked)} hold-out scan(s) reached {what}, e.g. {leaked[0]}")
 
 
 def check_against_cache(folds: pd.DataFrame, cache_scans: pd.DataFrame, folds_path: str | Path) -> None:

@@ -27,7 +27,7 @@ import pandas as pd
 from src.config import PseudoConfig, code_version, to_dict
 from src.data.classical import BINARY_LEVEL
 from src.data.context import StageContext
-from src.data.folds import fold_ids, split_uids
+from src.data.folds import fold_ids, refuse_holdout, split_uids
 from src.data.manifest import read_dataset
 from src.data.patches import DIST_UNITS_PER_MM
 from src.evaluation.baselines import SphereSegmenter
@@ -58,8 +58,7 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
     order = np.argsort(selection.indices)
     rows, constrained = selection.indices[order], ~selection.fine_ok[order]
-    holdout_rows = ctx.cache.patches["seriesuid"].isin(splits["holdout"]).to_numpy()
-    assert not holdout_rows[rows].any(), "hold-out patches reached pseudo-labelling"
+    refuse_holdout(ctx.cache.patches["seriesuid"].to_numpy()[rows], splits["holdout"], "pseudo-labelling")
 
     teachers, paths = load_ensemble(ctx.layout, fold_ids(ctx.folds), ctx.cache_hash)
     predictor = Predictor(teachers, rt, ctx.window, tta=cfg.tta, batch_size=cfg.batch_size)

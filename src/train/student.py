@@ -19,7 +19,7 @@ import numpy as np
 
 from src.config import dump_config, to_dict
 from src.data.context import StageContext
-from src.data.folds import split_uids
+from src.data.folds import refuse_holdout, split_uids
 from src.errors import DataError
 from src.models.checkpoint import model_from_checkpoint
 from src.models.factory import build_model
@@ -61,7 +61,7 @@ class SoftTargets:
 def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     cfg, stage = ctx.cfg, ctx.cfg.student
     splits = split_uids(ctx.folds, None)
-    assert not splits["train"] & splits["holdout"], "hold-out scans leaked into the student's training set"
+    refuse_holdout(splits["train"], splits["holdout"], "the student's training set")
     seed_everything(stage.seed)
     out_dir = ctx.layout.student_dir
     threshold, source = ctx.layout.threshold(cfg.infer)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from src.config import code_version, dump_config, to_dict
 from src.data.context import StageContext
-from src.data.folds import split_uids
+from src.data.folds import refuse_holdout, split_uids
 from src.data.manifest import read_dataset
 from src.errors import DataError
 from src.evaluation.cases import load_cases
@@ -55,7 +55,7 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
     splits = split_uids(ctx.folds, fold)
     if not splits["val"]:
         raise DataError(f"fold {fold} has no scans in {cfg.paths.folds}")
-    assert not (splits["train"] | splits["val"]) & splits["holdout"], "hold-out scans leaked into a fold"
+    refuse_holdout(splits["train"] | splits["val"], splits["holdout"], f"fold {fold}'s training or validation set")
     seed_everything(stage.seed + fold)
     out_dir = ctx.layout.teacher_dir(fold)
     objective = TeacherObjective(stage.loss)
