@@ -230,7 +230,7 @@ def test_fpr_classifiers_export_to_onnx(fpr_trained, monkeypatch):
     for checkpoint in ctx.layout.fpr_checkpoints():
         path = ctx.layout.onnx(checkpoint.parent)
         model = model_from_checkpoint(checkpoint)
-        x = torch.rand(3, 3, ctx.cfg.detect.view_slices, ctx.cfg.detect.view_size, ctx.cfg.detect.view_size)
+        x = torch.rand(3, *model.offsets.shape[:-1])   # the default 3D CNN: (N, 1, S, S, S)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         with torch.no_grad():
             np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], model(x).numpy(), atol=1e-4)

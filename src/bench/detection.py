@@ -116,12 +116,20 @@ def rankings(detections: pd.DataFrame, fpr_probability, fpr_3d_probability,
     return ranked if classical is None else {**ranked, CLASSICAL: classical}
 
 
-def summaries(ranked: dict[str, pd.DataFrame], scans: list, label: str) -> tuple[dict[str, dict], list[dict]]:
+def reference(records: list) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(annotated nodules, excluded findings, seriesuids) of some scans, read one at a time
+    (a scan read without its image still holds its masks: 120 of them fill the memory)."""
+    scans = (r.load(with_image=False) for r in progress(records, desc="reference standard"))
+    tables = [(nodule_table([s]), excluded_table([s])) for s in scans]
+    return (pd.concat([t[0] for t in tables], ignore_index=True), pd.concat([t[1] for t in tables], ignore_index=True),
+            sorted(r.seriesuid for r in records))
+
+
+def summaries(ranked: dict[str, pd.DataFrame], records: list, label: str) -> tuple[dict[str, dict], list[dict]]:
     """FROC summaries of each ranking of a set (keys '<set>, <ranking>'), and CPM differences
     paired over the scans: the pipeline minus the classical detector and minus no FPR, the
     3D CNN minus the multi-view classifier."""
-    uids = sorted(s.seriesuid for s in scans)
-    truth, excluded = nodule_table(scans), excluded_table(scans)
+    truth, excluded, uids = reference(records)
     out = {}
     for name, table in ranked.items():
         result = froc_with_ci(table, truth, excluded, uids)
@@ -172,7 +180,7 @@ def run_detection(run: BenchRun, out: Path, budget: str = "full") -> str:
     oof, oof_3d = oof[detected], oof_3d[detected]   # the same rows in the same order (one candidate cache)
     oof_uids = sorted(set(ctx_t.folds["seriesuid"]) - holdout_uids(ctx_t.folds))
     hold_uids = sorted(holdout_uids(ctx_t.folds))
-    oof_scans = [records[u].load(with_image=False) for u in oof_uids]
+    oof_scans = [records[u] for u in oof_uids]
     ranked = rankings(oof, combine(oof["fpr_logit"], oof["seg_probability"], combination["weight"]),
                       combine(oof_3d["fpr_logit"], oof_3d["seg_probability"], combination_3d["weight"]))
     results, paired_oof = summaries(ranked, oof_scans, "OOF teachers")
@@ -183,7 +191,7 @@ def run_detection(run: BenchRun, out: Path, budget: str = "full") -> str:
     run.log("classical blobs on the hold-out scans")
     classical = classical_detections([records[u] for u in hold_uids], ctx_t, out / "classical_blobs.csv")
     classical = classical[classical["seriesuid"].isin(hold_uids)]
-    hold_scans = [records[u].load(with_image=False) for u in hold_uids]
+    hold_scans = [records[u] for u in hold_uids]
     hold_results, paired_hold = summaries(
         rankings(holdout, holdout["probability"], holdout["probability_3d"], classical), hold_scans, "hold-out student")
     results.update(hold_results)
