@@ -41,7 +41,8 @@ BLOB_COLUMNS = ["coordX", "coordY", "coordZ", "blob_response", "diameter_mm"]
 
 def hessians_at(smoothed: np.ndarray, at: np.ndarray) -> np.ndarray:
     """(N, 3, 3) Hessians of a smoothed volume at integer voxels (central differences;
-    voxels on the border use their neighbours inside)."""
+    voxels on the border use their neighbours inside). Only at the maxima: skimage's
+    ``hessian_matrix`` computes six full volumes per scale for the few thousand voxels needed."""
     p = np.clip(at, 1, np.asarray(smoothed.shape) - 2)
     eye = np.eye(3, dtype=int)
     h = np.empty((len(p), 3, 3), dtype=np.float64)
