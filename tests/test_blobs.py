@@ -75,3 +75,18 @@ def test_candidates_merge_blobs_with_the_maps_peaks(chest):
     assert len(candidates(mv, prob, DetectConfig(candidate_threshold=0.5, blob_candidates=0), 0.5)[2]) == 1
     capped = candidates(mv, prob, DetectConfig(candidate_threshold=0.5, blob_candidates=10, max_candidates=2), 0.5)[2]
     assert len(capped) == 2
+
+
+def test_a_blob_on_a_peak_that_the_cap_would_cut_lifts_the_peak():
+    """Every blob-found candidate survives the cap: a blob on the weakest peak keeps that
+    peak (source both), a lone blob is kept, the strongest map-only peaks fill the rest."""
+    import pandas as pd
+    from src.predict.detect import merge_sources
+    peaks = pd.DataFrame({"coordX": [0.0, 20.0, 40.0, 60.0], "coordY": 0.0, "coordZ": 0.0,
+                          "seg_probability": [0.9, 0.8, 0.7, 0.1], "source": "map"})
+    blobs = pd.DataFrame({"coordX": [61.0, -50.0], "coordY": 0.0, "coordZ": 0.0, "seg_probability": [0.1, 0.0],
+                          "source": "blob", "blob_response": [300.0, 200.0]})
+    merged = merge_sources(peaks, blobs, max_candidates=3, separation_mm=6.0)
+    assert merged["coordX"].tolist() == [0.0, 60.0, -50.0]
+    assert merged["source"].tolist() == ["map", "both", "blob"]
+    assert merged["blob_response"].tolist()[1:] == [300.0, 200.0]

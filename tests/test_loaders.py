@@ -37,6 +37,10 @@ def test_round_trip_and_coordinates_inside_their_masks(tiny_luna):
     assert len(attachments) == len(ann)
     # nodules.csv's attachment column, row by row; its empty cells are "unknown"
     assert attachments == [TINY_ATTACHMENTS[k % len(TINY_ATTACHMENTS)] or "unknown" for k in range(len(ann))]
+    # finding nodules reads the image and lungs only (no truth masks), the same nodule table
+    bare = records[0].load(with_masks=False)
+    assert bare.fine_mask is None and bare.reader_bits is None and bare.lung_mask.any()
+    assert [n.center_xyz.tolist() for n in bare.nodules] == [n.center_xyz.tolist() for n in records[0].load().nodules]
 
 
 def test_mask_labels_without_coordinates_are_ignored_unless_asked_for(luna_copy):

@@ -52,8 +52,8 @@ class ScanRecord:
     def __post_init__(self) -> None:
         check_seriesuid(self.seriesuid, self.source or str(self.image_path))
 
-    def load(self, with_image: bool = True) -> "Scan":
-        return load_scan(self, with_image=with_image)
+    def load(self, with_image: bool = True, with_masks: bool = True) -> "Scan":
+        return load_scan(self, with_image=with_image, with_masks=with_masks)
 
 
 @dataclass
@@ -173,7 +173,9 @@ def check_hu(image: np.ndarray, path: Path) -> np.ndarray:
     return image.astype(np.int16)
 
 
-def load_scan(record: ScanRecord, with_image: bool = True) -> Scan:
+def load_scan(record: ScanRecord, with_image: bool = True, with_masks: bool = True) -> Scan:
+    """``with_masks=False`` skips the nodule and reader masks (the lung mask is still read):
+    finding nodules never looks at them, and on a 512 x 512 x 300 scan they are ~0.4 GB."""
     if with_image:
         image, geometry = read_image(record.image_path)
         image = check_hu(image, record.image_path)
@@ -181,7 +183,7 @@ def load_scan(record: ScanRecord, with_image: bool = True) -> Scan:
         from src.data.io import read_sitk
         image, geometry = None, Geometry.from_sitk(read_sitk(record.image_path))
 
-    fine = _read_aligned(record.mask_path, geometry, record.image_path, "mask")
+    fine = _read_aligned(record.mask_path if with_masks else None, geometry, record.image_path, "mask")
     labels = _as_labels(fine) if fine is not None else None
     binary = fine is not None and fine.max() <= 1
     lung = _read_aligned(record.lung_path, geometry, record.image_path, "lung mask")
@@ -189,7 +191,7 @@ def load_scan(record: ScanRecord, with_image: bool = True) -> Scan:
         # LUNA16 seg-lungs: 3 = right lung, 4 = left lung, 5 = trachea; others: any non-zero.
         lungs = (lung == 3) | (lung == 4)
         lung = lungs if lungs.any() else lung > 0
-    readers = _read_aligned(record.readers_path, geometry, record.image_path, "reader mask")
+    readers = _read_aligned(record.readers_path if with_masks else None, geometry, record.image_path, "reader mask")
 
     nodules: list[Nodule] = []
     used: set[int] = set()

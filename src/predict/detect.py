@@ -119,32 +119,42 @@ def candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: DetectConfig,
       (``src.data.blobs``): nodules the map gives no response to (faint ground glass) still
       reach the classifier. A blob within ``peak_separation_mm`` of a map peak is that peak.
 
-    Every blob-only candidate is kept; map peaks fill the rest of ``max_candidates`` by their
-    probability. A candidate's location is its peak (inside the nodule it found, even when
+    Every candidate a blob found is kept; the map's other peaks fill the rest of
+    ``max_candidates`` by their probability (``merge_sources``). A candidate's location is its peak (inside the nodule it found, even when
     the map is a ring around a large one); its mask, the component of the map at the
     segmentation threshold around it (a blob-only candidate usually has none);
     ``seg_probability`` is the map's probability there."""
     table = map_candidates(mv, prob_model, cfg)
-    table["blob_response"] = np.nan
     blobs = find_blobs(mv.image, mv.geometry, mv.lung_mask(), cfg.blob_candidates, cfg.blob_min_response)
-    if len(blobs):
-        blobs = blob_rows(mv, prob_model, blobs)
-        if len(table):
-            d = np.linalg.norm(blobs[XYZ].to_numpy(float)[:, None] - table[XYZ].to_numpy(float)[None], axis=-1)
-            near = d.argmin(axis=1)
-            same = d[np.arange(len(blobs)), near] <= cfg.peak_separation_mm
-            for i, j in zip(np.flatnonzero(same), near[same]):   # strongest blob first: it names the peak
-                if np.isnan(table.at[j, "blob_response"]):
-                    table.at[j, "blob_response"] = blobs.at[i, "blob_response"]
-                    table.at[j, "source"] = "both"
-            blobs = blobs[~same]
-        table = pd.concat([table.head(cfg.max_candidates - min(len(blobs), cfg.max_candidates)),
-                           blobs.head(cfg.max_candidates)], ignore_index=True)
+    table = merge_sources(table, blob_rows(mv, prob_model, blobs), cfg.max_candidates, cfg.peak_separation_mm)
     table["probability"] = table["seg_probability"]   # the final score until the FPR stage rescores it
     table["nodule_id"] = np.arange(1, len(table) + 1)
     native = mv.native
     prob = resample(prob_model, mv.geometry, native, "linear", default=0.0)
     return candidate_masks(prob, native, table, seg_threshold), prob, table
+
+
+def merge_sources(peaks_table: pd.DataFrame, blobs: pd.DataFrame, max_candidates: int,
+                  separation_mm: float) -> pd.DataFrame:
+    """Map peaks (strongest first) and blobs (strongest first) as one table of at most
+    ``max_candidates`` rows. A blob within ``separation_mm`` of a peak is that peak
+    (``source`` both, the blob's response kept); every blob-found row is kept, and the peaks
+    found by the map alone fill the rest by probability. (A blob matched to a peak that is
+    then cut would be lost: the match lifts the peak instead.)"""
+    table = peaks_table.assign(blob_response=np.nan)
+    if len(blobs) and len(table):
+        d = np.linalg.norm(blobs[XYZ].to_numpy(float)[:, None] - table[XYZ].to_numpy(float)[None], axis=-1)
+        near = d.argmin(axis=1)
+        same = d[np.arange(len(blobs)), near] <= separation_mm
+        for i, j in zip(np.flatnonzero(same), near[same]):   # strongest blob first: it names the peak
+            if np.isnan(table.at[j, "blob_response"]):
+                table.at[j, "blob_response"] = blobs["blob_response"].iloc[i]
+                table.at[j, "source"] = "both"
+        blobs = blobs[~same]
+    by_blob = pd.concat([table[table["source"] == "both"], blobs], ignore_index=True).head(max_candidates)
+    map_only = table[table["source"] == "map"].head(max_candidates - len(by_blob))
+    return pd.concat([map_only, by_blob], ignore_index=True).sort_values(
+        "seg_probability", ascending=False, kind="stable", ignore_index=True)
 
 
 def map_candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: DetectConfig) -> pd.DataFrame:
@@ -174,6 +184,8 @@ def map_candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: DetectConfig) -
 def blob_rows(mv: ModelVolume, prob_model: np.ndarray, blobs: pd.DataFrame) -> pd.DataFrame:
     """Blobs as candidate rows: the sphere their scale implies, the map's probability at
     their centre and the mean HU of the 3 x 3 x 3 voxels there."""
+    if len(blobs) == 0:
+        return pd.DataFrame(columns=[*CANDIDATE_COLUMNS, "blob_response"])
     at = np.rint(mv.geometry.world_to_voxel(blobs[XYZ].to_numpy(float))).astype(int)
     at = np.clip(at, 0, np.asarray(prob_model.shape) - 1).reshape(-1, 3)
     mean_hu = [float(mv.image[tuple(slice(max(c - 1, 0), c + 2) for c in v)].mean()) for v in at]
@@ -184,12 +196,24 @@ def blob_rows(mv: ModelVolume, prob_model: np.ndarray, blobs: pd.DataFrame) -> p
 
 def candidate_masks(prob: np.ndarray, native, table: pd.DataFrame, seg_threshold: float) -> np.ndarray:
     """Label k = the component of ``prob >= seg_threshold`` at candidate k (a higher-ranked
-    candidate keeps a component two share; a faint candidate has no mask)."""
-    components = cc3d.connected_components(prob >= seg_threshold, connectivity=26)
+    candidate keeps a component two share; a faint candidate has no mask). Components are
+    labelled in the box of the voxels above threshold only: on a 512 x 512 x 300 grid a full
+    label volume is the whole-scan pass's peak memory."""
+    labels = np.zeros(prob.shape, dtype=np.uint16)
+    above = prob >= seg_threshold
+    if not above.any() or len(table) == 0:
+        return labels
+    box = tuple(slice(int(i[0]), int(i[-1]) + 1)
+                for i in (np.flatnonzero(above.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1))))
+    components = cc3d.connected_components(above[box], connectivity=26)
+    del above
     at = np.rint(native.world_to_voxel(table[["coordX", "coordY", "coordZ"]].to_numpy(float))).astype(int)
     at = np.clip(at, 0, np.asarray(native.shape_zyx) - 1).reshape(-1, 3)
+    lo = np.array([b.start for b in box])
+    inside = np.all((at >= lo) & (at < [b.stop for b in box]), axis=1)
     remap = np.zeros(int(components.max()) + 1, dtype=np.uint16)
-    for nodule_id, c in zip(table["nodule_id"].to_numpy()[::-1], components[tuple(at.T)][::-1]):
+    for nodule_id, c in zip(table["nodule_id"].to_numpy()[inside][::-1], components[tuple((at[inside] - lo).T)][::-1]):
         if c:
             remap[c] = nodule_id     # walked from the lowest rank up: the highest rank writes last
-    return remap[components]
+    labels[box] = remap[components]
+    return labels

@@ -214,7 +214,7 @@ def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig
 def run_scan(record: ScanRecord, models: Models, cfg: InferConfig, out_dir: Path, given: bool,
              fmt: str, save_prob: bool, qa: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """-> (the scan's rows of nodules.csv, whole-scan mode: every candidate, else None)."""
-    scan = record.load()
+    scan = record.load(with_masks=given)   # mode 1's coordinates may come from mask labels
     mv = to_model_volume(scan, models.cache_cfg)
     found = None
     if given:
