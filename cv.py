@@ -51,10 +51,11 @@ def main() -> None:
         atomic_to_csv(scored, layout.per_nodule("oof"), float_format="%.5g")
     else:
         from src.evaluation.holdout import build_segmenters, score_holdout
+        from src.predict.experiment import TrainedExperiment
         from src.runtime import setup_runtime
-        threshold, source = layout.threshold(cfg.infer)
+        threshold, source = TrainedExperiment(layout, cfg).threshold()
         print(f"probability threshold {threshold} from {source}")
-        segmenters, speed = build_segmenters(ctx, setup_runtime(args.device or cfg.device, cfg.amp), threshold)
+        segmenters, speed = build_segmenters(ctx, setup_runtime(args.device or cfg.device, cfg.amp))
         per_nodule, name = score_holdout(ctx, segmenters), "holdout_leaderboard"
         atomic_to_csv(per_nodule, layout.per_nodule("holdout"), float_format="%.5g")
         title = (f"{cfg.paths.experiment}: hold-out ({per_nodule['seriesuid'].nunique()} scans, "

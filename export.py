@@ -4,8 +4,9 @@
     python export.py --checkpoint outputs/cpu/teacher/fold_0/checkpoint_best.pt --out teacher0.onnx
     python export.py --fpr --config configs/cpu.yaml                # -> outputs/<exp>/fpr/fold_K/fold_K.onnx
 
-The model's metadata carries its input convention and the probability threshold stamped
-into the checkpoint at training (the OOF choice), or the experiment's.
+The model's metadata carries its input convention and the probability threshold: the
+experiment's (src.predict.experiment: its OOF choice, else the config's); for a --checkpoint
+of its own, the one stamped into it at training, else the experiment's.
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ from src.errors import DataError, UserError
 from src.layout import ExperimentLayout
 from src.models.checkpoint import cache_config, load_checkpoint, model_from_checkpoint
 from src.models.export import export_onnx, fpr_metadata, onnx_metadata
+from src.predict.experiment import TrainedExperiment
 
 
 def export_fpr(layout: ExperimentLayout) -> None:
@@ -51,10 +53,9 @@ def main() -> None:
         raise UserError(f"{out}: export writes ONNX only; name the file .onnx")
 
     ckpt = load_checkpoint(ckpt_path)
-    threshold = ckpt.get("threshold")
-    source = f"{ckpt_path} (stamped at training)"
-    if threshold is None:
-        threshold, source = layout.threshold(cfg.infer)
+    threshold, source = TrainedExperiment(layout, cfg).threshold()
+    if args.checkpoint and ckpt.get("threshold") is not None:
+        threshold, source = ckpt["threshold"], f"{ckpt_path} (stamped at training)"
     metadata = onnx_metadata(cache_config(ckpt), float(threshold), source, ckpt_path)
     export_onnx(model_from_checkpoint(ckpt_path), ckpt["in_channels"], ckpt["patch_size"], out, metadata)
     print(f"threshold {threshold} from {source} -> {out}")

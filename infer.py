@@ -23,15 +23,16 @@ from pathlib import Path
 from src.cli import add_config_args, config_from_args, output_folder, run, set_from_args
 from src.data.folds import holdout_uids, read_folds
 from src.errors import UserError
-from src.layout import find_experiment
-from src.predict.fpr import CandidateScorer
-from src.predict.run import (
+from src.predict.experiment import (
     Models,
+    TrainedExperiment,
+    checkpoint_models,
+    half_max_models,
+)
+from src.predict.run import (
     attach_coords,
     collect_inputs,
     failure_summary,
-    half_max_models,
-    prepare_models,
     run_inference,
 )
 from src.runtime import setup_runtime
@@ -41,17 +42,14 @@ def load_segmenter(args, cfg) -> Models:
     """The networks chosen by --model/--checkpoint/--experiment, or half-max (none)."""
     if args.model == "half-max":
         return half_max_models(cfg.cache)
-    if args.checkpoint:
-        checkpoints, fallback = [Path(p) for p in args.checkpoint], (cfg.infer.threshold, "config infer.threshold")
-    else:
-        experiment = find_experiment(cfg.paths, args.experiment, args.model)
-        checkpoints, fallback = experiment.model_checkpoints(args.model), experiment.threshold(cfg.infer)
     rt = setup_runtime(args.device or cfg.device, cfg.amp)
     print(rt.describe())
-    models = prepare_models(checkpoints, rt, args.tta or cfg.infer.tta, cfg.infer.batch_size, fallback)
-    models.detect = cfg.detect
-    if not args.coords and not args.no_fpr and not args.checkpoint and experiment.has_fpr():
-        models.fpr = CandidateScorer.load(experiment.fpr_checkpoints(), experiment.fpr_combination, rt)
+    tta = args.tta or cfg.infer.tta
+    if args.checkpoint:
+        return checkpoint_models([Path(p) for p in args.checkpoint], cfg, rt, tta)
+    models = TrainedExperiment.find(cfg, args.experiment, args.model).models(
+        args.model, rt, tta, fpr=not args.coords and not args.no_fpr)
+    if models.fpr is not None:
         print(f"false-positive reduction: {len(models.fpr.checkpoints)} classifier(s), weight {models.fpr.weight:g} "
               f"from {models.fpr.weight_source}")
     return models

@@ -15,6 +15,15 @@
                                  classifier.pt the best round's, val_candidates.csv its OOF scores)
         combination.json, oof_froc.{csv,png}, detection_leaderboard.md
 
+``infer.py``'s output folder (``InferenceOutputs``):
+
+    <out>/
+      <seriesuid>.nii.gz (or --format)   label mask per scan, in its own geometry; _prob: map
+      <seriesuid>_seg.dcm, _sr.dcm       DICOM-SEG and SR (TID 1500), for DICOM inputs
+      qa/<seriesuid>.png                 with --qa
+      nodules.csv, run.json, report.html every run; whole-scan mode also submission.csv
+                                         (LUNA16) and candidates.csv (every candidate)
+
 Every stage asks this module for its paths; none builds them by hand. Postprocessing is
 read from its file and passed on explicitly, never written into a config in place.
 """
@@ -30,6 +39,7 @@ from src.errors import DataError
 from src.utils import atomic_write_text
 
 CHECKPOINTS = ("last", "best", "final")
+MASK_FORMATS = (".nii.gz", ".mhd", ".nrrd")     # infer.py --format
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,19 @@ class ExperimentLayout:
             raise ValueError(f"checkpoint kind must be one of {CHECKPOINTS}")
         return stage_dir / f"checkpoint_{kind}.pt"
 
+    # a training run's folder (a fold teacher, the student, an FPR classifier or its round)
+    @staticmethod
+    def run_config(run_dir: Path) -> Path:
+        return run_dir / "args.yaml"
+
+    @staticmethod
+    def run_summary(run_dir: Path) -> Path:
+        return run_dir / "summary.csv"
+
+    @staticmethod
+    def run_curves(run_dir: Path) -> Path:
+        return run_dir / "training_curves.png"
+
     def teacher_checkpoint(self, fold: int, kind: str = "best") -> Path:
         return self.checkpoint(self.teacher_dir(fold), kind)
 
@@ -68,7 +91,7 @@ class ExperimentLayout:
     def teacher_checkpoints(self, folds: list[int] | None = None) -> list[Path]:
         """Best checkpoint of each fold teacher (all trained folds when ``folds`` is None)."""
         if folds is None:
-            paths = sorted(self.root.glob("teacher/fold_*/checkpoint_best.pt"))
+            paths = sorted(self.checkpoint(d) for d in self.root.glob("teacher/fold_*") if self.checkpoint(d).is_file())
         else:
             paths = [self.teacher_checkpoint(f) for f in folds]
         missing = [str(p) for p in paths if not p.is_file()]
@@ -88,7 +111,7 @@ class ExperimentLayout:
 
     def has(self, model: str) -> bool:
         if model == "ensemble":
-            return any(self.root.glob("teacher/fold_*/checkpoint_best.pt"))
+            return any(self.checkpoint(d).is_file() for d in self.root.glob("teacher/fold_*"))
         return self.student_checkpoint().is_file()
 
     def onnx(self, stage_dir: Path) -> Path:
@@ -114,6 +137,10 @@ class ExperimentLayout:
     @property
     def fpr_combination(self) -> Path:
         return self.fpr_dir / "combination.json"
+
+    def fpr_val_candidates(self, fold: int) -> Path:
+        """Fold ``fold``'s validation candidates with the chosen classifier's OOF scores."""
+        return self.fpr_fold_dir(fold) / "val_candidates.csv"
 
     def fpr_mining_dir(self, fold: int, round_: int) -> Path:
         """A hard-negative round of fold ``fold``'s classifier (a trainer's folder)."""
@@ -194,3 +221,46 @@ def find_experiment(paths: PathsConfig, named: str | None, model: str) -> Experi
         raise DataError(f"{outputs}: no trained {model} in any experiment; run `make demo` or train.py first")
     print(f"note: using the models of {found[-1].root} ({wanted.root} has no {model})", file=sys.stderr)
     return found[-1]
+
+
+@dataclass(frozen=True)
+class InferenceOutputs:
+    """The files of one ``infer.py`` output folder: infer.py writes them, evaluate.py and the
+    benchmarks read them."""
+    root: Path
+
+    @property
+    def nodules(self) -> Path:
+        return self.root / "nodules.csv"
+
+    @property
+    def submission(self) -> Path:
+        return self.root / "submission.csv"
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "candidates.csv"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def mask(self, seriesuid: str, fmt: str) -> Path:
+        return self.root / f"{seriesuid}{fmt}"
+
+    def masks(self, seriesuid: str) -> list[Path]:
+        """The label masks written for a scan, in any of ``MASK_FORMATS``."""
+        return [self.mask(seriesuid, fmt) for fmt in MASK_FORMATS if self.mask(seriesuid, fmt).is_file()]
+
+    def probability(self, seriesuid: str, fmt: str) -> Path:
+        return self.root / f"{seriesuid}_prob{fmt}"
+
+    def qa(self, seriesuid: str) -> Path:
+        return self.root / "qa" / f"{seriesuid}.png"
+
+    def dicom_stem(self, seriesuid: str) -> str:
+        return seriesuid     # <stem>_seg.dcm, <stem>_sr.dcm (src.predict.dicom_out)

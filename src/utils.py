@@ -59,7 +59,7 @@ def copy_file(src: str | Path, dst: str | Path) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")   # the locale may be ASCII
 
 
 def atomic_to_csv(df, path: str | Path, **kwargs) -> None:

@@ -70,3 +70,37 @@ def line_plot(table, x: str, series: list[str], path: str | Path, title: str = "
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def finding_views(image: np.ndarray, mask: np.ndarray, centre_zyx, spacing_zyx, half_mm: float) -> bytes:
+    """PNG of one finding: axial, coronal and sagittal planes through ``centre_zyx`` (voxel),
+    ``half_mm`` either side, in mm (thick slices are not squeezed), lung window, the mask's
+    outline in red (a cross at the centre when it has none)."""
+    import io
+    c = np.clip(np.rint(centre_zyx).astype(int), 0, np.asarray(image.shape) - 1)
+    reach = np.maximum(np.ceil(half_mm / np.asarray(spacing_zyx, dtype=float)).astype(int), 2)
+    lo, hi = np.maximum(c - reach, 0), np.minimum(c + reach + 1, image.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    planes = {"axial": (0, (1, 2)), "coronal": (1, (0, 2)), "sagittal": (2, (0, 1))}
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.7))
+    for ax, (name, (axis, (rows, cols))) in zip(axes, planes.items()):
+        index = [box[0], box[1], box[2]]
+        index[axis] = c[axis]
+        extent = (0, (hi[cols] - lo[cols]) * spacing_zyx[cols], (hi[rows] - lo[rows]) * spacing_zyx[rows], 0)
+        flip = slice(None, None, -1 if rows == 0 else 1)   # head up in coronal and sagittal views
+        ax.imshow(image[tuple(index)][flip], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], extent=extent)
+        cut = mask[tuple(index)][flip]
+        row = (hi[rows] - 1 - c[rows]) if rows == 0 else (c[rows] - lo[rows])
+        if cut.any():
+            ax.contour(cut.astype(float), levels=[0.5], colors=["red"], linewidths=1.0, extent=extent,
+                       origin="upper")
+        else:
+            ax.plot((c[cols] - lo[cols] + 0.5) * spacing_zyx[cols], (row + 0.5) * spacing_zyx[rows],
+                    marker="+", color="red", ms=12)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -7,8 +7,10 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY_OVERRIDES
+
+import evaluate
+import infer
 from src.cli import run
 from src.config import CacheConfig, DetectConfig
 from src.data.candidates import excluded_table, nodule_table
@@ -23,12 +25,9 @@ from src.evaluation.predictions import score_mode1
 from src.models.checkpoint import model_from_checkpoint
 from src.models.export import export_onnx
 from src.predict.detect import candidates
-from src.predict.predictor import Predictor
-from src.predict.segment import ModelVolume, NetworkSegmenter
+from src.predict.experiment import TrainedExperiment
+from src.predict.segment import ModelVolume
 from src.runtime import setup_runtime
-
-import evaluate
-import infer
 
 
 def _run(module, argv, monkeypatch) -> int:
@@ -62,15 +61,34 @@ def test_mode1_outputs_have_input_geometry_and_match_the_leaderboard(tiny_traine
         assert geo.same_grid(scan.geometry, tol=1e-4), "masks overlay the input scan"
         assert set(np.unique(labels)) <= set(range(len(scan.nodules) + 1))
     scores = score_mode1(out, [records[u] for u in holdout])
-    # the hold-out leaderboard scores the student through the same path, at the threshold
-    # stamped into its checkpoint: identical numbers
-    path = ctx.layout.student_checkpoint()
-    model = model_from_checkpoint(path)
-    student = Predictor([model], setup_runtime("cpu"), ctx.window, batch_size=ctx.cfg.infer.batch_size)
-    board = score_holdout(ctx, {"student": (NetworkSegmenter(student, ctx.k), model.checkpoint_meta["threshold"])})
+    # the hold-out leaderboard scores the student through the same path, loaded the same way
+    # (one experiment API, one threshold): identical numbers
+    student = TrainedExperiment(ctx.layout, ctx.cfg).models("student", setup_runtime("cpu"), fpr=False)
+    board = score_holdout(ctx, {"student": (student.segmenter(ctx.cfg.infer), student.threshold)})
     merged = scores.merge(board, on="nodule_uid", suffixes=("_infer", "_board"))
     assert len(merged) == len(board) > 0
     np.testing.assert_allclose(merged["dice_infer"], merged["dice_board"], atol=1e-9)
+
+
+def test_the_experiment_owns_the_threshold_not_a_stale_stamp(tiny_trained, tmp_path, capsys):
+    """A student stamped before cv.py chose the OOF threshold is applied at the experiment's
+    choice, with a note; loaded on its own (--checkpoint), at its stamp."""
+    from dataclasses import replace
+
+    from src.layout import ExperimentLayout
+    from src.predict.experiment import checkpoint_models
+    ctx, rt = tiny_trained, setup_runtime("cpu")
+    layout = ExperimentLayout(tmp_path / "exp")
+    layout.student_checkpoint().parent.mkdir(parents=True)
+    ckpt = torch.load(ctx.layout.student_checkpoint(), weights_only=True)
+    torch.save({**ckpt, "threshold": 0.5}, layout.student_checkpoint())
+    layout.write_postprocessing({"threshold": 0.3})
+    models = TrainedExperiment(layout, ctx.cfg).models("student", rt)
+    assert models.threshold == 0.3 and "postprocessing.json" in models.threshold_source
+    assert "stamped with threshold 0.5" in capsys.readouterr().err
+    assert checkpoint_models([layout.student_checkpoint()], ctx.cfg, rt).threshold == 0.5
+    cfg = replace(ctx.cfg, infer=replace(ctx.cfg.infer, threshold_from_oof=False))
+    assert TrainedExperiment(layout, cfg).models("student", rt).threshold == cfg.infer.threshold
 
 
 def test_half_max_mode_uses_no_network_and_matches_the_leaderboard(tiny_trained, tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from src.data.groups import attachment_class
-from src.data.io import DataError, read_image
+from src.data.io import DataError, read_image, write_dicom_series
 from src.data.luna16 import read_luna16
 from src.data.manifest import read_manifest
 from src.phantom.tiny import TINY_ATTACHMENTS, make_tiny_luna
@@ -128,23 +128,7 @@ def test_mask_with_other_geometry_is_refused(luna_copy):
 
 def _write_dicom_series(image: np.ndarray, geo, folder, series="1.2.826.0.1.3680043.2.1125.1", skip=(),
                         shear_mm=0.0):
-    """A CT series of one file per slice, as a scanner would write it (``skip``: lost slices;
-    ``shear_mm``: each slice shifted in y by this much more, as a gantry tilt does)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in (z for z in range(image.shape[0]) if z not in skip):
-        s = sitk.GetImageFromArray(image[z:z + 1])
-        s.SetSpacing(geo.spacing_xyz)
-        origin = geo.voxel_to_world([z, 0, 0]) + [0.0, z * shear_mm, 0.0]
-        s.SetOrigin(tuple(origin))
-        for tag, value in {"0008|0060": "CT", "0020|000e": series, "0020|0013": str(z + 1),
-                           "0020|0032": "\\".join(f"{v:.4f}" for v in origin),
-                           "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": str(geo.spacing_xyz[2]),
-                           "0008|0018": f"{series}.{z + 1}"}.items():
-            s.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{series[-3:]}_{z:04d}.dcm"))
-        writer.Execute(s)
+    return write_dicom_series(image, geo, folder, "H2", series, skip=skip, shear_mm=shear_mm)
 
 
 def test_hospital_manifest_with_nifti_and_dicom(tiny_luna, tmp_path):

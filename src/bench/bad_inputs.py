@@ -60,6 +60,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from src.data.folds import holdout_uids
 from src.errors import UserError
 from src.phantom.tiny import TINY_SHAPE, TINY_SPACING_XYZ, make_tiny_luna, tiny_geometry, tiny_scan
 
@@ -201,8 +202,7 @@ class Fixtures:
         return pd.read_csv(self.luna / "annotations.csv", dtype={"seriesuid": str})
 
     def holdout(self) -> list[str]:
-        folds = pd.read_csv(self.folds, dtype={"seriesuid": str, "fold": str})
-        return sorted(folds.loc[folds["fold"] == "holdout", "seriesuid"])
+        return sorted(holdout_uids(pd.read_csv(self.folds, dtype={"seriesuid": str, "fold": str})))
 
 
 class Ctx:

@@ -45,10 +45,10 @@ from src.evaluation.froc import (
     plot_froc,
     sensitivity_by_group,
 )
-from src.models.checkpoint import model_from_checkpoint
-from src.predict.detect import candidates, read_map, write_maps
+from src.predict.detect import read_map, write_maps
+from src.predict.experiment import TrainedExperiment
 from src.predict.fpr import CandidateScorer, combine
-from src.predict.predictor import Predictor
+from src.predict.run import detect_all
 from src.predict.segment import to_model_volume
 from src.train.fpr import train_fpr
 from src.utils import atomic_to_csv, atomic_write_text, progress
@@ -65,29 +65,26 @@ RANKINGS = ("map peaks only", "map + blobs", PIPELINE, PIPELINE_3D, CLASSICAL)
 
 
 def holdout_detections(run: BenchRun, ctx_teachers, ctx_student, ctx_3d, out: Path) -> pd.DataFrame:
-    """The student's whole-scan candidates on every hold-out scan, rescored by the FPR
-    (``probability``) and by the 3D CNN variant (``probability_3d``)."""
+    """The student's whole-scan candidates on every hold-out scan, as ``infer.py`` finds and
+    rescores them (``detect_all`` with the experiment's models: ``probability``), also rescored
+    by the 3D CNN variant (``probability_3d``). The student's maps are kept in ``out``."""
     cfg = ctx_student.cfg
-    checkpoint = ctx_student.layout.student_checkpoint()
-    student = model_from_checkpoint(checkpoint)
-    threshold = float(student.checkpoint_meta.get("threshold", cfg.infer.threshold))
+    models = TrainedExperiment(ctx_student.layout, replace(cfg, detect=ctx_teachers.cfg.detect)).models(
+        "student", run.rt, tta=False, fpr=False)
+    models.fpr, scorer_3d = (CandidateScorer.load(c.layout.fpr_checkpoints(), c.layout.fpr_combination, run.rt)
+                             for c in (ctx_teachers, ctx_3d))
     holdout = holdout_uids(ctx_student.folds)
     records = [r for r in read_dataset(cfg.paths) if r.seriesuid in holdout]
     maps = out / "holdout_maps"
-    write_maps(records, Predictor([student], run.rt, ctx_student.window, batch_size=cfg.infer.batch_size),
-               ctx_student.cache.config, cfg.infer.batch_size, lambda uid: maps / f"{uid}.npz",
-               desc="hold-out maps (student)")
-    scorer, scorer_3d = (CandidateScorer.load(c.layout.fpr_checkpoints(), c.layout.fpr_combination, run.rt)
-                         for c in (ctx_teachers, ctx_3d))
+    write_maps(records, models.predictor, ctx_student.cache.config, cfg.infer.batch_size,
+               lambda uid: maps / f"{uid}.npz", desc="hold-out maps (student)")
     tables = []
     for record in progress(records, desc="hold-out candidates + FPR"):
-        scan = record.load()
-        mv = to_model_volume(scan, ctx_student.cache.config)
-        _, _, table = candidates(mv, read_map(maps / f"{record.seriesuid}.npz"), ctx_teachers.cfg.detect, threshold)
-        table = scorer.rescore(scan, table)
-        table["probability_3d"] = scorer_3d.rescore(scan, table.drop(columns="probability")).set_index(
-            "nodule_id").loc[table["nodule_id"], "probability"].to_numpy()
-        tables.append(table.assign(seriesuid=record.seriesuid))
+        mv = to_model_volume(record.load(with_masks=False), models.cache_cfg)
+        _, _, _, table = detect_all(mv, models, cfg.infer, read_map(maps / f"{record.seriesuid}.npz"))
+        rescored = scorer_3d.rescore(mv.scan, table.drop(columns="probability"))
+        tables.append(table.assign(probability_3d=rescored.set_index("nodule_id").loc[
+            table["nodule_id"], "probability"].to_numpy()))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -174,7 +171,7 @@ def run_detection(run: BenchRun, out: Path, budget: str = "full") -> str:
     combination_3d = train_fpr(ctx_3d, run.rt, resume=True)
 
     records = {r.seriesuid: r for r in read_dataset(ctx_t.cfg.paths)}
-    oof, oof_3d = (pd.concat([pd.read_csv(c.layout.fpr_fold_dir(f) / "val_candidates.csv", dtype={"seriesuid": str})
+    oof, oof_3d = (pd.concat([pd.read_csv(c.layout.fpr_val_candidates(f), dtype={"seriesuid": str})
                               for f in fold_ids(c.folds)], ignore_index=True) for c in (ctx_t, ctx_3d))
     detected = oof["source"].isin(DETECTED).to_numpy()
     oof, oof_3d = oof[detected], oof_3d[detected]   # the same rows in the same order (one candidate cache)

@@ -127,6 +127,15 @@ def holdout_uids(folds: pd.DataFrame) -> set[str]:
     return set(folds.loc[folds["fold"] == HOLDOUT, "seriesuid"])
 
 
+def development_uids(folds: pd.DataFrame, label_kind: str | None = None) -> set[str]:
+    """Every scan outside the hold-out set (the folds' training and validation scans), of
+    one ``label_kind`` (fine / coarse) when given."""
+    keep = folds["fold"] != HOLDOUT
+    if label_kind is not None:
+        keep &= folds["label_kind"] == label_kind
+    return set(folds.loc[keep, "seriesuid"])
+
+
 def split_uids(folds: pd.DataFrame, fold: int | None) -> dict[str, set[str]]:
     """Series of the training, validation (fold ``fold``; none for the student) and hold-out sets."""
     holdout = holdout_uids(folds)

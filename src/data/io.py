@@ -112,10 +112,11 @@ def _series_volume_files(folder: Path, series: str, files: list[str]) -> list[st
     return [kept[i][0] for i in order]
 
 
-def _read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
-    """One DICOM series as a volume. A folder with several series is never mixed: the one
-    named ``series_uid``, else the one with the most slices (the CT, not a scout), and a
-    note says which. Its files are checked first (``_series_volume_files``)."""
+def dicom_series_files(folder: Path, series_uid: str | None = None, note: bool = True) -> list[str]:
+    """The files of the DICOM series that ``read_image`` reads from ``folder``, in the order
+    of the volume's slices (z). A folder with several series is never mixed: the one named
+    ``series_uid``, else the one with the most slices (the CT, not a scout), and a note says
+    which. Its files are checked first (``_series_volume_files``)."""
     reader = sitk.ImageSeriesReader()
     series = list(reader.GetGDCMSeriesIDs(str(folder)))
     if not series:
@@ -127,15 +128,21 @@ def _read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Imag
         chosen = series_uid
     else:
         chosen = max(series, key=lambda s: len(files[s]))
-        if len(series) > 1:
+        if len(series) > 1 and note:
             print(f"note: {folder}: {len(series)} DICOM series; using {chosen} ({len(files[chosen])} slices), "
                   f"not {', '.join(f'{s} ({len(files[s])})' for s in series if s != chosen)}", file=sys.stderr)
-    reader.SetFileNames(_series_volume_files(folder, chosen, files[chosen]))
+    return _series_volume_files(folder, chosen, files[chosen])
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    """One DICOM series as a volume (``dicom_series_files``)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(dicom_series_files(folder, series_uid))
     try:
         return reader.Execute()
     except RuntimeError as err:   # e.g. a transfer syntax GDCM cannot decode
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
-        raise DataError(f"{folder}: cannot read DICOM series {chosen} ({detail})") from None
+        raise DataError(f"{folder}: cannot read DICOM series ({detail})") from None
 
 
 # What a CT can be: a voxel edge in this range (mm), at most this many voxels (2 GiB as int16).
@@ -269,6 +276,36 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path,
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
+
+
+def write_dicom_series(image_hu: np.ndarray, geometry: Geometry, folder: str | Path, patient_id: str,
+                       series_uid: str, study_uid: str | None = None, skip=(), shear_mm: float = 0.0) -> Path:
+    """A CT volume (HU, int16) as a scanner writes it: one CT image file per slice, sharing
+    one patient, study, series and frame of reference. ``skip``: slices left out (a broken
+    transfer); ``shear_mm``: each slice shifted along y by this much more (a gantry tilt).
+    Used to turn a built-in scan into a DICOM study."""
+    from pydicom.uid import generate_uid   # a dependency of highdicom; only this writer needs it
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+    shared = {"0008|0060": "CT", "0010|0020": patient_id, "0010|0010": f"{patient_id}^", "0008|0020": "20260101",
+              "0020|000d": study_uid or generate_uid(), "0020|000e": series_uid, "0020|0052": generate_uid(),
+              "0020|0011": "1", "0018|0050": f"{geometry.spacing_xyz[2]:.4f}",
+              "0020|0037": "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))}
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in (z for z in range(image_hu.shape[0]) if z not in skip):
+        origin = geometry.voxel_to_world([z, 0, 0]) + [0.0, z * shear_mm, 0.0]
+        one = sitk.GetImageFromArray(image_hu[z:z + 1].astype(np.int16))
+        one.SetSpacing(geometry.spacing_xyz)
+        one.SetOrigin(tuple(float(v) for v in origin))
+        one.SetDirection(tuple(direction.ravel()))
+        for tag, value in {**shared, "0020|0013": str(z + 1), "0008|0018": generate_uid(),
+                           "0020|0032": "\\".join(f"{v:.4f}" for v in origin)}.items():
+            one.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{series_uid.rsplit('.', 1)[-1]}_{z:04d}.dcm"))   # series may share a folder
+        writer.Execute(one)
+    return folder
 
 
 def image_stem(path: str | Path) -> str:

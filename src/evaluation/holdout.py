@@ -14,12 +14,12 @@ import pandas as pd
 from src.config import InferConfig
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.context import StageContext
-from src.data.folds import fold_ids, split_uids
+from src.data.folds import development_uids, holdout_uids
 from src.data.manifest import read_dataset
 from src.evaluation.baselines import SphereSegmenter, ThresholdSegmenter, fit_threshold
 from src.evaluation.cases import NoduleCase, load_cases
 from src.evaluation.speed import speed_table
-from src.models.checkpoint import load_ensemble, model_from_checkpoint
+from src.predict.experiment import TrainedExperiment
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
@@ -31,19 +31,22 @@ def split_cases(ctx: StageContext, uids: set[str], desc: str) -> list[NoduleCase
     return load_cases(records, ctx.cache.config, ctx.cfg.infer, desc=desc)
 
 
-def build_segmenters(ctx: StageContext, rt: Runtime, threshold: float) -> tuple[dict, pd.DataFrame]:
-    """name -> (segmenter, probability threshold), and the speed table of the learned ones."""
+def build_segmenters(ctx: StageContext, rt: Runtime) -> tuple[dict, pd.DataFrame]:
+    """name -> (segmenter, probability threshold), and the speed table of the learned ones:
+    the networks as ``infer.py`` loads them (``TrainedExperiment``), at its threshold."""
     cfg, k = ctx.cfg, ctx.k
-    teachers, _ = load_ensemble(ctx.layout, fold_ids(ctx.folds), ctx.cache_hash)
-    student = model_from_checkpoint(ctx.layout.student_checkpoint())
-    batch = cfg.infer.batch_size
+    experiment = TrainedExperiment(ctx.layout, cfg)
+    ensemble, student = (experiment.models(m, rt, tta=False, fpr=False, cache_hash=ctx.cache_hash)
+                         for m in ("ensemble", "student"))
+    teachers, batch = ensemble.predictor.models, cfg.infer.batch_size
     predictors = {f"teacher fold {m.checkpoint_meta['fold']}": Predictor([m], rt, ctx.window, batch_size=batch)
                   for m in teachers}
-    predictors["teacher ensemble"] = Predictor(teachers, rt, ctx.window, batch_size=batch)
-    predictors["student"] = Predictor([student], rt, ctx.window, batch_size=batch)
+    predictors["teacher ensemble"] = ensemble.predictor
+    predictors["student"] = student.predictor
+    threshold = student.threshold
 
     # the baseline may learn from what the networks learn from: masks of `fine` training scans
-    fine = set(ctx.folds.loc[(ctx.folds["label_kind"] == "fine") & (ctx.folds["fold"] != "holdout"), "seriesuid"])
+    fine = development_uids(ctx.folds, "fine")
     hu, fit_dice = fit_threshold(split_cases(ctx, fine, "read fine training scans"), k, cfg.infer)
     segmenters = {name: (NetworkSegmenter(p, k), threshold) for name, p in predictors.items()}
     segmenters["coarse sphere (no training)"] = (SphereSegmenter(), BINARY_LEVEL)
@@ -66,5 +69,5 @@ def score_cases(cases: list[NoduleCase], segmenters: dict, cfg: InferConfig) -> 
 
 def score_holdout(ctx: StageContext, segmenters: dict) -> pd.DataFrame:
     """One row per (model, hold-out nodule with a fine mask), on the scans' own grids."""
-    cases = split_cases(ctx, split_uids(ctx.folds, None)["holdout"], "read hold-out scans")
+    cases = split_cases(ctx, holdout_uids(ctx.folds), "read hold-out scans")
     return score_cases(cases, segmenters, ctx.cfg.infer)

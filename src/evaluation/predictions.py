@@ -15,11 +15,12 @@ from src.data.tables import PREDICTIONS, SUBMISSION, check_table, read_table
 from src.errors import DataError
 from src.evaluation.cases import score_full
 from src.evaluation.froc import froc_with_ci
+from src.layout import InferenceOutputs
 from src.utils import progress
 
 
 def read_nodule_table(pred_dir: Path) -> pd.DataFrame:
-    path = pred_dir / "nodules.csv"
+    path = InferenceOutputs(pred_dir).nodules
     if not path.is_file():
         raise DataError(f"{path}: not found; is {pred_dir} an output folder of infer.py?")
     return check_table(read_table(path, "prediction table"), PREDICTIONS, path)
@@ -29,9 +30,9 @@ def scored_uids(pred_dir: Path, records: list[ScanRecord], keep: set[str] | None
     """The predicted scans (run.json lists them, also those without a detection) that are in
     the truth ``records`` and in ``keep`` (a split), sorted. A prediction of a scan the truth
     does not hold is an error (wrong --data?); scans outside the split are counted in a note."""
-    path = pred_dir / "nodules.csv"
+    path = InferenceOutputs(pred_dir).nodules
     table = read_nodule_table(pred_dir)
-    run = pred_dir / "run.json"
+    run = InferenceOutputs(pred_dir).run_json
     try:
         predicted = set(json.loads(run.read_text())["seriesuids"]) if run.is_file() else set()
     except (ValueError, KeyError, TypeError):   # run.json of an older version, or edited
@@ -60,7 +61,7 @@ def score_mode1(pred_dir: Path, records: list[ScanRecord]) -> pd.DataFrame:
     rows = []
     for record in progress([r for r in records if r.seriesuid in set(table["seriesuid"])], desc="score"):
         scan = record.load()
-        pred_files = sorted(p for p in pred_dir.glob(f"{record.seriesuid}.*") if "_prob" not in p.name)
+        pred_files = InferenceOutputs(pred_dir).masks(record.seriesuid)
         if not pred_files:
             raise DataError(f"{pred_dir}: no mask for {record.seriesuid}")
         labels, geometry = read_image(pred_files[0])
@@ -82,13 +83,14 @@ def score_mode2(pred_dir: Path, records: list[ScanRecord], uids: list[str]) -> d
     probability, as many per scan as the run keeps (what ``infer.py --no-fpr`` writes)."""
     scans = [r.load(with_image=False) for r in records if r.seriesuid in set(uids)]
     truth, excluded = nodule_table(scans), excluded_table(scans)
-    path = pred_dir / "submission.csv"
+    outputs = InferenceOutputs(pred_dir)
+    path = outputs.submission
     rankings = {"final": check_table(read_table(path, "submission"), SUBMISSION, path)}
-    every = pred_dir / "candidates.csv"
+    every = outputs.candidates
     if every.is_file():
         found = pd.read_csv(every, dtype={"seriesuid": str})
         if found["fpr_probability"].notna().any():
-            keep = json.loads((pred_dir / "run.json").read_text()).get("max_detections") or len(found)
+            keep = json.loads(outputs.run_json.read_text()).get("max_detections") or len(found)
             by_map = found.sort_values("seg_probability", ascending=False, kind="stable")
             by_map = by_map.groupby("seriesuid").head(keep)
             rankings["without FPR"] = by_map.assign(probability=by_map["seg_probability"])

@@ -10,18 +10,18 @@ the false-positive-reduction classifier (``src.predict.fpr``) rescores them.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 import cc3d
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from pathlib import Path
-from typing import Callable
-
 from src.config import CacheConfig, DetectConfig
 from src.data.blobs import find_blobs
-from src.data.scan import ScanRecord
 from src.data.preprocess import resample
+from src.data.scan import ScanRecord
 from src.predict.predictor import Predictor
 from src.predict.segment import ModelVolume, to_model_volume
 from src.utils import progress

@@ -11,30 +11,32 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from src.config import CacheConfig, DetectConfig, InferConfig, code_version, config_hash
-from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
+from src.config import InferConfig, code_version, config_hash
 from src.data.io import IMAGE_SUFFIXES, image_stem, is_image_path, write_image
 from src.data.scan import ScanRecord
 from src.data.tables import NODULE_COLUMNS, XYZ, check_coordinates, read_table
 from src.errors import DataError
-from src.models.checkpoint import load_models
+from src.layout import InferenceOutputs
 from src.predict.detect import candidates, predict_volume
-from src.predict.fpr import CandidateScorer
-from src.predict.predictor import Predictor
-from src.predict.segment import ModelVolume, NetworkSegmenter, segment_nodule, to_model_volume
-from src.runtime import Runtime
+from src.predict.dicom_out import is_dicom_series, write_dicom_outputs
+from src.predict.experiment import Models
+from src.predict.measure import measure_findings
+from src.predict.report import ScanSection, scan_section, write_report
+from src.predict.segment import ModelVolume, segment_nodule, to_model_volume
 from src.utils import atomic_to_csv, atomic_write_text, progress
 
 DEFAULT_CANDIDATE_DIAMETER_MM = 10.0   # candidates_V2.csv rows carry no size
+REPORT_FINDINGS = 10                   # whole-scan mode: report.html shows each scan's most probable
 NODULE_TABLE = ["seriesuid", "nodule_id", "coordX", "coordY", "coordZ", "diameter_mm", "volume_mm3", "mean_hu",
-                "probability", "seg_probability", "fpr_probability", "given_coordX", "given_coordY", "given_coordZ",
+                "probability", "seg_probability", "fpr_probability", "source", "long_axis_mm", "texture_estimate",
+                "lung_rads", "given_coordX", "given_coordY", "given_coordZ",
                 "given_diameter_mm", "nodule_uid"]
+MEASURED = ["long_axis_mm", "texture_estimate", "lung_rads"]    # of a finding's mask (src.predict.measure)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -120,45 +122,6 @@ def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[Sca
     return records
 
 
-# ----------------------------------------------------------------------------- models
-
-
-@dataclass
-class Models:
-    predictor: Predictor | None  # None: no network, each given nodule's half-max level (mode 1 only)
-    cache_cfg: CacheConfig       # model space: the networks' (from their checkpoint), else the config's
-    threshold: float             # applied to the probabilities (0.5 on half-max's binary masks)
-    threshold_source: str
-    checkpoints: list[Path] = field(default_factory=list)
-    detect: DetectConfig = field(default_factory=DetectConfig)   # whole-scan candidates
-    fpr: CandidateScorer | None = None    # rescores whole-scan candidates (None: the map's peak)
-
-    def segmenter(self, cfg: InferConfig):
-        """What segments a given nodule's window (``src.predict.segment``)."""
-        if self.predictor is None:
-            return HalfMaxSegmenter(self.cache_cfg.k_slices, cfg.prior_margin_mm)
-        return NetworkSegmenter(self.predictor, self.cache_cfg.k_slices)
-
-
-def half_max_models(cache_cfg: CacheConfig) -> Models:
-    """The training-free segmenter: no checkpoints, binary masks (coordinates mode only)."""
-    return Models(None, cache_cfg, BINARY_LEVEL, "half-max in the sphere (binary masks, no network)")
-
-
-def prepare_models(checkpoints: list[Path], rt: Runtime, tta: bool, batch_size: int,
-                   fallback: tuple[float, str]) -> Models:
-    """The networks and their threshold: the one stamped into a (student) checkpoint, else
-    ``fallback`` (the experiment's OOF choice, or the config's)."""
-    models, cache_cfg = load_models(checkpoints)
-    stamped = {m.checkpoint_meta.get("threshold") for m in models}
-    if len(stamped) == 1 and None not in stamped:
-        threshold, source = float(stamped.pop()), f"{checkpoints[0]} (stamped at training)"
-    else:
-        threshold, source = fallback
-    return Models(Predictor(models, rt, cache_cfg.window, tta=tta, batch_size=batch_size), cache_cfg,
-                  threshold, source, checkpoints)
-
-
 # ----------------------------------------------------------------------------- per scan
 
 
@@ -189,16 +152,18 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
     return labels, prob, pd.DataFrame(rows, columns=NODULE_TABLE)
 
 
-def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig
+def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig, prob_model: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Mode 2: candidates anywhere in the lungs (needs a network) -> (labels, probability,
-    the ``max_detections`` best, every candidate)."""
+    the ``max_detections`` best, every candidate). ``prob_model``: the network's map of this
+    scan when it is already at hand (the detection benchmark keeps them)."""
     if models.predictor is None:
         raise ValueError("finding nodules in whole scans needs a network; half-max segments given coordinates only")
     if not mv.lung_mask().any():   # else an empty result would look like a scan without nodules
         raise DataError(f"{mv.scan.record.image_path}: no lungs found (no large air-filled region inside the "
                         "body); finding nodules needs a chest CT")
-    prob_model = predict_volume(mv, models.predictor, cfg.batch_size)
+    if prob_model is None:
+        prob_model = predict_volume(mv, models.predictor, cfg.batch_size)
     labels, prob, found = candidates(mv, prob_model, models.detect, models.threshold)
     if models.fpr is not None:
         found = models.fpr.rescore(mv.scan, found)
@@ -211,9 +176,10 @@ def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig
     return labels, prob, table, found
 
 
-def run_scan(record: ScanRecord, models: Models, cfg: InferConfig, out_dir: Path, given: bool,
-             fmt: str, save_prob: bool, qa: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """-> (the scan's rows of nodules.csv, whole-scan mode: every candidate, else None)."""
+def run_scan(record: ScanRecord, models: Models, cfg: InferConfig, outputs: InferenceOutputs, given: bool,
+             fmt: str, save_prob: bool, qa: bool) -> tuple[pd.DataFrame, pd.DataFrame | None, ScanSection]:
+    """-> (the scan's rows of nodules.csv, whole-scan mode: every candidate, else None, its
+    section of report.html). A DICOM series also gets a DICOM-SEG and SR."""
     scan = record.load(with_masks=given)   # mode 1's coordinates may come from mask labels
     mv = to_model_volume(scan, models.cache_cfg)
     found = None
@@ -221,16 +187,24 @@ def run_scan(record: ScanRecord, models: Models, cfg: InferConfig, out_dir: Path
         labels, prob, table = segment_given(mv, models, cfg)
     else:
         labels, prob, table, found = detect_all(mv, models, cfg)
-    write_image(labels, scan.geometry, out_dir / f"{scan.seriesuid}{fmt}", compress=True)
+    measured = measure_findings(scan.image, labels, scan.geometry, table["nodule_id"].astype(int))
+    for column in MEASURED:
+        table[column] = [measured[int(i)][column] for i in table["nodule_id"]]
+    write_image(labels, scan.geometry, outputs.mask(scan.seriesuid, fmt), compress=True)
     if save_prob:
-        write_image(prob, scan.geometry, out_dir / f"{scan.seriesuid}_prob{fmt}", compress=True)
+        write_image(prob, scan.geometry, outputs.probability(scan.seriesuid, fmt), compress=True)
     if qa and len(table):
-        write_qa(scan, labels, table, out_dir / "qa" / f"{scan.seriesuid}.png")
-    return table, found
+        write_qa(scan, labels, table, outputs.qa(scan.seriesuid))
+    if is_dicom_series(record.image_path):
+        write_dicom_outputs(record.image_path, labels, table, outputs.root, outputs.dicom_stem(scan.seriesuid))
+    section = scan_section(scan, labels, table, len(table) if given else REPORT_FINDINGS)
+    return table, found, section
 
 
 def write_qa(scan, labels: np.ndarray, table: pd.DataFrame, path: Path, max_panels: int = 12) -> None:
-    from src.viz import nodule_gallery  # lazily: matplotlib is only needed for QA figures
+    from src.viz import (
+        nodule_gallery,  # lazily: matplotlib is only needed for QA figures
+    )
 
     items = []
     for row in table.head(max_panels).itertuples(index=False):
@@ -264,14 +238,16 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
                   ) -> tuple[pd.DataFrame, list[str], dict]:
     """-> (nodules table of all scans, failures as 'file: reason', timing). The tables and
     run.json are written only when at least one scan was done."""
-    tables, found, failures, seconds, done = [], [], [], [], []
+    outputs = InferenceOutputs(out_dir)
+    tables, found, sections, failures, seconds, done = [], [], [], [], [], []
     for record in progress(records, desc="scans"):
         start = time.time()
         try:
-            table, candidates_of_scan = run_scan(record, models, cfg, out_dir, given, fmt, save_prob, qa)
+            table, candidates_of_scan, section = run_scan(record, models, cfg, outputs, given, fmt, save_prob, qa)
             done.append(record.seriesuid)
             tables.append(table)
             found.append(candidates_of_scan)
+            sections.append(section)
             seconds.append(time.time() - start)
         except (DataError, OSError, ValueError) as err:
             failures.append(str(err) if str(record.image_path) in str(err) else f"{record.image_path}: {err}")
@@ -279,7 +255,7 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
     if not tables:
         return pd.DataFrame(columns=NODULE_TABLE), failures, timing
     nodules = pd.concat(tables, ignore_index=True)
-    atomic_write_text(out_dir / "run.json", json.dumps(dict(
+    atomic_write_text(outputs.run_json, json.dumps(dict(
         code_version=code_version(), config_hash=config_hash(cfg), checkpoints=[str(p) for p in models.checkpoints],
         threshold=models.threshold, threshold_source=models.threshold_source, mode="coords" if given else "scan",
         max_detections=None if given else models.detect.max_detections,
@@ -287,11 +263,17 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
             checkpoints=[str(p) for p in models.fpr.checkpoints], classifier_weight=models.fpr.weight,
             weight_source=models.fpr.weight_source),
         seriesuids=done, failures=failures), indent=1))
-    atomic_to_csv(nodules, out_dir / "nodules.csv", float_format="%.4f")
+    atomic_to_csv(nodules, outputs.nodules, float_format="%.4f")
     if not given:
         atomic_to_csv(nodules[["seriesuid", "coordX", "coordY", "coordZ", "probability"]],
-                      out_dir / "submission.csv", float_format="%.4f")
+                      outputs.submission, float_format="%.4f")
         every = pd.concat(found, ignore_index=True)
-        atomic_to_csv(every.drop(columns=[c for c in NODULE_TABLE if c.startswith("given_")] + ["nodule_uid"]),
-                      out_dir / "candidates.csv", float_format="%.4f")
+        atomic_to_csv(every.drop(columns=[c for c in NODULE_TABLE if c.startswith("given_")] + MEASURED + ["nodule_uid"]),
+                      outputs.candidates, float_format="%.4f")
+    write_report(sections, outputs.report, failures=failures, run_info=dict(
+        mode="segment given nodules" if given else "find nodules in whole scans",
+        models=", ".join(str(p) for p in models.checkpoints) or "half-max (no network)",
+        threshold=f"{models.threshold:g} ({models.threshold_source})",
+        fpr=None if given or models.fpr is None else f"{len(models.fpr.checkpoints)} classifier(s)",
+        code_version=code_version()))
     return nodules, failures, timing

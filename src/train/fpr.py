@@ -50,7 +50,7 @@ from src.data.candidates import (
     write_candidate_shard,
 )
 from src.data.context import StageContext
-from src.data.folds import fold_ids, split_uids
+from src.data.folds import development_uids, fold_ids, split_uids
 from src.data.manifest import read_dataset
 from src.data.preprocess import normalise
 from src.data.scan import Scan, ScanRecord
@@ -141,8 +141,9 @@ def build_candidate_cache(ctx: StageContext, threshold: float) -> CandidateCache
         if cache.attrs.get("build_hash") == want:
             return cache
         out.unlink()   # another detect config: rebuild (the maps are kept)
-    folds = ctx.folds.set_index("seriesuid")["fold"]
-    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in folds.index and folds[r.seriesuid] != "holdout"]
+    development = development_uids(ctx.folds)
+    fold_of = ctx.folds.set_index("seriesuid")["fold"]
+    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in development]
     parts = out.parent / f".candidates.parts-{want}"
     parts.mkdir(parents=True, exist_ok=True)
     side = cube_side(ctx.cfg.detect)
@@ -151,7 +152,7 @@ def build_candidate_cache(ctx: StageContext, threshold: float) -> CandidateCache
         if shard.is_file():
             continue
         scan = record.load()
-        table = scan_candidates(ctx, scan, str(folds[record.seriesuid]), threshold)
+        table = scan_candidates(ctx, scan, str(fold_of[record.seriesuid]), threshold)
         train = training_rows(table, ctx.cfg.detect.train_negatives_per_scan,
                               np.random.default_rng([ctx.cfg.fpr.seed, zlib.crc32(record.seriesuid.encode())]))
         table["cube"] = -1
@@ -283,7 +284,7 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
     out_dir = ctx.layout.fpr_fold_dir(fold)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
-        dump_config(cfg, out_dir / "args.yaml")
+        dump_config(cfg, ctx.layout.run_config(out_dir))
     positive = table["label"].to_numpy()[train_idx] == HIT
     weights = np.where(positive, stage.positive_fraction / positive.sum(),
                        (1 - stage.positive_fraction) / max((~positive).sum(), 1))
@@ -298,7 +299,7 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
                        config_hash=f"{base_hash}-round{r}" if r else base_hash,
                        extra={"train_uids": sorted(splits["train"]), "val_uids": sorted(splits["val"])})
 
-    oof_path = out_dir / "val_candidates.csv"
+    oof_path = ctx.layout.fpr_val_candidates(fold)
     classifier = ctx.layout.fpr_classifier(fold)
     if oof_path.is_file() and classifier.is_file() and \
             load_checkpoint(classifier).get("config_hash") in {info(r).config_hash for r in range(len(rounds))} and \
@@ -310,9 +311,9 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
         model = build_model(stage.model, det.view_slices, det.view_size)
         round_stage = stage
         if r:   # from the best so far, half the schedule, its hardest negatives drawn more often
-            model.load_state_dict(load_checkpoint(best_dir / "checkpoint_best.pt")["ema"])
+            model.load_state_dict(load_checkpoint(ctx.layout.checkpoint(best_dir))["ema"])
             train_logits = FoldScorer(cache, train_idx, window, rt).logits(
-                model_from_checkpoint(best_dir / "checkpoint_best.pt"))
+                model_from_checkpoint(ctx.layout.checkpoint(best_dir)))
             weights = mined_weights(table, train_idx, train_logits, stage.positive_fraction,
                                     det.mined_fraction)
             round_stage = replace(stage, epochs=max(1, math.ceil(stage.epochs / 2)), warmup_epochs=0.0)
@@ -320,7 +321,7 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
         objective = FprObjective(model.offsets, det.view_spacing_mm)
         trainer = Trainer(round_stage, model, objective, dataset, weights, scorer, round_dir, rt, info(r),
                           select_metric="val_auc")
-        last = round_dir / "checkpoint_last.pt"
+        last = ctx.layout.checkpoint(round_dir, "last")
         # a run of another config or on other candidates is stale: it is trained anew
         if resume and last.is_file() and load_checkpoint(last).get("config_hash") == info(r).config_hash:
             trainer.resume()
@@ -331,7 +332,7 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
             best_dir, best_auc = round_dir, trainer.best
     if rt.is_main:
         print(f"FPR fold {fold}: the classifier of round {rounds.index(best_dir)} (validation AUC {best_auc:.4f})")
-    copy_file(best_dir / "checkpoint_best.pt", classifier)
+    copy_file(ctx.layout.checkpoint(best_dir), classifier)
     # OOF scores of the chosen classifier on every candidate of the fold (ignored ones too),
     # their cubes cut from the scans as infer.py cuts them
     oof = table[table["seriesuid"].isin(splits["val"])].reset_index(drop=True)
@@ -364,7 +365,7 @@ def classifier_health(oof: pd.DataFrame, floor: float) -> tuple[float | None, st
 def choose_combination(ctx: StageContext, records: list[ScanRecord]) -> dict:
     """The classifier weight that maximises the pooled OOF CPM of the detected candidates."""
     det = ctx.cfg.detect
-    oof = pd.concat([pd.read_csv(ctx.layout.fpr_fold_dir(f) / "val_candidates.csv", dtype={"seriesuid": str})
+    oof = pd.concat([pd.read_csv(ctx.layout.fpr_val_candidates(f), dtype={"seriesuid": str})
                      for f in fold_ids(ctx.folds)], ignore_index=True)
     uids = sorted(oof["seriesuid"].unique())
     scans = [r.load(with_image=False) for r in records if r.seriesuid in set(uids)]
@@ -416,7 +417,7 @@ def train_fpr(ctx: StageContext, rt: Runtime, folds: list[int] | None = None, re
     cache = build_candidate_cache(ctx, threshold)
     for fold in todo:
         train_fpr_fold(ctx, cache, fold, rt, resume=resume)
-    if folds is not None and any(not (ctx.layout.fpr_fold_dir(f) / "val_candidates.csv").is_file()
+    if folds is not None and any(not (ctx.layout.fpr_val_candidates(f)).is_file()
                                  for f in fold_ids(ctx.folds)):
         return {}
     return choose_combination(ctx, read_dataset(ctx.cfg.paths))

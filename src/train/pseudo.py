@@ -27,7 +27,7 @@ import pandas as pd
 from src.config import PseudoConfig, code_version, to_dict
 from src.data.classical import BINARY_LEVEL
 from src.data.context import StageContext
-from src.data.folds import fold_ids, refuse_holdout, split_uids
+from src.data.folds import development_uids, fold_ids, refuse_holdout, split_uids
 from src.data.manifest import read_dataset
 from src.data.patches import DIST_UNITS_PER_MM
 from src.evaluation.baselines import SphereSegmenter
@@ -87,7 +87,7 @@ def pseudo_quality(ctx: StageContext, predictor: Predictor, pseudo_path: Path) -
     """Pseudo-labels of coarse scans vs their withheld fine masks: per nodule in 3D (the
     ensemble through the one scoring path, at the OOF-chosen threshold) and per patch (the
     stored soft labels at 0.5). Empty if no truth is known."""
-    coarse = set(ctx.folds.loc[(ctx.folds["label_kind"] == "coarse") & (ctx.folds["fold"] != "holdout"), "seriesuid"])
+    coarse = development_uids(ctx.folds, "coarse")
     records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in coarse]
     cases = load_cases(records, ctx.cache.config, ctx.cfg.infer, desc="read coarse scans")
     threshold, _ = ctx.layout.threshold(ctx.cfg.infer)

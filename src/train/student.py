@@ -81,7 +81,7 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     model = build_model(stage.model, ctx.k, ctx.patch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rt.is_main:   # only once everything the run needs was found and built
-        dump_config(cfg, out_dir / "args.yaml")
+        dump_config(cfg, ctx.layout.run_config(out_dir))
     info = RunInfo(stage="student", fold=None, model_config=to_dict(stage.model), in_channels=ctx.k,
                    patch_size=ctx.patch_size, config=to_dict(cfg), cache_hash=ctx.cache_hash,
                    config_hash=ctx.run_hash(stage, cfg.augment, cfg.distill, {"pseudo": str(ctx.layout.pseudo_labels)}),

@@ -71,7 +71,7 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
     validator = fold_validator(ctx, splits["val"], rt) if rt.is_main else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if rt.is_main:   # only once everything the run needs was found and built
-        dump_config(cfg, out_dir / "args.yaml")
+        dump_config(cfg, ctx.layout.run_config(out_dir))
     trainer = Trainer(stage, model, objective, dataset, weights, validator, out_dir, rt, info,
                       select_metric="val_dice", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
     if resume and trainer.resume() and rt.is_main:

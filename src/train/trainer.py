@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.config import StageConfig, code_version
 from src.errors import UserError
+from src.layout import ExperimentLayout
 from src.models.checkpoint import load_checkpoint, save_checkpoint
 from src.runtime import Runtime
 from src.train.datasets import EpochSampler
@@ -99,12 +100,12 @@ class Trainer:
                     global_step=self.global_step, best=self.best, history=self.history,
                     epoch_sums=dict(self.epoch_sums), torch_rng=torch.get_rng_state())
 
-    def save(self, name: str) -> None:
+    def save(self, kind: str) -> None:
         if self.rt.is_main:
-            save_checkpoint(self._payload(), self.out_dir / name)
+            save_checkpoint(self._payload(), ExperimentLayout.checkpoint(self.out_dir, kind))
 
     def resume(self) -> bool:
-        path = self.out_dir / "checkpoint_last.pt"
+        path = ExperimentLayout.checkpoint(self.out_dir, "last")
         if not path.is_file():
             return False
         ckpt = load_checkpoint(path)
@@ -167,7 +168,7 @@ class Trainer:
                 if logs:
                     bar.set_postfix(loss=f"{logs['loss']:.3f}")
                 if self.every and self.step_in_epoch % self.every == 0 and self.step_in_epoch < steps:
-                    self.save("checkpoint_last.pt")
+                    self.save("last")
             n = max(1.0, self.epoch_sums.pop("steps", 0.0))
             row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
                    **{f"train_{k}": v / n for k, v in self.epoch_sums.items()}}
@@ -186,17 +187,17 @@ class Trainer:
             row["best"] = improved
             self.history.append(row)
             if improved:
-                self.save("checkpoint_best.pt")
-            self.save("checkpoint_last.pt")
+                self.save("best")
+            self.save("last")
             self._write_summary()
-        self.save("checkpoint_final.pt")
+        self.save("final")
         return pd.DataFrame(self.history)
 
     def _write_summary(self) -> None:
         if not self.rt.is_main:
             return
         table = pd.DataFrame(self.history)
-        atomic_to_csv(table, self.out_dir / "summary.csv", float_format="%.5g")
+        atomic_to_csv(table, ExperimentLayout.run_summary(self.out_dir), float_format="%.5g")
         curves = [c for c in table.columns if c.startswith(("train_", "val_"))]
-        line_plot(table, "epoch", curves, self.out_dir / "training_curves.png",
+        line_plot(table, "epoch", curves, ExperimentLayout.run_curves(self.out_dir),
                   title=f"{self.info.stage} fold {self.info.fold}" if self.info.fold is not None else self.info.stage)
