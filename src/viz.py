@@ -72,35 +72,50 @@ def line_plot(table, x: str, series: list[str], path: str | Path, title: str = "
     return Path(path)
 
 
-def finding_views(image: np.ndarray, mask: np.ndarray, centre_zyx, spacing_zyx, half_mm: float) -> bytes:
+def finding_views(image: np.ndarray, labels: np.ndarray, label: int, centre_zyx, spacing_zyx, half_mm: float,
+                  panel_px: int = 220) -> bytes:
     """PNG of one finding: axial, coronal and sagittal planes through ``centre_zyx`` (voxel),
-    ``half_mm`` either side, in mm (thick slices are not squeezed), lung window, the mask's
-    outline in red (a cross at the centre when it has none)."""
+    ``half_mm`` either side, in square millimetres (thick slices are not squeezed), head up,
+    lung window, the outline of ``labels == label`` in red (a cross at the centre when the
+    finding has no mask there). Drawn with PIL, not matplotlib: ~100x faster, and a report
+    renders ten of these per scan."""
     import io
+
+    from PIL import Image, ImageDraw
+    from skimage.segmentation import find_boundaries
+    spacing = np.asarray(spacing_zyx, dtype=float)
     c = np.clip(np.rint(centre_zyx).astype(int), 0, np.asarray(image.shape) - 1)
-    reach = np.maximum(np.ceil(half_mm / np.asarray(spacing_zyx, dtype=float)).astype(int), 2)
+    reach = np.maximum(np.ceil(half_mm / spacing).astype(int), 2)
     lo, hi = np.maximum(c - reach, 0), np.minimum(c + reach + 1, image.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    planes = {"axial": (0, (1, 2)), "coronal": (1, (0, 2)), "sagittal": (2, (0, 1))}
-    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.7))
-    for ax, (name, (axis, (rows, cols))) in zip(axes, planes.items()):
-        index = [box[0], box[1], box[2]]
+    panels = []
+    for name, axis, (rows, cols) in (("axial", 0, (1, 2)), ("coronal", 1, (0, 2)), ("sagittal", 2, (0, 1))):
+        index = [slice(a, b) for a, b in zip(lo, hi)]
         index[axis] = c[axis]
-        extent = (0, (hi[cols] - lo[cols]) * spacing_zyx[cols], (hi[rows] - lo[rows]) * spacing_zyx[rows], 0)
-        flip = slice(None, None, -1 if rows == 0 else 1)   # head up in coronal and sagittal views
-        ax.imshow(image[tuple(index)][flip], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], extent=extent)
-        cut = mask[tuple(index)][flip]
-        row = (hi[rows] - 1 - c[rows]) if rows == 0 else (c[rows] - lo[rows])
+        flip = slice(None, None, -1 if rows == 0 else 1)   # voxel z grows towards the head
+        plane = image[tuple(index)][flip].astype(np.float32)
+        cut = (labels[tuple(index)] == label)[flip]
+        extent_mm = np.array(plane.shape) * spacing[[rows, cols]]
+        size = tuple(int(v) for v in np.maximum(np.rint(extent_mm / extent_mm.max() * panel_px), 1)[::-1])
+        grey = np.clip((plane - LUNG_WINDOW[0]) / (LUNG_WINDOW[1] - LUNG_WINDOW[0]) * 255, 0, 255).astype(np.uint8)
+        rgb = np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR).convert("RGB")).copy()
         if cut.any():
-            ax.contour(cut.astype(float), levels=[0.5], colors=["red"], linewidths=1.0, extent=extent,
-                       origin="upper")
-        else:
-            ax.plot((c[cols] - lo[cols] + 0.5) * spacing_zyx[cols], (row + 0.5) * spacing_zyx[rows],
-                    marker="+", color="red", ms=12)
-        ax.set_title(name, fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
+            big = np.asarray(Image.fromarray(cut.astype(np.uint8)).resize(size, Image.NEAREST)).astype(bool)
+            rgb[find_boundaries(big, mode="inner")] = (255, 40, 40)
+        panel = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(panel)
+        if not cut.any():
+            row = (hi[rows] - 1 - c[rows]) if rows == 0 else (c[rows] - lo[rows])
+            x, y = ((c[cols] - lo[cols] + 0.5) / plane.shape[1] * size[0], (row + 0.5) / plane.shape[0] * size[1])
+            draw.line([(x - 8, y), (x + 8, y)], fill=(255, 40, 40))
+            draw.line([(x, y - 8), (x, y + 8)], fill=(255, 40, 40))
+        draw.text((4, 2), name, fill=(255, 255, 0))
+        panels.append(panel)
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), max(p.height for p in panels)),
+                       "white")
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width + 8
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
+    canvas.save(buffer, format="PNG")
     return buffer.getvalue()

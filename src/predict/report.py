@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from src.utils import atomic_write_text
 from src.viz import finding_views
 
 MIN_VIEW_HALF_MM = 20.0     # a view shows at least 20 mm around the centre ...
 VIEW_DIAMETERS = 1.5        # ... and 1.5 diameters, so a large nodule's edge is in it
+MAX_VIEW_SIZE_MM = 40.0     # a long vessel-like mask would zoom out to the whole chest
 
 
 @dataclass
@@ -33,22 +35,23 @@ def scan_section(scan, labels: np.ndarray, table: pd.DataFrame, max_findings: in
     table = table.sort_values("probability", ascending=False, kind="stable").head(max_findings)
     section = ScanSection(scan.seriesuid, str(scan.record.image_path), table.to_dict("records"))
     spacing = np.asarray(scan.geometry.spacing_zyx, dtype=float)
+    boxes = ndimage.find_objects(labels)
     for row in section.rows:
         nid = int(row["nodule_id"])
-        mask = labels == nid
+        box = boxes[nid - 1] if nid <= len(boxes) else None
         # the mask's centre, else the finding's (a candidate without a mask), else the given one
-        points = [row.get(f"{prefix}coord{axis}", np.nan) for prefix in ("", "given_") for axis in "XYZ"]
-        points = [np.array(points[:3], float), np.array(points[3:], float)]
-        if mask.any():
-            centre = np.argwhere(mask).mean(0)
-        elif np.isfinite(points[0]).all() or np.isfinite(points[1]).all():
-            centre = scan.geometry.world_to_voxel(points[0] if np.isfinite(points[0]).all() else points[1])
+        points = [np.array([row.get(f"{prefix}coord{axis}", np.nan) for axis in "XYZ"], float)
+                  for prefix in ("", "given_")]
+        if box is not None:
+            centre = np.argwhere(labels[box] == nid).mean(0) + [s.start for s in box]
+        elif any(np.isfinite(p).all() for p in points):
+            centre = scan.geometry.world_to_voxel(next(p for p in points if np.isfinite(p).all()))
         else:
             continue
         size = row.get("long_axis_mm")
         size = size if size is not None and np.isfinite(size) else row.get("diameter_mm", 10.0) or 10.0
-        section.views[nid] = finding_views(scan.image, mask, centre, spacing,
-                                           max(MIN_VIEW_HALF_MM, VIEW_DIAMETERS * float(size)))
+        section.views[nid] = finding_views(scan.image, labels, nid, centre, spacing,
+                                           max(MIN_VIEW_HALF_MM, VIEW_DIAMETERS * min(float(size), MAX_VIEW_SIZE_MM)))
     return section
 
 
