@@ -19,6 +19,7 @@ from src.data.manifest import read_dataset
 from src.errors import UserError
 from src.evaluation.froc import froc_table, plot_froc
 from src.evaluation.predictions import score_mode1, score_mode2, scored_uids, summary_line
+from src.layout import InferenceOutputs
 from src.utils import atomic_to_csv
 
 
@@ -40,22 +41,23 @@ def main() -> None:
     scored = set(uids)
     records = [r for r in records if r.seriesuid in scored]
 
-    if (pred / "submission.csv").is_file():
+    outputs = InferenceOutputs(pred)
+    if outputs.submission.is_file():
         results = score_mode2(pred, records, uids)
-        atomic_to_csv(results["final"]["curve"], pred / "froc.csv", float_format="%.5g")
-        plot_froc(results, pred / "froc.png", title=f"{len(uids)} scans")
-        atomic_to_csv(froc_table(results), pred / "froc_summary.csv", float_format="%.4f")
+        atomic_to_csv(results["final"]["curve"], outputs.froc_curve, float_format="%.5g")
+        plot_froc(results, outputs.froc_plot, title=f"{len(uids)} scans")
+        atomic_to_csv(froc_table(results), outputs.froc_summary, float_format="%.4f")
         print(froc_table(results).to_string(index=False))
         for name, r in results.items():
             print(f"CPM {name}: {r['cpm']:.4f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}) over {r['scans']} scans, "
                   f"{r['nodules']} nodules")
-        print(f"-> {pred / 'froc.png'}")
+        print(f"-> {outputs.froc_plot}")
     else:
         per_nodule = score_mode1(pred, records)
         if per_nodule.empty:
-            raise UserError(f"{pred / 'nodules.csv'}: none of its nodules lies on a fine mask of {data}: "
+            raise UserError(f"{outputs.nodules}: none of its nodules lies on a fine mask of {data}: "
                             "nothing to score (no scores.csv written)")
-        atomic_to_csv(per_nodule, pred / "scores.csv", float_format="%.5g")
+        atomic_to_csv(per_nodule, outputs.scores, float_format="%.5g")
         print(summary_line(per_nodule))
 
 

@@ -23,6 +23,7 @@
       qa/<seriesuid>.png                 with --qa
       nodules.csv, run.json, report.html every run; whole-scan mode also submission.csv
                                          (LUNA16) and candidates.csv (every candidate)
+      scores.csv | froc.{csv,png}, froc_summary.csv    evaluate.py's scores of the run
 
 Every stage asks this module for its paths; none builds them by hand. Postprocessing is
 read from its file and passed on explicitly, never written into a config in place.
@@ -248,6 +249,23 @@ class InferenceOutputs:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    # evaluate.py's scores, written beside the predictions
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores.csv"
+
+    @property
+    def froc_curve(self) -> Path:
+        return self.root / "froc.csv"
+
+    @property
+    def froc_plot(self) -> Path:
+        return self.root / "froc.png"
+
+    @property
+    def froc_summary(self) -> Path:
+        return self.root / "froc_summary.csv"
 
     def mask(self, seriesuid: str, fmt: str) -> Path:
         return self.root / f"{seriesuid}{fmt}"

@@ -55,8 +55,10 @@ from src.utils import atomic_to_csv, atomic_write_text, progress
 
 # The FPR stage as the bench runs it: OOF candidates (the point of the benchmark), and a
 # longer schedule than the demo's for ~50 x more candidates. The 3D CNN is trained on the
-# same candidates with the same schedule, beside the config's multi-view classifier.
+# same candidates with the same schedule, beside the multi-view classifier. Both are named
+# here, not taken from the config, whose default changes as classifiers are compared.
 DETECT_OVERRIDES = dict(candidate_source="oof")
+MULTIVIEW = ModelConfig(arch="MultiView", encoder="lcnet_050", head_prior=0.05)
 CUBE3D = ModelConfig(arch="Cube3D", head_prior=0.05)
 FPR_SCHEDULES = {"full": dict(epochs=10, steps_per_epoch=60, batch_size=64),
                  "quick": dict(epochs=2, steps_per_epoch=15, batch_size=32)}
@@ -162,7 +164,7 @@ def run_detection(run: BenchRun, out: Path, budget: str = "full") -> str:
     ctx_t = run.train(DEFAULT, arms[SSL], 0)
     ctx_s = run.train(DEFAULT, arms[SSLKD], 0, teachers=arms[SSL])
     ctx_t.cfg.detect = replace(ctx_t.cfg.detect, **DETECT_OVERRIDES)
-    ctx_t.cfg.fpr = replace(ctx_t.cfg.fpr, **FPR_SCHEDULES[budget])
+    ctx_t.cfg.fpr = replace(ctx_t.cfg.fpr, model=MULTIVIEW, **FPR_SCHEDULES[budget])
     run.log("FPR stage (OOF maps, candidates, fold classifiers with a hard-negative round, combination)")
     combination = train_fpr(ctx_t, run.rt, resume=True)
     run.log("FPR stage again with a 3D CNN on the same candidates")

@@ -25,15 +25,16 @@ MAX_VIEW_SIZE_MM = 40.0     # a long vessel-like mask would zoom out to the whol
 class ScanSection:
     seriesuid: str
     image_path: str
-    rows: list[dict]
+    rows: list[dict]             # the findings shown
+    total: int                   # the scan's findings in nodules.csv
     views: dict[int, bytes] = field(default_factory=dict)   # nodule_id -> PNG
 
 
 def scan_section(scan, labels: np.ndarray, table: pd.DataFrame, max_findings: int) -> ScanSection:
     """The views of a scan's ``max_findings`` most probable findings (rendered while the
     scan is in memory; the report is written after the last scan)."""
-    table = table.sort_values("probability", ascending=False, kind="stable").head(max_findings)
-    section = ScanSection(scan.seriesuid, str(scan.record.image_path), table.to_dict("records"))
+    shown = table.sort_values("probability", ascending=False, kind="stable").head(max_findings)
+    section = ScanSection(scan.seriesuid, str(scan.record.image_path), shown.to_dict("records"), len(table))
     spacing = np.asarray(scan.geometry.spacing_zyx, dtype=float)
     boxes = ndimage.find_objects(labels)
     for row in section.rows:
@@ -90,13 +91,14 @@ border-top:1px solid #ddd;padding-top:.6em}} .meta{{color:#666;font-size:12px}} 
 <p class="meta">{html.escape(run_info_line(run_info))}</p>
 <p class="meta">Research software, not a medical device. Texture is estimated from the mask's HU; the Lung-RADS
 category uses size (volume) only, as at a baseline screen, without growth or morphology.</p>
-<h2>All findings by probability ({len(rows)} in {len(sections)} scan(s))</h2>
+<h2>Findings by probability ({len(rows)} shown of {sum(s.total for s in sections)} in nodules.csv,
+{len(sections)} scan(s))</h2>
 <table><tr><th>seriesuid</th><th>#</th>{head}<th>centre x, y, z (mm)</th></tr>{summary}</table>"""]
     if failures:
         parts.append("<h2>Failed inputs</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in failures) + "</ul>")
     for s in sections:
         parts.append(f"<h2 id='{html.escape(s.seriesuid)}'>{html.escape(s.seriesuid)}</h2>"
-                     f"<p class='meta'>{html.escape(s.image_path)}; {len(s.rows)} finding(s) shown</p>")
+                     f"<p class='meta'>{html.escape(s.image_path)}; {len(s.rows)} of {s.total} finding(s) shown</p>")
         if not s.rows:
             parts.append("<p>No findings.</p>")
         for r in s.rows:

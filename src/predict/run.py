@@ -225,7 +225,8 @@ def failure_summary(failures: list[str], n_inputs: int, done: int, out_dir: Path
     if done:
         outputs = f"outputs of the other {done} scan(s) are in {out_dir}"
     else:
-        earlier = " (the tables already there are an earlier run's)" if (out_dir / "run.json").exists() else ""
+        earlier = " (the tables already there are an earlier run's)" if InferenceOutputs(out_dir).run_json.exists() \
+            else ""
         outputs = f"no outputs written{earlier}"
     if len(failures) == 1:
         return f"{failures[0]}; {outputs}"

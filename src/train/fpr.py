@@ -303,7 +303,7 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
     classifier = ctx.layout.fpr_classifier(fold)
     if oof_path.is_file() and classifier.is_file() and \
             load_checkpoint(classifier).get("config_hash") in {info(r).config_hash for r in range(len(rounds))} and \
-            (rounds[-1] / "checkpoint_final.pt").is_file():
+            ctx.layout.checkpoint(rounds[-1], "final").is_file():
         return out_dir   # done with this config and these candidates
     scorer = FoldScorer(cache, val_idx, window, rt)
     best_dir, best_auc = out_dir, -math.inf
