@@ -9,27 +9,41 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
-
-from src.config import DetectConfig, ModelConfig
-from src.data.candidates import (DETECTED, FALSE_POSITIVE, HIT, IGNORED, CandidateCache, cube_side, cut_cubes, cut_inputs,
-                                 match_candidates)
-from src.data.groups import ATTACHMENT_LABELS
-from src.data.luna16 import read_luna16
-from src.errors import ConfigError
-from src.data.geometry import Geometry
-from src.data.preprocess import normalise
-from src.evaluation.froc import froc, froc_with_ci, paired_cpm_difference
-from src.data.folds import fold_ids
-from src.models.checkpoint import holdout_leaks, load_checkpoint, model_from_checkpoint
-from src.models.classifier import classifier_input, cube_offsets, sample_input, view_offsets
-from src.models.factory import build_model
-from src.predict.fpr import combine
-from src.train.fpr import WEIGHTS, mined_weights, random_affines, scan_candidates, train_fpr
+from test_infer import _overrides, _run
 
 import export
 import infer
-
-from test_infer import _overrides, _run
+from src.config import DetectConfig, ModelConfig
+from src.data.candidates import (
+    DETECTED,
+    FALSE_POSITIVE,
+    HIT,
+    IGNORED,
+    CandidateCache,
+    cube_side,
+    cut_cubes,
+    cut_inputs,
+    match_candidates,
+)
+from src.data.folds import fold_ids
+from src.data.geometry import Geometry
+from src.data.groups import ATTACHMENT_LABELS
+from src.data.luna16 import read_luna16
+from src.data.preprocess import normalise
+from src.errors import ConfigError
+from src.evaluation.fpr_combination import WEIGHTS
+from src.evaluation.froc import froc, froc_with_ci, paired_cpm_difference
+from src.models.checkpoint import holdout_leaks, load_checkpoint, model_from_checkpoint
+from src.models.classifier import (
+    classifier_input,
+    cube_offsets,
+    sample_input,
+    view_offsets,
+)
+from src.models.factory import build_model
+from src.predict.fpr import combine
+from src.train.fpr import mined_weights, random_affines, train_fpr
+from src.train.fpr_candidates import scan_candidates
 
 
 def _table(rows):
@@ -248,7 +262,7 @@ def test_hard_negative_rounds_draw_the_highest_scored_negatives_more_often():
 
 
 def test_a_classifier_that_learned_nothing_is_flagged_and_not_used():
-    from src.train.fpr import classifier_health
+    from src.evaluation.fpr_combination import classifier_health
     labels = np.array([HIT, HIT, 0, 0, 0, 0, IGNORED])
     oof = pd.DataFrame(dict(label=labels, fpr_logit=[2.0, 1.5, -1.0, 0.5, -2.0, -0.3, 9.0]))
     auc, problem = classifier_health(oof, floor=0.6)

@@ -2,28 +2,19 @@
 
 ``train.py --stage fpr`` runs, resumably, in ``outputs/<experiment>/fpr/`` (``src.layout``):
 
-1. *OOF maps* (``detect.candidate_source: oof``): each fold teacher predicts the whole lungs
-   of its own validation scans, so every training candidate comes from a model that never
-   trained on its scan - the distribution the student's candidates have at test time.
-2. *Candidates*: per non-hold-out scan, the detected candidates (the map's peaks merged
-   with classical blobs, ``src.predict.detect``), the annotated nodules themselves
-   (positives even where the map missed them), and ``candidates_V2.csv`` negatives where
-   the dataset has them; labelled from coordinates alone
-   (``src.data.candidates.match_candidates``); their cubes cut into ``candidates.h5``.
-3. *Classifiers*: one multi-view classifier per fold, trained on the other folds'
-   candidates, their views sampled from rotated, flipped, scaled and shifted cubes,
-   selected on its fold's AUC, then hard-negative rounds from it (the negatives it scores
-   highest drawn more often); the best round scores its fold's candidates (OOF).
-4. *Combination*: the weight of the classifier against the map's peak probability that
-   maximises the CPM of the pooled OOF detected candidates (``combination.json``), with the OOF
-   FROC with and without FPR. The hold-out is never touched.
+1-2. *OOF maps and candidates* (``src.train.fpr_candidates``): the fold teachers' maps on
+   their own validation scans, every non-hold-out scan's candidates labelled from
+   coordinates, their cubes in ``candidates.h5``.
+3. *Classifiers* (here): one per fold, trained on the other folds' candidates, their
+   inputs sampled from rotated, flipped, scaled and shifted cubes, selected on its fold's
+   AUC, then hard-negative rounds from it (the negatives it scores highest drawn more
+   often); the best round scores its fold's candidates (OOF).
+4. *Combination* (``src.evaluation.fpr_combination``): the classifier's weight against the
+   map, chosen on the pooled OOF CPM. The hold-out is never touched.
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
-import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,137 +26,33 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset
 
-from src.config import code_version, config_hash, dump_config, to_dict
+from src.config import dump_config, to_dict
 from src.data.candidates import (
-    DETECTED,
     HIT,
     IGNORED,
     CandidateCache,
-    cube_side,
-    cut_cubes,
-    excluded_table,
-    match_candidates,
-    merge_candidate_shards,
-    nodule_table,
-    write_candidate_shard,
 )
 from src.data.context import StageContext
-from src.data.folds import development_uids, fold_ids, split_uids
+from src.data.folds import fold_ids, split_uids
 from src.data.manifest import read_dataset
 from src.data.preprocess import normalise
-from src.data.scan import Scan, ScanRecord
 from src.errors import DataError
-from src.evaluation.froc import froc_with_ci
+from src.evaluation.fpr_combination import choose_combination
 from src.models.checkpoint import load_checkpoint, model_from_checkpoint
 from src.models.classifier import classifier_input, sample_input
 from src.models.factory import build_model
-from src.predict.detect import candidates, read_map, write_maps
-from src.predict.fpr import CandidateScorer, combine
-from src.predict.predictor import Predictor
-from src.predict.segment import to_model_volume
+from src.predict.fpr import CandidateScorer
 from src.runtime import Runtime
+from src.train.fpr_candidates import build_candidate_cache, write_oof_maps
 from src.train.trainer import RunInfo, Trainer
 from src.utils import (
     atomic_to_csv,
-    atomic_write_text,
     copy_file,
     progress,
     seed_everything,
 )
 
-WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)   # classifier weights tried on OOF
 ROTATE_DEG, SCALE, SHIFT_MM = 180.0, 0.15, 1.5      # augmentation of the training cubes
-
-
-# ----------------------------------------------------------------------------- 1. OOF maps
-
-
-def write_oof_maps(ctx: StageContext, rt: Runtime) -> None:
-    """Each fold teacher's whole-scan probability on its own validation scans."""
-    records = {r.seriesuid: r for r in read_dataset(ctx.cfg.paths)}
-    for fold in fold_ids(ctx.folds):
-        todo = [records[u] for u in sorted(split_uids(ctx.folds, fold)["val"]) if not ctx.layout.fpr_map(u).is_file()]
-        if todo:
-            teacher = model_from_checkpoint(ctx.layout.teacher_checkpoint(fold))
-            predictor = Predictor([teacher], rt, ctx.window, batch_size=ctx.cfg.infer.batch_size)
-            write_maps(todo, predictor, ctx.cache.config, ctx.cfg.infer.batch_size, ctx.layout.fpr_map,
-                       desc=f"OOF maps, fold {fold}")
-
-
-# ----------------------------------------------------------------------------- 2. candidates
-
-
-def scan_candidates(ctx: StageContext, scan: Scan, fold: str, threshold: float) -> pd.DataFrame:
-    """Every training candidate of one scan, labelled from its coordinates."""
-    cfg, uid = ctx.cfg.detect, scan.seriesuid
-    parts = []
-    map_path = ctx.layout.fpr_map(uid)
-    if cfg.candidate_source == "oof":
-        if not map_path.is_file():
-            raise DataError(f"{map_path}: OOF map missing; rerun train.py --stage fpr")
-        _, _, table = candidates(to_model_volume(scan, ctx.cache.config), read_map(map_path), cfg, threshold)
-        parts.append(table[["coordX", "coordY", "coordZ", "seg_probability", "source"]])
-    nodules = nodule_table([scan])
-    parts.append(nodules[["coordX", "coordY", "coordZ"]].assign(source="annotation", seg_probability=np.nan))
-    if cfg.listed_negatives and len(scan.candidates_xyz):
-        xyz = np.asarray(scan.candidates_xyz, dtype=float).reshape(-1, 3)
-        parts.append(pd.DataFrame(xyz, columns=["coordX", "coordY", "coordZ"]).assign(source="listed",
-                                                                                      seg_probability=np.nan))
-    table = pd.concat([p for p in parts if len(p)], ignore_index=True).assign(seriesuid=uid, fold=fold)
-    labels, hit = match_candidates(table, nodules, excluded_table([scan]))
-    table["label"] = labels
-    found = hit >= 0
-    for column, missing in (("nodule_uid", ""), ("diameter_mm", 0.0), ("texture", np.nan), ("attachment", "")):
-        values = np.full(len(table), missing, dtype=object if isinstance(missing, str) else float)
-        values[found] = nodules[column].to_numpy()[hit[found]]   # a scan may have no nodule at all
-        table[column] = values
-    return table
-
-
-def training_rows(table: pd.DataFrame, negatives: int, rng: np.random.Generator) -> np.ndarray:
-    """The rows whose cubes train: every positive, every annotation and listed row, and a
-    random draw of ``negatives`` of the detected false positives (all when there are fewer)."""
-    map_fp = table["source"].isin(DETECTED).to_numpy() & (table["label"] != HIT).to_numpy()
-    keep = ~map_fp
-    drawn = rng.permutation(np.flatnonzero(map_fp))[:negatives]
-    keep[drawn] = True
-    return np.flatnonzero(keep)
-
-
-def build_candidate_cache(ctx: StageContext, threshold: float) -> CandidateCache:
-    """``candidates.h5`` for every non-hold-out scan (one shard per scan: resumable)."""
-    out = ctx.layout.fpr_candidates
-    want = config_hash({"detect": config_hash(ctx.cfg.detect), "threshold": threshold, "cache": ctx.cache_hash})
-    if out.is_file():
-        cache = CandidateCache(out)
-        if cache.attrs.get("build_hash") == want:
-            return cache
-        out.unlink()   # another detect config: rebuild (the maps are kept)
-    development = development_uids(ctx.folds)
-    fold_of = ctx.folds.set_index("seriesuid")["fold"]
-    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in development]
-    parts = out.parent / f".candidates.parts-{want}"
-    parts.mkdir(parents=True, exist_ok=True)
-    side = cube_side(ctx.cfg.detect)
-    for record in progress(records, desc="candidate cubes"):
-        shard = parts / f"{record.seriesuid}.h5"
-        if shard.is_file():
-            continue
-        scan = record.load()
-        table = scan_candidates(ctx, scan, str(fold_of[record.seriesuid]), threshold)
-        train = training_rows(table, ctx.cfg.detect.train_negatives_per_scan,
-                              np.random.default_rng([ctx.cfg.fpr.seed, zlib.crc32(record.seriesuid.encode())]))
-        table["cube"] = -1
-        table.loc[train, "cube"] = np.arange(len(train))
-        cubes = cut_cubes(scan.image, scan.geometry, table.loc[train, ["coordX", "coordY", "coordZ"]].to_numpy(float),
-                          side, ctx.cfg.detect.view_spacing_mm)
-        write_candidate_shard(shard, table, cubes)
-    merge_candidate_shards([parts / f"{r.seriesuid}.h5" for r in records], out, ctx.cfg.detect,
-                           extra_attrs={"build_hash": want})
-    for shard in parts.iterdir():
-        shard.unlink()
-    parts.rmdir()
-    return CandidateCache(out)
 
 
 # ----------------------------------------------------------------------------- 3. classifiers
@@ -340,66 +227,6 @@ def train_fpr_fold(ctx: StageContext, cache: CandidateCache, fold: int, rt: Runt
     oof["fpr_logit"] = classifier_logits_in_scans(ctx, model, oof, rt)
     atomic_to_csv(oof, oof_path, float_format="%.5g")
     return out_dir
-
-
-# ----------------------------------------------------------------------------- 4. combination
-
-
-def classifier_health(oof: pd.DataFrame, floor: float) -> tuple[float | None, str | None]:
-    """(pooled OOF AUC of the classifiers on their own validation candidates, what is wrong
-    or None). A classifier that gives (nearly) every candidate the same score, or ranks
-    hits no better than ``floor``, has learned nothing (a collapsed FPR stage would
-    otherwise pass silently as a no-op). (None, None): no candidates of both kinds to judge on."""
-    scored = oof[oof["label"] != IGNORED]
-    hit = (scored["label"] == HIT).to_numpy()
-    if hit.all() or not hit.any():
-        return None, None
-    auc = float(roc_auc_score(hit, scored["fpr_logit"]))
-    if np.ptp(scored["fpr_logit"].to_numpy()) < 1e-4:
-        return auc, f"every validation candidate gets the same score ({scored['fpr_logit'].iloc[0]:.4g})"
-    if auc < floor:
-        return auc, f"OOF AUC {auc:.3f} is below detect.min_classifier_auc {floor:g}"
-    return auc, None
-
-
-def choose_combination(ctx: StageContext, records: list[ScanRecord]) -> dict:
-    """The classifier weight that maximises the pooled OOF CPM of the detected candidates."""
-    det = ctx.cfg.detect
-    oof = pd.concat([pd.read_csv(ctx.layout.fpr_val_candidates(f), dtype={"seriesuid": str})
-                     for f in fold_ids(ctx.folds)], ignore_index=True)
-    uids = sorted(oof["seriesuid"].unique())
-    scans = [r.load(with_image=False) for r in records if r.seriesuid in set(uids)]
-    truth, excluded = nodule_table(scans), excluded_table(scans)
-    found = oof[oof["source"].isin(DETECTED)]
-    auc, problem = classifier_health(oof, det.min_classifier_auc)
-    if auc is None:
-        print("note: no OOF candidates of both kinds: the FPR classifiers' AUC cannot be checked", file=sys.stderr)
-    result = dict(scans=len(uids), nodules=len(truth), code_version=code_version(),
-                  candidate_source=det.candidate_source, oof_auc=auc, classifier_problem=problem)
-    if found.empty:   # no OOF detections (candidate_source: listed): nothing to choose on
-        weight = det.classifier_weight if det.classifier_weight >= 0 else det.default_classifier_weight
-        source = "config (no OOF map candidates to choose on)"
-    else:
-        by_weight = {}
-        for w in WEIGHTS:
-            scored = found.assign(probability=combine(found["fpr_logit"], found["seg_probability"], w))
-            by_weight[float(w)] = froc_with_ci(scored, truth, excluded, uids, n_boot=0)["cpm"]
-        result["oof_cpm_by_weight"] = by_weight
-        weight = det.classifier_weight if det.classifier_weight >= 0 else max(by_weight, key=by_weight.get)
-        source = "config" if det.classifier_weight >= 0 else "chosen on OOF CPM"
-    if problem:
-        print(f"WARNING: the FPR classifiers learned nothing: {problem}; whole-scan ranking uses the map alone "
-              "(classifier weight 0). Train them longer or on more candidates.", file=sys.stderr)
-        weight, source = 0.0, f"map alone: the classifiers learned nothing ({problem})"
-    result.update(weight=float(weight), weight_source=source)
-    if not found.empty:
-        for name, w in (("without_fpr", 0.0), ("with_fpr", weight)):
-            scored = found.assign(probability=combine(found["fpr_logit"], found["seg_probability"], w))
-            summary = froc_with_ci(scored, truth, excluded, uids)
-            result[name] = {k: v for k, v in summary.items() if k not in ("curve", "per_nodule")}
-            atomic_to_csv(summary["curve"], ctx.layout.fpr_dir / f"oof_froc_{name}.csv", float_format="%.5g")
-    atomic_write_text(ctx.layout.fpr_combination, json.dumps(result, indent=1, default=float))
-    return result
 
 
 def train_fpr(ctx: StageContext, rt: Runtime, folds: list[int] | None = None, resume: bool = False) -> dict:
