@@ -7,7 +7,8 @@ classical blob detector.
 Runs the FPR stage (OOF candidates from the fold teachers) on the quality benchmark's
 default set (half OOF, half hold-out; 240 scans since the v2 dataset), the student's
 whole-scan detection on the hold-out scans and the classical blob detector on all of them,
-and writes outputs/bench/detection/: report.md, summary.csv (CPM with bootstrap CIs,
+the same models on 30 hold-out scans of each shifted condition (full budget), and writes
+outputs/bench/detection/: report.md, summary.csv (CPM with bootstrap CIs,
 sensitivity at each FP rate, recall, candidates per scan), paired_cpm.csv (the pipeline minus
 the classical detector), recall_by_group.csv, froc_oof.png, froc_holdout.png. The models and
 data are those of the quality benchmark's folder (trained here first if missing). See

@@ -212,3 +212,27 @@ def test_onnx_matches_pytorch(tiny_trained, tmp_path):
     with torch.inference_mode():
         torch_out = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=1e-4)  # fp32 kernels differ in summation order
+
+
+def test_candidate_masks_in_the_box_above_threshold_equal_the_whole_volume_labelling():
+    """candidate_masks labels components only inside the box of the voxels above threshold
+    (memory): the same labels as labelling the whole volume, shared components included."""
+    import cc3d
+    from src.predict.detect import candidate_masks
+    rng = np.random.default_rng(3)
+    geometry = Geometry.axis_aligned((0.0, 0.0, 0.0), (0.8, 0.8, 1.5), (60, 64, 30))
+    prob = np.zeros(geometry.shape_zyx, np.float32)
+    for z, y, x in rng.integers([3, 8, 8], [27, 56, 52], size=(8, 3)):
+        prob[z - 2:z + 3, y - 3:y + 4, x - 3:x + 4] = rng.uniform(0.4, 1.0)
+    at = np.argwhere(prob > 0)[rng.choice(int((prob > 0).sum()), 6, replace=False)]
+    at = np.vstack([at, [[0, 0, 0]]])   # one candidate outside every component
+    table = pd.DataFrame(geometry.voxel_to_world(at.astype(float)), columns=["coordX", "coordY", "coordZ"])
+    table["nodule_id"] = np.arange(1, len(table) + 1)
+    labels = candidate_masks(prob, geometry, table, 0.5)
+    whole = cc3d.connected_components(prob >= 0.5, connectivity=26)
+    expected = np.zeros_like(labels)
+    for nid, c in zip(table["nodule_id"][::-1], whole[tuple(at.T)][::-1]):
+        if c:
+            expected[whole == c] = nid
+    assert labels.any()
+    np.testing.assert_array_equal(labels, expected)

@@ -13,6 +13,8 @@ and SSLKD student (trained there, or here if missing):
    candidates, rescored by the fold classifiers. -> the hold-out FROC.
 3. The classical baseline on the hold-out scans: the blob detector alone
    (``src.data.blobs``), up to ``max_candidates`` per scan, ranked by its own response.
+4. Transfer: the same models on 30 hold-out scans of each shifted condition of the quality
+   benchmark (noise, thick slices, texture mix, soft edges; full budget only).
 
 Each set is ranked four ways: the map's peaks alone, map + blobs (the map's probability),
 map + blobs + FPR (the pipeline), and the classical blobs. CPMs carry 95 % bootstrap CIs
@@ -29,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.bench.protocol import DEFAULT, MAIN_ARMS, SSL, SSLKD
-from src.bench.runner import BenchRun
+from src.bench.protocol import DEFAULT, MAIN_ARMS, SHIFTED, SSL, SSLKD
+from src.bench.runner import BenchRun, slug
 from src.config import ModelConfig
 from src.data.blobs import find_blobs
 from src.data.candidates import DETECTED, excluded_table, nodule_table
-from src.data.folds import fold_ids, holdout_uids
+from src.data.folds import development_uids, fold_ids, holdout_uids, read_folds
 from src.data.groups import GROUPS
 from src.data.manifest import read_dataset
 from src.evaluation.froc import (
@@ -62,32 +64,59 @@ MULTIVIEW = ModelConfig(arch="MultiView", encoder="lcnet_050", head_prior=0.05)
 CUBE3D = ModelConfig(arch="Cube3D", head_prior=0.05)
 FPR_SCHEDULES = {"full": dict(epochs=10, steps_per_epoch=60, batch_size=64),
                  "quick": dict(epochs=2, steps_per_epoch=15, batch_size=32)}
+SHIFTED_SCANS = {"full": 30, "quick": 0}   # hold-out scans per shifted condition (0: none)
 PIPELINE, CLASSICAL, PIPELINE_3D = "map + blobs + FPR", "classical blobs", "map + blobs + FPR (3D CNN)"
 RANKINGS = ("map peaks only", "map + blobs", PIPELINE, PIPELINE_3D, CLASSICAL)
 
 
-def holdout_detections(run: BenchRun, ctx_teachers, ctx_student, ctx_3d, out: Path) -> pd.DataFrame:
-    """The student's whole-scan candidates on every hold-out scan, as ``infer.py`` finds and
-    rescores them (``detect_all`` with the experiment's models: ``probability``), also rescored
-    by the 3D CNN variant (``probability_3d``). The student's maps are kept in ``out``."""
-    cfg = ctx_student.cfg
-    models = TrainedExperiment(ctx_student.layout, replace(cfg, detect=ctx_teachers.cfg.detect)).models(
-        "student", run.rt, tta=False, fpr=False)
-    models.fpr, scorer_3d = (CandidateScorer.load(c.layout.fpr_checkpoints(), c.layout.fpr_combination, run.rt)
-                             for c in (ctx_teachers, ctx_3d))
-    holdout = holdout_uids(ctx_student.folds)
-    records = [r for r in read_dataset(cfg.paths) if r.seriesuid in holdout]
-    maps = out / "holdout_maps"
-    write_maps(records, models.predictor, ctx_student.cache.config, cfg.infer.batch_size,
-               lambda uid: maps / f"{uid}.npz", desc="hold-out maps (student)")
+def scan_detections(records: list, models, scorer_3d: CandidateScorer, maps: Path, infer_cfg,
+                    desc: str) -> pd.DataFrame:
+    """Whole-scan candidates of ``records`` as ``infer.py`` finds and rescores them
+    (``detect_all`` with ``models``: ``probability``), also rescored by the 3D CNN variant
+    (``probability_3d``). The network's maps are kept in ``maps`` (a rerun reuses them)."""
+    write_maps(records, models.predictor, models.cache_cfg, infer_cfg.batch_size, lambda uid: maps / f"{uid}.npz",
+               desc=f"{desc}: maps")
     tables = []
-    for record in progress(records, desc="hold-out candidates + FPR"):
+    for record in progress(records, desc=f"{desc}: candidates + FPR"):
         mv = to_model_volume(record.load(with_masks=False), models.cache_cfg)
-        _, _, _, table = detect_all(mv, models, cfg.infer, read_map(maps / f"{record.seriesuid}.npz"))
+        _, _, _, table = detect_all(mv, models, infer_cfg, read_map(maps / f"{record.seriesuid}.npz"))
         rescored = scorer_3d.rescore(mv.scan, table.drop(columns="probability"))
         tables.append(table.assign(probability_3d=rescored.set_index("nodule_id").loc[
             table["nodule_id"], "probability"].to_numpy()))
     return pd.concat(tables, ignore_index=True)
+
+
+def detection_models(run: BenchRun, ctx_teachers, ctx_student, ctx_3d):
+    """The student as ``infer.py`` loads it, with the multi-view FPR (the teachers'
+    experiment), and the 3D CNN variant's scorer."""
+    cfg = replace(ctx_student.cfg, detect=ctx_teachers.cfg.detect)
+    models = TrainedExperiment(ctx_student.layout, cfg).models("student", run.rt, tta=False, fpr=False)
+    models.fpr, scorer_3d = (CandidateScorer.load(c.layout.fpr_checkpoints(), c.layout.fpr_combination, run.rt)
+                             for c in (ctx_teachers, ctx_3d))
+    return models, scorer_3d
+
+
+def shifted_detections(run: BenchRun, ctx_student, models, scorer_3d, out: Path,
+                       n_scans: int) -> dict[str, tuple[list, pd.DataFrame]]:
+    """The same models on the hold-out scans of each shifted condition (the first
+    ``n_scans``; a scan the default student trained on is left out): condition -> (records,
+    detections), kept in ``out`` per condition."""
+    trained_on = development_uids(ctx_student.folds)
+    found = {}
+    for cond in SHIFTED:
+        run.prepare(cond)
+        cfg = run.config(cond)
+        hold = sorted(holdout_uids(read_folds(run.folds_path(cond, 0.2))) - trained_on)[:n_scans]
+        records = [r for r in read_dataset(cfg.paths) if r.seriesuid in set(hold)]
+        path = out / f"shifted_{slug(cond.name)}.csv"
+        if path.is_file():
+            table = pd.read_csv(path, dtype={"seriesuid": str})
+        else:
+            table = scan_detections(records, models, scorer_3d, out / f"maps_{slug(cond.name)}",
+                                    ctx_student.cfg.infer, cond.name)
+            atomic_to_csv(table, path, float_format="%.5g")
+        found[cond.name] = (records, table)
+    return found
 
 
 def classical_detections(records: list, ctx, path: Path) -> pd.DataFrame:
@@ -185,15 +214,24 @@ def run_detection(run: BenchRun, out: Path, budget: str = "full") -> str:
     results, paired_oof = summaries(ranked, oof_scans, "OOF teachers")
 
     run.log("hold-out: student maps, candidates, FPR")
-    holdout = holdout_detections(run, ctx_t, ctx_s, ctx_3d, out)
+    models, scorer_3d = detection_models(run, ctx_t, ctx_s, ctx_3d)
+    hold_scans = [records[u] for u in hold_uids]
+    holdout = scan_detections(hold_scans, models, scorer_3d, out / "holdout_maps", ctx_s.cfg.infer, "hold-out")
     atomic_to_csv(holdout, out / "holdout_candidates.csv", float_format="%.5g")
     run.log("classical blobs on the hold-out scans")
     classical = classical_detections([records[u] for u in hold_uids], ctx_t, out / "classical_blobs.csv")
     classical = classical[classical["seriesuid"].isin(hold_uids)]
-    hold_scans = [records[u] for u in hold_uids]
     hold_results, paired_hold = summaries(
         rankings(holdout, holdout["probability"], holdout["probability_3d"], classical), hold_scans, "hold-out student")
     results.update(hold_results)
+    if SHIFTED_SCANS[budget]:
+        run.log(f"shifted conditions: the same models on up to {SHIFTED_SCANS[budget]} hold-out scans each")
+        for name, (scans, table) in shifted_detections(run, ctx_s, models, scorer_3d, out,
+                                                        SHIFTED_SCANS[budget]).items():
+            shifted_results, paired = summaries(rankings(table, table["probability"], table["probability_3d"]),
+                                                scans, f"hold-out {name}")
+            results.update(shifted_results)
+            paired_hold += paired
 
     table = froc_table(results).assign(recall=[r["recall"] for r in results.values()],
                                        candidates_per_scan=[r["candidates_per_scan"] for r in results.values()])

@@ -27,7 +27,7 @@ from src.config import Config, load_config
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.cache import PatchCache, build_cache
 from src.data.context import StageContext, load_context
-from src.data.folds import HOLDOUT, fold_ids, make_folds, split_uids
+from src.data.folds import HOLDOUT, development_uids, fold_ids, make_folds, split_uids
 from src.data.manifest import read_dataset
 from src.evaluation.baselines import SphereSegmenter, ThresholdSegmenter, fit_threshold
 from src.evaluation.cases import NoduleCase, load_cases
@@ -158,7 +158,7 @@ class BenchRun:
                 if split == HOLDOUT:
                     uids = split_uids(folds, None)["holdout"]
                 else:  # the fine training scans: what the HU threshold may be fit on
-                    uids = set(folds.loc[(folds["label_kind"] == "fine") & (folds["fold"] != HOLDOUT), "seriesuid"])
+                    uids = development_uids(folds, "fine")
                 records = [r for r in read_dataset(cfg.paths) if r.seriesuid in uids]
                 self._cases[key] = load_cases(records, cfg.cache, cfg.infer, desc=f"read {split} scans")
                 path.parent.mkdir(parents=True, exist_ok=True)
