@@ -67,7 +67,8 @@ def write_dicom_outputs(series_folder: Path, labels: np.ndarray, table: pd.DataF
     """The SEG (when any finding has a mask) and the SR of one scan's findings (``table``:
     nodules.csv's rows with the measurements of ``src.predict.measure``); ``labels`` on the
     series' own grid, slice z = the series' z-th image (``dicom_series_files``)."""
-    sources = [pydicom.dcmread(f) for f in dicom_series_files(series_folder, note=False)]
+    # headers only: the pixels were read with the scan, and SEG/SR need only the references
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_series_files(series_folder, note=False)]
     if len(sources) != labels.shape[0]:
         raise ValueError(f"{series_folder}: {len(sources)} DICOM images for {labels.shape[0]} mask slices")
     rows = table.sort_values("nodule_id").to_dict("records")
