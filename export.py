@@ -56,8 +56,9 @@ def main() -> None:
     threshold, source = TrainedExperiment(layout, cfg).threshold()
     if args.checkpoint and ckpt.get("threshold") is not None:
         threshold, source = ckpt["threshold"], f"{ckpt_path} (stamped at training)"
-    metadata = onnx_metadata(cache_config(ckpt), float(threshold), source, ckpt_path)
-    export_onnx(model_from_checkpoint(ckpt_path), ckpt["in_channels"], ckpt["patch_size"], out, metadata)
+    model = model_from_checkpoint(ckpt_path)
+    metadata = onnx_metadata(cache_config(ckpt), float(threshold), source, ckpt_path, model.prompted)
+    export_onnx(model, ckpt["in_channels"], ckpt["patch_size"], out, metadata)
     print(f"threshold {threshold} from {source} -> {out}")
 
 

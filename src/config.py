@@ -118,6 +118,9 @@ class ModelConfig:
     encoder_depth: int = ranged(5, ge=3, le=5)
     decoder_channels: tuple[int, ...] = ranged((256, 128, 64, 32, 16), ge=1)
     head_prior: float = ranged(0.0, ge=0, lt=1)  # > 0: initial nodule probability of every pixel (output bias)
+    # Segmentation nets: one more input channel, the coordinates' sphere as a signed distance
+    # (src.data.preprocess.prompt_channel); 0 where no coordinates are given (whole-scan mode).
+    prompt: bool = False
 
 
 @dataclass
@@ -133,6 +136,7 @@ class LossConfig:
     mt_confidence: float = ranged(0.8, ge=0.5, le=1)  # keep teacher pixels with p>c or p<1-c
     mt_rampup_epochs: float = ranged(3.0, ge=0)  # sigmoid ramp-up of the consistency weight
     small_nodule_boost: float = ranged(2.0, gt=0)  # sampling weight for nodules < 6 mm
+    nonsolid_boost: float = ranged(2.0, gt=0)  # sampling weight for part-solid and ground-glass nodules
 
 
 @dataclass
@@ -160,6 +164,9 @@ class StageConfig:
     ema_decay: float = ranged(0.99, ge=0, lt=1)
     positive_fraction: float = ranged(0.5, ge=0, le=1)  # share of nodule patches per batch
     fine_share: float = ranged(0.5, ge=0, le=1)  # of those, share drawn from fine-mask patches
+    # prompted models: share of patches trained without their prompt, so that one network
+    # serves both modes (coordinates given, and whole-scan search)
+    prompt_dropout: float = ranged(0.5, ge=0, le=1)
     num_workers: int = ranged(2, ge=0)
     compile: bool = False
     channels_last: bool = True

@@ -206,8 +206,9 @@ def test_froc_and_cpm():
 
 def test_onnx_matches_pytorch(tiny_trained, tmp_path):
     model = model_from_checkpoint(tiny_trained.layout.student_checkpoint())
+    assert model.prompted   # the input carries the prompt channel after the k slices
     path = export_onnx(model, tiny_trained.k, tiny_trained.patch_size, tmp_path / "s.onnx", {"k": tiny_trained.k})
-    x = np.random.default_rng(0).random((3, tiny_trained.k, 64, 96), dtype=np.float32)
+    x = np.random.default_rng(0).random((3, tiny_trained.k + 1, 64, 96), dtype=np.float32)
     onnx_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     with torch.inference_mode():
         torch_out = model(torch.from_numpy(x)).numpy()

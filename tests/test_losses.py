@@ -1,4 +1,5 @@
 """Losses and objectives: which targets reach which samples."""
+import pytest
 import torch
 
 from src.config import DistillConfig, LossConfig
@@ -111,3 +112,16 @@ def test_region_weighting_and_feature_term():
     region = torch.ones(2, 1, 4, 4)
     assert AttentionTransferLoss()(f, f, region).item() < 1e-10
     assert AttentionTransferLoss()(f, [x.flip(-1) for x in f], region).item() > 0
+
+
+def test_dice_is_per_patch_so_a_missed_small_nodule_counts_like_a_large_one():
+    from src.losses.supervised import DiceBCELoss
+    target = torch.zeros(3, 1, 32, 32)
+    target[0, :, 4:28, 4:28] = 1          # a large nodule, found
+    target[1, :, 15:17, 15:17] = 1        # a small one, missed
+    logits = torch.where(target > 0, 20.0, -20.0)
+    logits[1] = -20.0
+    dice_only = DiceBCELoss(dice_weight=1.0, bce_weight=0.0)
+    # mean over the two patches with a nodule (the empty third has no Dice): (0 + 1) / 2
+    assert dice_only(logits, target).item() == pytest.approx(0.5, abs=1e-3)
+    assert dice_only(logits[2:], target[2:]).item() == 0.0   # a patch without a nodule: no Dice term

@@ -101,3 +101,30 @@ def test_predictor_tiles_fixed_size_models_without_seams():
     stacks = np.random.default_rng(0).integers(-1000, 1000, size=(3, 1, 50, 77)).astype(np.int16)
     expected = 2 * (stacks[:, 0].astype(np.float32) + 1000) / 2000
     np.testing.assert_allclose(predictor.logits(stacks), expected, atol=1e-5)
+
+
+class _ReturnsChannel(nn.Module):
+    """Outputs one of its input channels, and records how many it was given."""
+
+    def __init__(self, prompted: bool):
+        super().__init__()
+        self.prompted, self.fixed_input_size, self.seen = prompted, None, []
+
+    def forward(self, x):
+        self.seen.append(x.shape[1])
+        return x[:, -1:] if self.prompted else 0 * x[:, :1]
+
+
+def test_prompted_models_get_the_coordinates_channel_and_unprompted_ones_do_not():
+    from src.data.preprocess import NO_PROMPT, prompt_channel
+    rt = Runtime(torch.device("cpu"), None)
+    prompted, plain = _ReturnsChannel(True), _ReturnsChannel(False)
+    predictor = Predictor([prompted, plain], rt, window=(-1000.0, 400.0))
+    stacks = np.zeros((2, 3, 32, 32), np.int16)
+    yy, xx = np.mgrid[:32, :32]
+    dist = np.stack([np.hypot(yy - 16, xx - 16) - 5.0] * 2).astype(np.float32)   # a 10 mm sphere, 1 mm px
+    # the ensemble mean: the prompted model's channel, halved by the plain model's zeros
+    np.testing.assert_allclose(2 * predictor.logits(stacks, dist), prompt_channel(dist), atol=1e-6)
+    assert prompted.seen == [4] and plain.seen == [3]
+    assert prompt_channel(dist)[0, 16, 16] == pytest.approx(0.5) and prompt_channel(dist)[0, 0, 0] == -1.0
+    np.testing.assert_allclose(predictor.logits(stacks), NO_PROMPT)   # whole-scan mode: no coordinates

@@ -55,7 +55,7 @@ def test_student_checkpoint_loads_weights_only(tiny_trained):
     assert ckpt["threshold"] == threshold, "the student carries the threshold it was trained to be used at"
     model = model_from_checkpoint(path)
     with torch.inference_mode():
-        assert model(torch.zeros(1, tiny_trained.k, 64, 96)).shape == (1, 1, 64, 96)
+        assert model(torch.zeros(1, tiny_trained.k + 1, 64, 96)).shape == (1, 1, 64, 96)   # slices + prompt
 
 
 class _SleepyPredictor:

@@ -21,7 +21,7 @@ from src.train.teacher import train_teacher
 def _fixed_batch(ctx, n=16):
     splits = split_uids(ctx.folds, 0)
     sel = select_patches(ctx.cache, ctx.folds, splits["train"])
-    ds = PatchDataset(ctx.cache, sel, Augmenter(ctx.cfg.augment), views=2)
+    ds = PatchDataset(ctx.cache, sel, Augmenter(ctx.cfg.augment), views=2, prompt_dropout=0.5)
     pos = np.flatnonzero(~ctx.cache.patches.iloc[sel.indices]["negative"].to_numpy())[:n]
     return torch.utils.data.default_collate([ds[(int(i), int(i))] for i in pos])
 
@@ -85,7 +85,7 @@ def test_teacher_outputs_checkpoint_round_trip_and_holdout_isolation(tiny_traine
     model = model_from_checkpoint(out / "checkpoint_best.pt")
     reference = build_model(ctx.cfg.teacher.model, ctx.k, ctx.patch_size).eval()
     reference.load_state_dict(load_checkpoint(out / "checkpoint_best.pt")["ema"])
-    x = torch.rand(2, ctx.k, 64, 64)
+    x = torch.rand(2, ctx.k + 1, 64, 64)   # the slices and the prompt
     with torch.inference_mode():
         torch.testing.assert_close(model(x), reference(x))
 
@@ -193,3 +193,29 @@ def test_validation_every_n_epochs_and_best_only_among_validated(tiny_ctx, cpu_r
     validated = summary.filter(like="val_").notna().any(axis=1).tolist()
     assert summary["epoch"].tolist() == [1, 2, 3] and validated == [False, True, True]
     assert not summary["best"].iloc[0] and summary["best"].iloc[1]
+
+
+def test_prompted_patches_carry_the_coordinates_and_drop_them_at_the_configured_rate(tiny_ctx):
+    from src.data.preprocess import NO_PROMPT, prompt_channel
+    sel = select_patches(tiny_ctx.cache, tiny_ctx.folds, split_uids(tiny_ctx.folds, 0)["train"])
+    nodule = int(np.flatnonzero(~tiny_ctx.cache.patches.iloc[sel.indices]["negative"].to_numpy())[0])
+    plain = PatchDataset(tiny_ctx.cache, sel)
+    prompted = PatchDataset(tiny_ctx.cache, sel, prompt_dropout=0.3)
+    item = prompted[nodule]   # no augmentation seed: the prompt is given
+    assert item["image"].shape[0] == plain[nodule]["image"].shape[0] + 1 == tiny_ctx.k + 1
+    np.testing.assert_allclose(item["image"][-1].numpy(), prompt_channel(item["coarse_dist"][0].numpy()))
+    assert item["image"][-1].max() > 0   # the sphere is there
+    augmented = PatchDataset(tiny_ctx.cache, sel, Augmenter(tiny_ctx.cfg.augment), views=2, prompt_dropout=0.3)
+    dropped = [bool((augmented[(nodule, s)]["image"][-1] == NO_PROMPT).all()) for s in range(200)]
+    assert 0.2 < np.mean(dropped) < 0.4
+    both = augmented[(nodule, 5)]
+    assert torch.equal(both["image"][-1], both["image_b"][-1])   # the mean teacher's view is told the same
+
+
+def test_a_run_without_a_coarse_loss_samples_only_patches_with_a_fine_mask(tiny_ctx):
+    sel = select_patches(tiny_ctx.cache, tiny_ctx.folds, split_uids(tiny_ctx.folds, 0)["train"])
+    fine = sel.only_fine()
+    assert (~sel.fine_ok).any() and fine.fine_ok.all() and len(fine.indices) == sel.fine_ok.sum()
+    meta = tiny_ctx.cache.patches.iloc[fine.indices]
+    w = sampling_weights(meta, fine.fine_ok, positive_fraction=0.5, fine_share=0.5, small_boost=1.0)
+    assert w[~meta["negative"].to_numpy()].sum() == pytest.approx(0.5)   # the same nodule share as any arm

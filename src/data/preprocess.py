@@ -82,6 +82,20 @@ def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return ((np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32, copy=False)
 
 
+PROMPT_SCALE_MM = 10.0   # the prompt saturates 10 mm inside and outside the sphere's surface
+NO_PROMPT = 0.0          # the prompt channel where no coordinates are given
+
+
+def prompt_channel(dist_mm: np.ndarray | None, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The coordinates as a network input: signed distance (mm) to the coarse sphere's
+    surface, negative inside, mapped to [-1, 1] (+1 deep inside, 0 on the surface, -1 far
+    outside). ``None`` (no coordinates: whole-scan mode) is ``NO_PROMPT`` everywhere, of
+    ``shape``. Bounded and in mm, so it means the same at any diameter and spacing."""
+    if dist_mm is None:
+        return np.full(shape, NO_PROMPT, dtype=np.float32)
+    return np.clip(-np.asarray(dist_mm, dtype=np.float32) / PROMPT_SCALE_MM, -1.0, 1.0)
+
+
 def _between(mask: np.ndarray, axis: int) -> np.ndarray:
     """Voxels lying between the first and the last True of their line along ``axis``."""
     return np.logical_or.accumulate(mask, axis=axis) & \

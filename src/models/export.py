@@ -18,15 +18,25 @@ from timm.utils.model import reparameterize_model
 from torch import nn
 
 from src.config import CacheConfig, DetectConfig, code_version
+from src.data.preprocess import PROMPT_SCALE_MM
 from src.utils import atomic_path
 
 OPSET = 17
 
 
-def onnx_metadata(cache: CacheConfig, threshold: float, threshold_source: str, checkpoint: Path) -> dict:
+PROMPT_INPUT = ("; then channel k: the prompt, clip(-d / prompt_scale_mm, -1, 1) with d the signed distance (mm) "
+                "to the given nodule's sphere (centre, diameter), negative inside; 0 everywhere when no coordinates "
+                "are given")
+
+
+def onnx_metadata(cache: CacheConfig, threshold: float, threshold_source: str, checkpoint: Path,
+                  prompted: bool = False) -> dict:
     """What a consumer needs to reproduce the input and read the output."""
+    channels = "k + 1" if prompted else "k"
     return {"window_hu": list(cache.window), "spacing_zyx_mm": list(cache.spacing_zyx), "k_slices": cache.k_slices,
-            "input": "HU clipped to window_hu, scaled to [0,1]; (N, k, H, W), H and W multiples of 32",
+            "input": f"HU clipped to window_hu, scaled to [0,1]; (N, {channels}, H, W), H and W multiples of 32"
+                     + (PROMPT_INPUT if prompted else ""),
+            "prompted": prompted, **({"prompt_scale_mm": PROMPT_SCALE_MM} if prompted else {}),
             "output": f"logits (N, 1, H, W); sigmoid >= {threshold:g} = nodule", "threshold": threshold,
             "threshold_source": threshold_source, "source": str(checkpoint), "code_version": code_version()}
 
@@ -48,7 +58,7 @@ def export_onnx(model: nn.Module, k: int, patch_size: int, path: str | Path, met
         example = torch.zeros(1, *model.offsets.shape[:-1])
         axes = {"image": {0: "batch"}, "logits": {0: "batch"}}
     else:
-        example = torch.zeros(1, k, patch_size, patch_size)
+        example = torch.zeros(1, k + int(getattr(model, "prompted", False)), patch_size, patch_size)
         dynamic = {0: "batch", 2: "height", 3: "width"}
         axes = {"image": dynamic, "logits": dynamic}
     with atomic_path(path, suffix=".onnx") as tmp:

@@ -45,7 +45,9 @@ def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Modul
     """A 1-class smp segmentation model; ``model.fixed_input_size`` is the only (H, W) it
     accepts, or None if it is fully convolutional over any multiple of its stride.
     ``arch: MultiView | Cube3D`` builds a candidate classifier instead (``in_channels``
-    slices per view, ``patch_size`` the views' or the cube's side)."""
+    slices per view, ``patch_size`` the views' or the cube's side). ``in_channels`` counts the
+    2.5D slices; a prompted model (``cfg.prompt``) takes the prompt channel after them and
+    says so in ``model.prompted``."""
     check_encoder(cfg)
     if cfg.arch in CLASSIFIERS:
         model = MultiViewClassifier(cfg.encoder, in_channels, patch_size, cfg.head_prior) \
@@ -54,7 +56,7 @@ def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Modul
             load_encoder_weights(model, Path(cfg.encoder_weights))
         model.fixed_input_size = (patch_size, patch_size)
         return model
-    kwargs = dict(encoder_name=cfg.encoder, encoder_weights=None, in_channels=in_channels, classes=1,
+    kwargs = dict(encoder_name=cfg.encoder, encoder_weights=None, in_channels=in_channels + int(cfg.prompt), classes=1,
                   encoder_depth=cfg.encoder_depth)
     if cfg.arch in ("Unet", "UnetPlusPlus"):
         kwargs["decoder_channels"] = tuple(cfg.decoder_channels)[: cfg.encoder_depth]
@@ -73,6 +75,7 @@ def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Modul
     if cfg.encoder_weights:
         load_encoder_weights(model, Path(cfg.encoder_weights))
     model.fixed_input_size = (patch_size, patch_size) if fixed else None
+    model.prompted = cfg.prompt
     return model
 
 

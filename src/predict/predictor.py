@@ -6,7 +6,9 @@ logits of several models (the fold ensemble) and of flip TTA, runs under autocas
 CUDA, and handles input sizes: fully convolutional models get the whole field in one pass,
 padded to a multiple of 32 (no seams, and one pass is fastest); models with fixed attention
 windows (MaxViT/CoAtNet) go through MONAI's ``sliding_window_inference`` with
-half-overlapping tiles of their build size, averaged uniformly.
+half-overlapping tiles of their build size, averaged uniformly. Prompted models
+(``model.prompted``) also get the coordinates' prompt channel (``prompt_channel``); others
+the slices alone, so an ensemble may mix both.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from src.data.preprocess import normalise
+from src.data.preprocess import normalise, prompt_channel
 from src.runtime import Runtime
 
 STRIDE = 32   # smp encoders downsample 5 times
@@ -36,21 +38,24 @@ class Predictor:
         if len(sizes) > 1:
             raise ValueError(f"ensemble members need different tile sizes {sizes}")
         self.tile = next(iter(sizes)) if sizes else None
+        self.prompted = any(getattr(m, "prompted", False) for m in self.models)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean logits over models and flips for a normalised batch (B, k, H, W)."""
+        """Mean logits over models and flips for a normalised batch (B, k [+ prompt], H, W)."""
         total = None
+        k = x.shape[1] - int(self.prompted)
         with self.rt.autocast():
             for model in self.models:
+                xm = x if getattr(model, "prompted", False) else x[:, :k]
                 for dims in self.flips:
-                    xi = torch.flip(x, dims) if dims else x
+                    xi = torch.flip(xm, dims) if dims else xm
                     out = model(xi).float()
                     out = torch.flip(out, dims) if dims else out
                     total = out if total is None else total + out
         return total / (len(self.models) * len(self.flips))
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, k, H, W) normalised -> (B, H, W) logits; air (0 after normalising) pads."""
+        """(B, k [+ prompt], H, W) normalised -> (B, H, W) logits; air (0 after normalising) pads."""
         h, w = x.shape[-2:]
         if self.tile is None:  # pad to a multiple of the encoder stride
             ph, pw = (-h) % STRIDE, (-w) % STRIDE
@@ -60,16 +65,22 @@ class Predictor:
         return out[:, 0]
 
     @torch.inference_mode()
-    def logits(self, stacks_hu: np.ndarray) -> np.ndarray:
-        """(N, k, H, W) HU -> (N, H, W) float32 mean logits, in batches of ``batch_size``."""
+    def logits(self, stacks_hu: np.ndarray, dist_mm: np.ndarray | None = None) -> np.ndarray:
+        """(N, k, H, W) HU -> (N, H, W) float32 mean logits, in batches of ``batch_size``.
+        ``dist_mm`` (N, H, W): the given coordinates' sphere distance for prompted models;
+        None = no coordinates (whole-scan search)."""
         out = np.empty((stacks_hu.shape[0], *stacks_hu.shape[-2:]), dtype=np.float32)
         for i in range(0, stacks_hu.shape[0], self.batch_size):
-            x = torch.from_numpy(normalise(stacks_hu[i:i + self.batch_size], self.window))
+            x = normalise(stacks_hu[i:i + self.batch_size], self.window)
+            if self.prompted:
+                dist = dist_mm[i:i + self.batch_size] if dist_mm is not None else None
+                x = np.concatenate([x, prompt_channel(dist, (x.shape[0], *x.shape[2:]))[:, None]], axis=1)
+            x = torch.from_numpy(x)
             x = x.to(self.rt.device, non_blocking=True)
             if self.rt.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             out[i:i + x.shape[0]] = self._run(x).cpu().numpy()
         return out
 
-    def prob(self, stacks_hu: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits(stacks_hu) / temperature))
+    def prob(self, stacks_hu: np.ndarray, dist_mm: np.ndarray | None = None, temperature: float = 1.0) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logits(stacks_hu, dist_mm) / temperature))

@@ -113,11 +113,13 @@ def stacks_from_volume(volume: np.ndarray, k: int) -> np.ndarray:
 
 
 class NetworkSegmenter:
+    """The networks on the window; prompted ones are told the coordinates' sphere."""
+
     def __init__(self, predictor: Predictor, k: int):
         self.predictor, self.k = predictor, k
 
     def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
-        return self.predictor.prob(stacks_from_volume(image, self.k))
+        return self.predictor.prob(stacks_from_volume(image, self.k), dist)
 
 
 # ----------------------------------------------------------------------------- the path

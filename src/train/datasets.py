@@ -16,10 +16,11 @@ from torch.utils.data import Dataset, Sampler
 
 from src.data.cache import PatchCache
 from src.data.patches import DIST_UNITS_PER_MM
-from src.data.preprocess import normalise
+from src.data.preprocess import normalise, prompt_channel
 from src.train.augment import Augmenter
 
 SMALL_NODULE_MM = 6.0
+NONSOLID_TEXTURE = 3.5   # LIDC texture rating: part-solid and ground glass (src.data.groups)
 
 
 @dataclass
@@ -27,6 +28,11 @@ class PatchSelection:
     """Rows of the cache a stage uses, with per-patch supervision flags."""
     indices: np.ndarray          # rows of cache.patches
     fine_ok: np.ndarray          # bool per selected patch: fine mask may be used
+
+    def only_fine(self) -> PatchSelection:
+        """The patches with a fine mask: all that a run without a coarse loss learns from, so
+        that its batches hold the same share of nodule patches with a loss as any other arm's."""
+        return PatchSelection(self.indices[self.fine_ok], self.fine_ok[self.fine_ok])
 
 
 def select_patches(cache: PatchCache, folds: pd.DataFrame, uids: set[str]) -> PatchSelection:
@@ -39,14 +45,18 @@ def select_patches(cache: PatchCache, folds: pd.DataFrame, uids: set[str]) -> Pa
 
 
 def sampling_weights(meta: pd.DataFrame, fine_ok: np.ndarray, positive_fraction: float, fine_share: float,
-                     small_boost: float) -> np.ndarray:
+                     small_boost: float, nonsolid_boost: float = 1.0) -> np.ndarray:
     """Per-patch probabilities. Nodule patches get ``positive_fraction`` of the mass, and of
     that, fine-mask patches get ``fine_share`` (few scans keep masks: without this they
     would be rare in a batch). Inside each group every nodule weighs the same whatever its
-    number of slices, small ones (< 6 mm) ``small_boost`` x more."""
+    number of slices, small ones (< 6 mm) ``small_boost`` x more, part-solid and ground-glass
+    ones ``nonsolid_boost`` x more (the rare kinds the nets miss most)."""
     negative = meta["negative"].to_numpy().astype(bool)
     fine_ok = np.asarray(fine_ok, dtype=bool)
     groups = {"fine": ~negative & fine_ok, "coarse": ~negative & ~fine_ok, "negative": negative}
+    # where one kind of nodule patch is absent (full supervision, fine only), the other takes
+    # its share: every arm's batches hold the same share of nodules
+    fine_share = fine_share if groups["coarse"].any() else 1.0 if groups["fine"].any() else 0.0
     share = {"fine": positive_fraction * fine_share, "coarse": positive_fraction * (1 - fine_share),
              "negative": 1.0 - positive_fraction}
     weights = np.zeros(len(meta))
@@ -59,8 +69,9 @@ def sampling_weights(meta: pd.DataFrame, fine_ok: np.ndarray, positive_fraction:
             pos = meta[members]
             w = 1.0 / pos.groupby("nodule_uid")["nodule_uid"].transform("size").to_numpy()
             w = w * np.where(pos["diameter_mm"].to_numpy() < SMALL_NODULE_MM, small_boost, 1.0)
+            w = w * np.where(pos["texture"].to_numpy(dtype=float) <= NONSOLID_TEXTURE, nonsolid_boost, 1.0)
         weights[members] = w / w.sum() * share[name]
-    return weights / weights.sum()  # groups that are absent give their share to the others
+    return weights / weights.sum()  # no negatives (or no nodules): the others take it all
 
 
 class EpochSampler(Sampler):
@@ -90,11 +101,17 @@ class EpochSampler(Sampler):
 
 class PatchDataset(Dataset):
     """Items are (position in the selection, augmentation seed) from :class:`EpochSampler`,
-    or a plain position (no augmentation) for evaluation."""
+    or a plain position (no augmentation) for evaluation.
+
+    For a prompted model (``prompt_dropout`` not None) the image gets one more channel, the
+    coordinates' prompt made from the (augmented) sphere distance, as inference makes it
+    from the given centre and diameter; a ``prompt_dropout`` share of the samples get the
+    no-coordinates prompt instead, as in whole-scan search."""
 
     def __init__(self, cache: PatchCache, selection: PatchSelection, augmenter: Augmenter | None = None,
-                 views: int = 1, soft_targets=None):
+                 views: int = 1, soft_targets=None, prompt_dropout: float | None = None):
         self.cache, self.sel, self.augmenter, self.views = cache, selection, augmenter, views
+        self.prompt_dropout = prompt_dropout
         self.window = tuple(cache.attrs["window"])
         self.soft = soft_targets     # optional: .get(cache_row) -> (P, P) float or None
         self.radius_mm = cache.patches["diameter_mm"].to_numpy(dtype=np.float32) / 2  # 0 for negatives
@@ -120,6 +137,10 @@ class PatchDataset(Dataset):
                 targets[name] = (targets[name] >= 0.5).astype(np.float32)
         else:
             images = [image] * self.views
+        if self.prompt_dropout is not None:
+            dropped = seed is not None and np.random.default_rng(seed).random() < self.prompt_dropout
+            prompt = prompt_channel(None if dropped else targets["coarse_dist"], image.shape[1:])
+            images = [np.concatenate([img, prompt[None]], axis=0) for img in images]
         out = {"image": torch.from_numpy(images[0]), "index": row,
                "fine_ok": torch.tensor(float(self.sel.fine_ok[pos])),
                "prior_ok": torch.tensor(float(self.has_prior[row])),

@@ -35,6 +35,10 @@ class TeacherObjective:
     def needs_two_views(self) -> bool:
         return self.cfg.coarse in ("mt", "prior")
 
+    @property
+    def learns_from_coarse(self) -> bool:
+        return self.cfg.coarse != "ignore"
+
     def __call__(self, model: nn.Module, ema: nn.Module, batch: dict, progress: float):
         logits = model(batch["image"])
         fine = batch["fine_ok"] > 0.5

@@ -1,8 +1,8 @@
 """Stage 3: soft pseudo-labels from the fold-teacher ensemble.
 
 For every training patch (never a hold-out one) the ensemble of fold teachers (with flip
-TTA) predicts per-pixel probabilities, at temperature ``pseudo.temperature``. On coarse
-patches the coarse prior is enforced: zero beyond ``prior_margin_mm`` outside every coarse
+TTA; prompted teachers told the patch's coordinates) predicts per-pixel probabilities, at
+temperature ``pseudo.temperature``. On coarse patches the coarse prior is enforced: zero beyond ``prior_margin_mm`` outside every coarse
 sphere. Fine patches keep the unconstrained ensemble output (targets for logit KD).
 
 ``outputs/<experiment>/pseudo.h5``:
@@ -75,8 +75,9 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
         soft = f.create_dataset("soft", (len(rows), p, p), np.float16, chunks=(1, p, p))
         for i in progress(range(0, len(rows), cfg.batch_size), desc="pseudo-labels"):
             idx = rows[i:i + cfg.batch_size]
-            prob = _sigmoid(predictor.logits(f_cache["patches/image"][idx]), cfg.temperature)
             dist = f_cache["patches/coarse_dist"][idx].astype(np.float32) / DIST_UNITS_PER_MM
+            # every training scan's coordinates are known: prompted teachers are told them
+            prob = _sigmoid(predictor.logits(f_cache["patches/image"][idx], dist), cfg.temperature)
             keep = constrained[i:i + cfg.batch_size]
             prob[keep] = apply_prior(prob[keep], dist[keep], cfg.prior_margin_mm)
             soft[i:i + len(idx)] = prob.astype(np.float16)

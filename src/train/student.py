@@ -20,7 +20,7 @@ import numpy as np
 from src.config import dump_config, to_dict
 from src.data.context import StageContext
 from src.data.folds import refuse_holdout, split_uids
-from src.errors import DataError
+from src.errors import ConfigError, DataError
 from src.models.checkpoint import model_from_checkpoint
 from src.models.factory import build_model
 from src.runtime import Runtime
@@ -71,12 +71,18 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     fine_rows = None if cfg.distill.coarse_pseudo else selection.indices[selection.fine_ok]
     soft = SoftTargets(ctx.layout.pseudo_labels, ctx.cache_hash, ctx.folds_hash, only_rows=fine_rows)
     weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], selection.fine_ok,
-                               stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost)
-    dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), soft_targets=soft)
+                               stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost,
+                               stage.loss.nonsolid_boost)
+    dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), soft_targets=soft,
+                           prompt_dropout=stage.prompt_dropout if stage.model.prompt else None)
     feature_teacher = None
     if cfg.distill.feature_weight > 0:
-        feature_teacher = model_from_checkpoint(ctx.layout.teacher_checkpoint(cfg.distill.feature_teacher_fold))
-        feature_teacher = feature_teacher.to(rt.device)
+        path = ctx.layout.teacher_checkpoint(cfg.distill.feature_teacher_fold)
+        feature_teacher = model_from_checkpoint(path).to(rt.device)
+        if feature_teacher.prompted != stage.model.prompt:
+            raise ConfigError(f"{path}: attention transfer needs teacher and student to share their input; "
+                              f"the teacher is {'' if feature_teacher.prompted else 'not '}prompted, "
+                              f"student.model.prompt is {stage.model.prompt}")
     objective = StudentObjective(stage.loss, cfg.distill, feature_teacher)
     model = build_model(stage.model, ctx.k, ctx.patch_size)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -60,9 +60,13 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
     out_dir = ctx.layout.teacher_dir(fold)
     objective = TeacherObjective(stage.loss)
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
+    if not objective.learns_from_coarse:
+        selection = selection.only_fine()
     weights = sampling_weights(ctx.cache.patches.iloc[selection.indices], selection.fine_ok,
-                               stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost)
-    dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), views=2 if objective.needs_two_views else 1)
+                               stage.positive_fraction, stage.fine_share, stage.loss.small_nodule_boost,
+                               stage.loss.nonsolid_boost)
+    dataset = PatchDataset(ctx.cache, selection, Augmenter(cfg.augment), views=2 if objective.needs_two_views else 1,
+                           prompt_dropout=stage.prompt_dropout if stage.model.prompt else None)
     model = build_model(stage.model, ctx.k, ctx.patch_size)
     info = RunInfo(stage="teacher", fold=fold, model_config=to_dict(stage.model), in_channels=ctx.k,
                    patch_size=ctx.patch_size, config=to_dict(cfg), cache_hash=ctx.cache_hash,
