@@ -53,13 +53,14 @@ def main() -> None:
         from src.evaluation.holdout import build_segmenters, score_holdout
         from src.predict.experiment import TrainedExperiment
         from src.runtime import setup_runtime
-        threshold, source = TrainedExperiment(layout, cfg).threshold()
-        print(f"probability threshold {threshold} from {source}")
+        experiment = TrainedExperiment(layout, cfg)
+        (threshold, source), (own, own_source) = experiment.threshold(), experiment.threshold("student")
+        print(f"probability threshold {threshold} from {source}; the student's {own} from {own_source}")
         segmenters, speed = build_segmenters(ctx, setup_runtime(args.device or cfg.device, cfg.amp))
         per_nodule, name = score_holdout(ctx, segmenters), "holdout_leaderboard"
         atomic_to_csv(per_nodule, layout.per_nodule("holdout"), float_format="%.5g")
         title = (f"{cfg.paths.experiment}: hold-out ({per_nodule['seriesuid'].nunique()} scans, "
-                 f"{per_nodule['nodule_uid'].nunique()} nodules) at threshold {threshold}; student throughput = "
+                 f"{per_nodule['nodule_uid'].nunique()} nodules) at threshold {threshold} (student {own}); student throughput = "
                  f"{speed.attrs['student_over_ensemble']:.1f}x the {speed.attrs['n_teachers']}-teacher ensemble")
         speed = speed.round(3)
 

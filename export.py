@@ -53,7 +53,7 @@ def main() -> None:
         raise UserError(f"{out}: export writes ONNX only; name the file .onnx")
 
     ckpt = load_checkpoint(ckpt_path)
-    threshold, source = TrainedExperiment(layout, cfg).threshold()
+    threshold, source = TrainedExperiment(layout, cfg).threshold("student")
     if args.checkpoint and ckpt.get("threshold") is not None:
         threshold, source = ckpt["threshold"], f"{ckpt_path} (stamped at training)"
     model = model_from_checkpoint(ckpt_path)

@@ -44,8 +44,8 @@ def main() -> None:
         pass
     loader_rate = 32 * args.batches / (time.perf_counter() - start)
     size_mb = cache.path.stat().st_size / 1e6
-    print(f"| cache | patches | file MB | random reads/s (warm) | DataLoader 2 workers, batch 32 (patches/s) |")
-    print(f"|---|---|---|---|---|")
+    print("| cache | patches | file MB | random reads/s (warm) | DataLoader 2 workers, batch 32 (patches/s) |")
+    print("|---|---|---|---|---|")
     print(f"| {cache.path} ({cache.attrs['k_slices']}x{cache.attrs['patch_size']}^2 int16, chunk = 1 patch) "
           f"| {n} | {size_mb:.0f} | {reads:,.0f} | {loader_rate:,.0f} |")
 

@@ -194,15 +194,25 @@ class ExperimentLayout:
         atomic_write_text(self.postprocessing, json.dumps(result, indent=1))
         return self.postprocessing
 
-    def threshold(self, cfg: InferConfig) -> tuple[float, str]:
-        """The probability threshold to apply and where it comes from: the OOF choice when
-        ``infer.threshold_from_oof`` and cv.py wrote one, else ``infer.threshold``."""
-        if cfg.threshold_from_oof and self.postprocessing.is_file():
-            try:
-                value = float(json.loads(self.postprocessing.read_text())["threshold"])
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"{self.postprocessing}: unreadable; rerun cv.py") from None
-            return value, f"{self.postprocessing} (chosen on OOF)"
+    @property
+    def student_postprocessing(self) -> Path:
+        return self.student_dir / "postprocessing.json"
+
+    def threshold(self, cfg: InferConfig, model: str = "ensemble") -> tuple[float, str]:
+        """The probability threshold to apply to ``model`` and where it comes from: the
+        student's own choice (on its validation nodules) for the student, the teachers' OOF
+        choice (cv.py) for the ensemble and a student without one, when
+        ``infer.threshold_from_oof``; else ``infer.threshold``."""
+        if not cfg.threshold_from_oof:
+            return float(cfg.threshold), "config infer.threshold"
+        own = [self.student_postprocessing] if model == "student" else []
+        for path, why in [*((p, "the student's own, on its validation nodules") for p in own),
+                          (self.postprocessing, "chosen on OOF")]:
+            if path.is_file():
+                try:
+                    return float(json.loads(path.read_text())["threshold"]), f"{path} ({why})"
+                except (ValueError, KeyError, TypeError):
+                    raise DataError(f"{path}: unreadable; rerun the stage that wrote it") from None
         return float(cfg.threshold), "config infer.threshold"
 
 

@@ -109,7 +109,7 @@ SHIFTED = (
 # about 6 min, the student 6 min.
 _TRAINING = ("folds.holdout_fraction=0.5", "folds.n_folds=3", "teacher.val_every=5",
              "teacher.epochs=40", "teacher.ema_decay=0.99", "teacher.loss.mt_rampup_epochs=10",
-             "student.epochs=40", "student.ema_decay=0.99")
+             "student.epochs=40", "student.ema_decay=0.99", "student.val_every=5")
 
 BUDGETS = {
     "full": Budget("full", default_scans=240, shifted_scans=60, seeds=(0, 1), learning_curve=(0.05, 0.5),

@@ -170,8 +170,8 @@ class BenchRun:
         return self.out / "scores" / slug(cond.name) / f"seed{seed}" / f"{slug(name)}.csv"
 
     def segmenter(self, ctx: StageContext, arm: Arm) -> tuple[NetworkSegmenter, float, Predictor]:
-        """An arm's network(s) as a segmenter, at the threshold chosen on the teachers' OOF."""
-        threshold, _ = ctx.layout.threshold(ctx.cfg.infer)
+        """An arm's network(s) as a segmenter, at the threshold the experiment gives them."""
+        threshold, _ = ctx.layout.threshold(ctx.cfg.infer, "student" if arm.kind == "student" else "ensemble")
         if arm.kind == "student":
             models = [model_from_checkpoint(ctx.layout.student_checkpoint())]
         else:

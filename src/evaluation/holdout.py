@@ -43,12 +43,12 @@ def build_segmenters(ctx: StageContext, rt: Runtime) -> tuple[dict, pd.DataFrame
                   for m in teachers}
     predictors["teacher ensemble"] = ensemble.predictor
     predictors["student"] = student.predictor
-    threshold = student.threshold
 
     # the baseline may learn from what the networks learn from: masks of `fine` training scans
     fine = development_uids(ctx.folds, "fine")
     hu, fit_dice = fit_threshold(split_cases(ctx, fine, "read fine training scans"), k, cfg.infer)
-    segmenters = {name: (NetworkSegmenter(p, k), threshold) for name, p in predictors.items()}
+    segmenters = {name: (NetworkSegmenter(p, k), student.threshold if name == "student" else ensemble.threshold)
+                  for name, p in predictors.items()}
     segmenters["coarse sphere (no training)"] = (SphereSegmenter(), BINARY_LEVEL)
     segmenters[f"HU >= {hu:.0f} in sphere (fit on train)"] = (ThresholdSegmenter(hu, k, cfg.infer.prior_margin_mm),
                                                               BINARY_LEVEL)

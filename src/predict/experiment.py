@@ -77,10 +77,10 @@ class TrainedExperiment:
         experiment with one (``src.layout.find_experiment``)."""
         return cls(find_experiment(cfg.paths, named, model), cfg)
 
-    def threshold(self) -> tuple[float, str]:
-        """The probability threshold every model of this experiment is applied at, and where
-        it comes from."""
-        return self.layout.threshold(self.cfg.infer)
+    def threshold(self, model: str = "ensemble") -> tuple[float, str]:
+        """The probability threshold ``model`` (student | ensemble) of this experiment is
+        applied at, and where it comes from."""
+        return self.layout.threshold(self.cfg.infer, model)
 
     def models(self, model: str, rt: Runtime, tta: bool | None = None, fpr: bool = True,
                cache_hash: str | None = None) -> Models:
@@ -92,7 +92,7 @@ class TrainedExperiment:
         for path, network in zip(checkpoints, networks):
             if cache_hash is not None and network.checkpoint_meta.get("cache_hash") != cache_hash:
                 raise DataError(f"{path}: trained on another patch cache (retrain, or use that cache)")
-        threshold, source = self.threshold()
+        threshold, source = self.threshold(model)
         stamp = stamped_threshold(networks, checkpoints)
         if stamp is not None and stamp[0] != threshold:
             print(f"note: {checkpoints[0]} was stamped with threshold {stamp[0]:g} at training; "

@@ -3,15 +3,18 @@
 Trains on every non-hold-out patient: fine masks where ``label_kind`` is fine, and the
 ensemble's soft targets from pseudo.h5 everywhere (KD, weighted toward the nodule region;
 ``distill.coarse_pseudo=false`` keeps them to the fine scans, an ablation),
-optionally with attention transfer from one fold teacher's encoder. There is no validation
-split left (the hold-out is only for the final score), so checkpoint_best is the latest.
-Outputs in ``outputs/<experiment>/student/``, with the teachers' conventions. The
-checkpoints carry the probability threshold chosen on the teachers' OOF predictions
-(``postprocessing.json``, or ``infer.threshold`` before cv.py has run), which
-``infer.py`` and the ONNX export apply.
+optionally with attention transfer from one fold teacher's encoder. No patient is left
+out of the student's training (the hold-out is only for the final score), so it validates
+on the nodules of the fine-mask development scans, the only masks a user has: the best
+epoch, and afterwards its own probability threshold (``student/postprocessing.json``,
+which ``infer.py``, the leaderboards and the ONNX export apply to it). These nodules are
+in its training set, which the note in that file says. Outputs in
+``outputs/<experiment>/student/``, with the teachers' conventions; the checkpoints also
+carry the teachers' threshold they were validated at.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -19,7 +22,7 @@ import numpy as np
 
 from src.config import dump_config, to_dict
 from src.data.context import StageContext
-from src.data.folds import refuse_holdout, split_uids
+from src.data.folds import development_uids, refuse_holdout, split_uids
 from src.errors import ConfigError, DataError
 from src.models.checkpoint import model_from_checkpoint
 from src.models.factory import build_model
@@ -27,8 +30,10 @@ from src.runtime import Runtime
 from src.train.augment import Augmenter
 from src.train.datasets import PatchDataset, sampling_weights, select_patches
 from src.train.objectives import StudentObjective
+from src.evaluation.oof import choose_threshold, read_oof
 from src.train.trainer import RunInfo, Trainer
-from src.utils import seed_everything
+from src.train.validation import NoduleValidator, scan_validator, write_validation_predictions
+from src.utils import atomic_write_text, seed_everything
 
 
 class SoftTargets:
@@ -93,9 +98,28 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
                    config_hash=ctx.run_hash(stage, cfg.augment, cfg.distill, {"pseudo": str(ctx.layout.pseudo_labels)}),
                    extra={"train_uids": sorted(splits["train"]), "threshold": threshold,
                           "threshold_source": source})
-    trainer = Trainer(stage, model, objective, dataset, weights, None, out_dir, rt, info,
-                      select_metric="", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
+    validator = scan_validator(ctx, development_uids(ctx.folds, "fine"), rt, threshold, "read fine training scans") \
+        if rt.is_main else None
+    trainer = Trainer(stage, model, objective, dataset, weights, validator, out_dir, rt, info,
+                      select_metric="val_dice", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
     if resume and trainer.resume() and rt.is_main:
         print(f"resumed the student at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
     trainer.fit()
+    if rt.is_main:
+        choose_student_threshold(ctx, validator)
     return out_dir
+
+
+def choose_student_threshold(ctx: StageContext, validator: NoduleValidator) -> dict:
+    """The student's own probability threshold, chosen as cv.py chooses the teachers' (best
+    pooled Dice over ``THRESHOLDS``) on its validation nodules, with its best checkpoint:
+    a small network is calibrated unlike the ensemble it learnt from."""
+    out_dir = ctx.layout.student_dir
+    write_validation_predictions(ctx, validator, ctx.layout.student_checkpoint(), out_dir, fold=-1)
+    choice = choose_threshold(read_oof([ctx.layout.oof_predictions(out_dir)]))
+    choice["validated_on"] = "the fine-mask development scans (the student trains on every development scan)"
+    atomic_write_text(ctx.layout.student_postprocessing, json.dumps(choice, indent=1))
+    dice_at = choice["oof_dice_at_threshold"]
+    print(f"the student's threshold: {choice['threshold']} (Dice {dice_at[choice['threshold']]:.4f} on "
+          f"{choice['nodules']} nodules of the fine training scans; {dice_at[0.5]:.4f} at 0.5)")
+    return choice

@@ -12,42 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.config import code_version, dump_config, to_dict
+from src.config import dump_config, to_dict
 from src.data.context import StageContext
 from src.data.folds import refuse_holdout, split_uids
-from src.data.manifest import read_dataset
 from src.errors import DataError
-from src.evaluation.cases import load_cases
-from src.evaluation.oof import write_oof
-from src.models.checkpoint import model_from_checkpoint
 from src.models.factory import build_model
 from src.runtime import Runtime
 from src.train.augment import Augmenter
 from src.train.datasets import PatchDataset, sampling_weights, select_patches
 from src.train.objectives import TeacherObjective
 from src.train.trainer import RunInfo, Trainer
-from src.train.validation import NoduleValidator
-from src.utils import atomic_to_csv, seed_everything
-
-
-def fold_validator(ctx: StageContext, val_uids: set[str], rt: Runtime) -> NoduleValidator:
-    """Every scored nodule of the fold's validation scans, read once."""
-    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in val_uids]
-    cases = load_cases(records, ctx.cache.config, ctx.cfg.infer, desc="read validation scans")
-    return NoduleValidator(cases, rt, ctx.window, ctx.k, ctx.cfg.infer, ctx.cfg.infer.threshold)
-
-
-def write_fold_oof(ctx: StageContext, validator: NoduleValidator, fold: int) -> pd.DataFrame:
-    """Score the best checkpoint on fold K and keep its probabilities (OOF)."""
-    out_dir = ctx.layout.teacher_dir(fold)
-    checkpoint = ctx.layout.teacher_checkpoint(fold)
-    table, segs = validator.segment(model_from_checkpoint(checkpoint), desc="OOF")
-    table.insert(0, "fold", fold)
-    atomic_to_csv(table, ctx.layout.oof_metrics(out_dir), float_format="%.5g")
-    write_oof(validator.cases, segs, ctx.layout.oof_predictions(out_dir),
-              dict(fold=fold, checkpoint=str(checkpoint), cache_hash=ctx.cache_hash,
-                   code_version=code_version()))
-    return table
+from src.train.validation import scan_validator, write_validation_predictions
+from src.utils import seed_everything
 
 
 def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = False) -> tuple[Path, pd.DataFrame]:
@@ -72,7 +48,8 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
                    patch_size=ctx.patch_size, config=to_dict(cfg), cache_hash=ctx.cache_hash,
                    config_hash=ctx.run_hash(stage, cfg.augment, {"fold": fold}),
                    extra={"train_uids": sorted(splits["train"]), "val_uids": sorted(splits["val"])})
-    validator = fold_validator(ctx, splits["val"], rt) if rt.is_main else None
+    validator = scan_validator(ctx, splits["val"], rt, cfg.infer.threshold, "read validation scans") \
+        if rt.is_main else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if rt.is_main:   # only once everything the run needs was found and built
         dump_config(cfg, ctx.layout.run_config(out_dir))
@@ -81,5 +58,6 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
     if resume and trainer.resume() and rt.is_main:
         print(f"resumed fold {fold} at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
     trainer.fit()
-    oof = write_fold_oof(ctx, validator, fold) if rt.is_main else pd.DataFrame()
+    oof = write_validation_predictions(ctx, validator, ctx.layout.teacher_checkpoint(fold), out_dir, fold) \
+        if rt.is_main else pd.DataFrame()
     return out_dir, oof

@@ -68,7 +68,9 @@ class Trainer:
         self.model = model.to(rt.device)
         if stage.channels_last and rt.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = ModelEmaV3(self.model, decay=stage.ema_decay)
+        # warm-up (timm): the average starts short and lengthens to ema_decay, so that early
+        # validations and the mean teacher do not see a mix of the random initial weights
+        self.ema = ModelEmaV3(self.model, decay=stage.ema_decay, use_warmup=True)
         self.optimizer = make_optimizer(self.model.parameters(), stage.lr, stage.weight_decay, rt.device)
         total = stage.epochs * stage.steps_per_epoch
         self.scheduler = warmup_cosine(self.optimizer, int(stage.warmup_epochs * stage.steps_per_epoch), total)
@@ -146,7 +148,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, step=self.global_step + 1)
         return {"loss": float(loss.detach()), **logs}
 
     def fit(self) -> pd.DataFrame:

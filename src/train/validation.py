@@ -11,12 +11,18 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from src.config import InferConfig
-from src.evaluation.cases import NoduleCase
+from pathlib import Path
+
+from src.config import InferConfig, code_version
+from src.data.context import StageContext
+from src.data.manifest import read_dataset
+from src.evaluation.cases import NoduleCase, load_cases
+from src.evaluation.oof import write_oof
+from src.models.checkpoint import model_from_checkpoint
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter, Segmented
 from src.runtime import Runtime
-from src.utils import progress
+from src.utils import atomic_to_csv, progress
 
 
 def summarize_nodules(table: pd.DataFrame, prefix: str = "val_") -> dict[str, float]:
@@ -49,3 +55,23 @@ class NoduleValidator:
     def __call__(self, model: nn.Module) -> dict[str, float]:
         """Per-epoch scores (overlap only: the checkpoint choice needs no surface distances)."""
         return summarize_nodules(self.segment(model, distances=False)[0])
+
+
+def scan_validator(ctx: StageContext, uids: set[str], rt: Runtime, threshold: float, desc: str) -> NoduleValidator:
+    """Every scored nodule of the scans ``uids``, read once."""
+    records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in uids]
+    cases = load_cases(records, ctx.cache.config, ctx.cfg.infer, desc=desc)
+    return NoduleValidator(cases, rt, ctx.window, ctx.k, ctx.cfg.infer, threshold)
+
+
+def write_validation_predictions(ctx: StageContext, validator: NoduleValidator, checkpoint: Path, out_dir: Path,
+                                 fold: int) -> pd.DataFrame:
+    """Score a best checkpoint on its validation nodules and keep their probabilities (for
+    the threshold choice): val_metrics.csv and val_predictions.h5 in ``out_dir``."""
+    table, segs = validator.segment(model_from_checkpoint(checkpoint), desc="OOF" if fold >= 0 else "validate")
+    table.insert(0, "fold", fold)
+    atomic_to_csv(table, ctx.layout.oof_metrics(out_dir), float_format="%.5g")
+    write_oof(validator.cases, segs, ctx.layout.oof_predictions(out_dir),
+              dict(fold=fold, checkpoint=str(checkpoint), cache_hash=ctx.cache_hash,
+                   code_version=code_version()))
+    return table
