@@ -42,7 +42,8 @@ def train_speed(rt, model, stage, k, p, steps):
     g = torch.Generator(device="cpu").manual_seed(0)
     dist = torch.full((b, 1, p, p), 10.0)
     dist[..., p // 3: 2 * p // 3, p // 3: 2 * p // 3] = -2.0
-    batch = {"image": torch.rand(b, k, p, p, generator=g), "image_b": torch.rand(b, k, p, p, generator=g),
+    c = k + int(stage.model.prompt)   # the slices, and the prompt channel of a prompted model
+    batch = {"image": torch.rand(b, c, p, p, generator=g), "image_b": torch.rand(b, c, p, p, generator=g),
              "fine": (dist < 0).float(), "coarse": (dist <= 0).float(), "coarse_dist": dist,
              "fine_ok": (torch.arange(b) % 2).float(), "radius_mm": torch.full((b,), 8.0)}
     batch = {key: v.to(rt.device) for key, v in batch.items()}

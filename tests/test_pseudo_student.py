@@ -1,4 +1,5 @@
 """Pseudo-labels and the student: coarse prior, hold-out isolation, checkpoints."""
+import json
 import time
 from types import SimpleNamespace
 
@@ -51,8 +52,14 @@ def test_student_checkpoint_loads_weights_only(tiny_trained):
     path = tiny_trained.layout.student_checkpoint()
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["stage"] == "student" and ckpt["model_config"]["encoder"] == tiny_trained.cfg.student.model.encoder
-    threshold, _ = tiny_trained.layout.threshold(tiny_trained.cfg.infer)
-    assert ckpt["threshold"] == threshold, "the student carries the threshold it was trained to be used at"
+    threshold, source = tiny_trained.layout.threshold(tiny_trained.cfg.infer, "student")
+    assert ckpt["threshold"] == threshold, "the student carries its own threshold"
+    assert tiny_trained.layout.student_postprocessing.name in source
+    choice = json.loads(tiny_trained.layout.student_postprocessing.read_text())
+    # chosen as the teachers' is, on the student's own validation nodules (the fine training scans)
+    assert choice["threshold"] == float(max(choice["oof_dice_at_threshold"].items(),
+                                            key=lambda kv: (round(kv[1], 6), -abs(float(kv[0]) - 0.5)))[0])
+    assert choice["nodules"] > 0 and "fine" in choice["validated_on"]
     model = model_from_checkpoint(path)
     with torch.inference_mode():
         assert model(torch.zeros(1, tiny_trained.k + 1, 64, 96)).shape == (1, 1, 64, 96)   # slices + prompt

@@ -112,7 +112,7 @@ _TRAINING = ("folds.holdout_fraction=0.5", "folds.n_folds=3", "teacher.val_every
              "student.epochs=40", "student.ema_decay=0.99", "student.val_every=5")
 
 BUDGETS = {
-    "full": Budget("full", default_scans=240, shifted_scans=60, seeds=(0, 1), learning_curve=(0.05, 0.5),
+    "full": Budget("full", default_scans=240, shifted_scans=60, seeds=(0, 1), learning_curve=(0.1, 0.5),
                    shifted=SHIFTED, overrides=_TRAINING),
     # Today's recipe on today's data: the references, the SSL teachers and the SSLKD student at
     # one seed on the default set; the shifted sets are made and scored, not trained on.

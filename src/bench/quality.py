@@ -16,11 +16,12 @@ import pandas as pd
 
 from src.bench import report as rep
 from src.bench.protocol import DEFAULT, MAIN_ARMS, SECOND_SEED_ARMS, SSL, SSLKD, learning_curve_arms
-from src.bench.runner import REFERENCES, BenchRun, default_models, write_pseudo_quality
+from src.bench.runner import REFERENCES, UNPROMPTED, BenchRun, default_models, write_pseudo_quality
 from src.data.groups import GROUPS
 from src.utils import atomic_to_csv, atomic_write_text
 
 ON_DEFAULT = " (trained on default)"
+ATTACHED = "attached (pleural + vascular)"
 SHIFT_GROUPINGS = ("texture", "attachment")   # kinds a shift may hurt unequally: faint, or touching wall/vessel
 
 
@@ -83,7 +84,8 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
     means = rep.per_nodule_means(rows)
     atomic_to_csv(means, out / "per_nodule_seed_means.csv", float_format="%.5g")
     scored = set(rows["model"])
-    main_models = [m for m in [a.name for a in MAIN_ARMS] + list(REFERENCES) if m in scored]
+    main_models = [m for m in [a.name for a in MAIN_ARMS] + [SSL + UNPROMPTED, SSLKD + UNPROMPTED] + list(REFERENCES)
+                   if m in scored]
     lines = [f"# Quality benchmark ({budget.name}): `python bench/quality.py --budget {budget.name}`",
              "", f"Training seeds {list(budget.seeds)}; per-nodule Dice averaged over the seeds a model has, then "
              "over nodules; 95% CIs by bootstrap over nodules. Every model is scored on the same hold-out nodules "
@@ -95,15 +97,19 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
     for by, grouping in GROUPS.items():
         lines += [f"### Dice by {grouping.title}", "",
                   rep.markdown(rep.breakdown(rows, DEFAULT.name, main_models, by)), ""]
-    pairs = [(SSLKD, other) for other in main_models if other != SSLKD] + [(SSL, "fine only"), (SSL, REFERENCES[0])]
+    curve = [(f"{SSLKD} @ {100 * f:g}%", f"fine only @ {100 * f:g}%") for f in budget.learning_curve]
+    pairs = [(SSLKD, other) for other in main_models if other != SSLKD] + [(SSL, "fine only"), (SSL, REFERENCES[0]),
+                                                                          ("full supervision", "fine only"), *curve]
     pairs = [(a, b) for a, b in pairs if a in scored and b in scored]
     paired = pd.DataFrame([rep.paired_difference(means, DEFAULT.name, a, b) for a, b in pairs])
     atomic_to_csv(paired, out / "paired_differences.csv", float_format="%.5g")
     lines += ["### Paired per-nodule Dice differences (a - b), 95% bootstrap CI", "", rep.markdown(paired), ""]
-    by_class = pd.DataFrame([{"attachment": group, **rep.paired_difference(means[means["attachment"] == group],
-                                                                           DEFAULT.name, a, b)}
+    classes = {group: [group] for group in GROUPS["attachment"].labels if (means["attachment"] == group).any()}
+    classes[ATTACHED] = [g for g in ("juxta-pleural", "juxta-vascular") if g in classes]
+    by_class = pd.DataFrame([{"attachment": name, **rep.paired_difference(means[means["attachment"].isin(members)],
+                                                                          DEFAULT.name, a, b)}
                              for a, b in pairs if REFERENCES[1] in (a, b)
-                             for group in GROUPS["attachment"].labels if (means["attachment"] == group).any()])
+                             for name, members in classes.items() if members])
     if not by_class.empty:
         atomic_to_csv(by_class, out / "paired_differences_by_attachment.csv", float_format="%.5g")
         lines += ["### The same against half-max, by attachment class", "", rep.markdown(by_class), ""]

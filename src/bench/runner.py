@@ -35,8 +35,8 @@ from src.evaluation.holdout import score_cases
 from src.evaluation.oof import choose_threshold, read_oof, score_oof
 from src.evaluation.speed import speed_table
 from src.layout import ExperimentLayout
-from src.models.checkpoint import load_ensemble, model_from_checkpoint
 from src.phantom.dataset import generate_dataset, is_current, stamp
+from src.predict.experiment import TrainedExperiment
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
@@ -47,6 +47,7 @@ from src.train.teacher import train_teacher
 from src.utils import atomic_to_csv, atomic_write_text
 
 REFERENCES = ("HU threshold in sphere (fit on train)", "half-max in sphere", "coarse sphere")
+UNPROMPTED = " (no prompt)"   # a prompted arm scored without its coordinates' channel
 
 
 def slug(name: str) -> str:
@@ -170,14 +171,10 @@ class BenchRun:
         return self.out / "scores" / slug(cond.name) / f"seed{seed}" / f"{slug(name)}.csv"
 
     def segmenter(self, ctx: StageContext, arm: Arm) -> tuple[NetworkSegmenter, float, Predictor]:
-        """An arm's network(s) as a segmenter, at the threshold the experiment gives them."""
-        threshold, _ = ctx.layout.threshold(ctx.cfg.infer, "student" if arm.kind == "student" else "ensemble")
-        if arm.kind == "student":
-            models = [model_from_checkpoint(ctx.layout.student_checkpoint())]
-        else:
-            models, _ = load_ensemble(ctx.layout, fold_ids(ctx.folds), ctx.cache_hash)
-        predictor = Predictor(models, self.rt, ctx.window, batch_size=ctx.cfg.infer.batch_size)
-        return NetworkSegmenter(predictor, ctx.k), threshold, predictor
+        """An arm's network(s) as a segmenter, loaded as ``infer.py`` loads them, at their threshold."""
+        models = TrainedExperiment(ctx.layout, ctx.cfg).models(
+            "student" if arm.kind == "student" else "ensemble", self.rt, tta=False, fpr=False, cache_hash=ctx.cache_hash)
+        return NetworkSegmenter(models.predictor, ctx.k), models.threshold, models.predictor
 
     def score(self, cond: Condition, seed: int, name: str, segmenters: dict) -> pd.DataFrame:
         """Per-nodule hold-out metrics of ``segmenters`` (name -> (segmenter, threshold)),
@@ -200,8 +197,11 @@ class BenchRun:
         if self.scores_path(target, seed, name).is_file():
             return pd.read_csv(self.scores_path(target, seed, name))
         self.log(f"{target.name} seed {seed}: scoring '{name}'")
-        segmenter, threshold, _ = self.segmenter(ctx, arm)
-        return self.score(target, seed, name, {name: (segmenter, threshold)})
+        segmenter, threshold, predictor = self.segmenter(ctx, arm)
+        segmenters = {name: (segmenter, threshold)}
+        if predictor.prompted:   # the same networks as they see a nodule in whole-scan search
+            segmenters[name + UNPROMPTED] = (NetworkSegmenter(predictor, ctx.k, prompt=False), threshold)
+        return self.score(target, seed, name, segmenters)
 
     def score_references(self, cond: Condition) -> pd.DataFrame:
         """The references that need no training; the HU threshold is fit on the fine training scans."""
@@ -224,12 +224,11 @@ class BenchRun:
         path = self.out / "speed.csv"
         if path.is_file():
             return pd.read_csv(path)
-        teachers, _ = load_ensemble(ctx_teachers.layout, fold_ids(ctx_teachers.folds), ctx_teachers.cache_hash)
-        student = model_from_checkpoint(ctx_student.layout.student_checkpoint())
-        window, batch = ctx_teachers.window, ctx_teachers.cfg.infer.batch_size
-        predictors = {"teacher (one fold)": Predictor(teachers[:1], self.rt, window, batch_size=batch),
-                      "teacher ensemble": Predictor(teachers, self.rt, window, batch_size=batch),
-                      "student": Predictor([student], self.rt, window, batch_size=batch)}
+        ensemble = TrainedExperiment(ctx_teachers.layout, ctx_teachers.cfg).models(
+            "ensemble", self.rt, tta=False, fpr=False, cache_hash=ctx_teachers.cache_hash).predictor
+        student = TrainedExperiment(ctx_student.layout, ctx_student.cfg).models(
+            "student", self.rt, tta=False, fpr=False, cache_hash=ctx_student.cache_hash).predictor
+        predictors = {"teacher (one fold)": ensemble.members()[0], "teacher ensemble": ensemble, "student": student}
         table = speed_table(predictors, ctx_teachers.cache, self.rt, ctx_teachers.k, ctx_teachers.patch_size)
         atomic_to_csv(table, path, float_format="%.4g")
         return table

@@ -20,7 +20,6 @@ from src.evaluation.baselines import SphereSegmenter, ThresholdSegmenter, fit_th
 from src.evaluation.cases import NoduleCase, load_cases
 from src.evaluation.speed import speed_table
 from src.predict.experiment import TrainedExperiment
-from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
 from src.utils import progress
@@ -38,9 +37,8 @@ def build_segmenters(ctx: StageContext, rt: Runtime) -> tuple[dict, pd.DataFrame
     experiment = TrainedExperiment(ctx.layout, cfg)
     ensemble, student = (experiment.models(m, rt, tta=False, fpr=False, cache_hash=ctx.cache_hash)
                          for m in ("ensemble", "student"))
-    teachers, batch = ensemble.predictor.models, cfg.infer.batch_size
-    predictors = {f"teacher fold {m.checkpoint_meta['fold']}": Predictor([m], rt, ctx.window, batch_size=batch)
-                  for m in teachers}
+    teachers = ensemble.predictor.members()
+    predictors = {f"teacher fold {p.models[0].checkpoint_meta['fold']}": p for p in teachers}
     predictors["teacher ensemble"] = ensemble.predictor
     predictors["student"] = student.predictor
 

@@ -16,8 +16,9 @@ SPEED_BATCH = 128
 
 
 def gflops_per_patch(model: torch.nn.Module, k: int, patch: int) -> float:
-    """Forward FLOPs of one (k, patch, patch) input, counted by torch (multiply-add = 2)."""
-    x = torch.zeros(1, k, patch, patch, device=next(model.parameters()).device)
+    """Forward FLOPs of one (k [+ prompt], patch, patch) input, counted by torch (multiply-add = 2)."""
+    channels = k + int(getattr(model, "prompted", False))
+    x = torch.zeros(1, channels, patch, patch, device=next(model.parameters()).device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops() / 1e9
@@ -59,7 +60,7 @@ def speed_table(predictors: dict[str, Predictor], cache, rt, k: int, patch: int)
     rows = np.sort(np.random.default_rng(0).choice(len(cache.patches), min(SPEED_PATCHES, len(cache.patches)),
                                                    replace=False))
     stacks = cache.file["patches/image"][rows]
-    timed = {name: Predictor(p.models, rt, p.window, batch_size=SPEED_BATCH) for name, p in predictors.items()}
+    timed = {name: p.with_batch_size(SPEED_BATCH) for name, p in predictors.items()}
     rates = patches_per_second(timed, stacks)
     speed = pd.DataFrame([dict(model=name, params_M=sum(count_parameters(m) for m in p.models) / 1e6,
                                gflops_per_patch=sum(gflops_per_patch(m, k, patch) for m in p.models),

@@ -83,10 +83,11 @@ class TrainedExperiment:
         return self.layout.threshold(self.cfg.infer, model)
 
     def models(self, model: str, rt: Runtime, tta: bool | None = None, fpr: bool = True,
-               cache_hash: str | None = None) -> Models:
+               cache_hash: str | None = None, batch_size: int | None = None) -> Models:
         """``student`` or ``ensemble`` (every fold teacher), at the experiment's threshold; with
         the FPR classifiers when ``fpr`` and the experiment has them. ``cache_hash``: the
-        networks must have trained on that patch cache (scoring against it)."""
+        networks must have trained on that patch cache (scoring against it). ``tta`` and
+        ``batch_size`` default to the config's ``infer`` settings."""
         checkpoints = self.layout.model_checkpoints(model)
         networks, cache_cfg = load_models(checkpoints)
         for path, network in zip(checkpoints, networks):
@@ -98,7 +99,7 @@ class TrainedExperiment:
             print(f"note: {checkpoints[0]} was stamped with threshold {stamp[0]:g} at training; "
                   f"the experiment's is {threshold:g} ({source})", file=sys.stderr)
         tta = self.cfg.infer.tta if tta is None else tta
-        predictor = Predictor(networks, rt, cache_cfg.window, tta=tta, batch_size=self.cfg.infer.batch_size)
+        predictor = Predictor(networks, rt, cache_cfg.window, tta=tta, batch_size=batch_size or self.cfg.infer.batch_size)
         scorer = self.fpr_scorer(rt) if fpr and self.layout.has_fpr() else None
         return Models(predictor, cache_cfg, threshold, source, checkpoints, self.cfg.detect, scorer)
 

@@ -40,6 +40,13 @@ class Predictor:
         self.tile = next(iter(sizes)) if sizes else None
         self.prompted = any(getattr(m, "prompted", False) for m in self.models)
 
+    def members(self) -> list[Predictor]:
+        """One predictor per model (a fold teacher of the ensemble), with these settings."""
+        return [Predictor([m], self.rt, self.window, self.flips != FLIPS[:1], self.batch_size) for m in self.models]
+
+    def with_batch_size(self, batch_size: int) -> Predictor:
+        return Predictor(self.models, self.rt, self.window, self.flips != FLIPS[:1], batch_size)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean logits over models and flips for a normalised batch (B, k [+ prompt], H, W)."""
         total = None

@@ -113,13 +113,14 @@ def stacks_from_volume(volume: np.ndarray, k: int) -> np.ndarray:
 
 
 class NetworkSegmenter:
-    """The networks on the window; prompted ones are told the coordinates' sphere."""
+    """The networks on the window; prompted ones are told the coordinates' sphere, unless
+    ``prompt`` is off (the map they give in whole-scan search, where nothing is given)."""
 
-    def __init__(self, predictor: Predictor, k: int):
-        self.predictor, self.k = predictor, k
+    def __init__(self, predictor: Predictor, k: int, prompt: bool = True):
+        self.predictor, self.k, self.prompt = predictor, k, prompt
 
     def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
-        return self.predictor.prob(stacks_from_volume(image, self.k), dist)
+        return self.predictor.prob(stacks_from_volume(image, self.k), dist if self.prompt else None)
 
 
 # ----------------------------------------------------------------------------- the path

@@ -35,9 +35,8 @@ from src.data.folds import development_uids, fold_ids, split_uids
 from src.data.manifest import read_dataset
 from src.data.scan import Scan
 from src.errors import DataError
-from src.models.checkpoint import model_from_checkpoint
 from src.predict.detect import candidates, read_map, write_maps
-from src.predict.predictor import Predictor
+from src.predict.experiment import TrainedExperiment
 from src.predict.segment import to_model_volume
 from src.runtime import Runtime
 from src.utils import progress
@@ -48,12 +47,17 @@ from src.utils import progress
 def write_oof_maps(ctx: StageContext, rt: Runtime) -> None:
     """Each fold teacher's whole-scan probability on its own validation scans."""
     records = {r.seriesuid: r for r in read_dataset(ctx.cfg.paths)}
-    for fold in fold_ids(ctx.folds):
-        todo = [records[u] for u in sorted(split_uids(ctx.folds, fold)["val"]) if not ctx.layout.fpr_map(u).is_file()]
-        if todo:
-            teacher = model_from_checkpoint(ctx.layout.teacher_checkpoint(fold))
-            predictor = Predictor([teacher], rt, ctx.window, batch_size=ctx.cfg.infer.batch_size)
-            write_maps(todo, predictor, ctx.cache.config, ctx.cfg.infer.batch_size, ctx.layout.fpr_map,
+    todo = {fold: [records[u] for u in sorted(split_uids(ctx.folds, fold)["val"]) if not ctx.layout.fpr_map(u).is_file()]
+            for fold in fold_ids(ctx.folds)}
+    if not any(todo.values()):
+        return
+    members = TrainedExperiment(ctx.layout, ctx.cfg).models("ensemble", rt, tta=False, fpr=False).predictor.members()
+    teachers = {p.models[0].checkpoint_meta.get("fold"): p for p in members}
+    for fold, scans in todo.items():
+        if scans:
+            if fold not in teachers:
+                raise DataError(f"{ctx.layout.teacher_checkpoint(fold)}: no teacher for fold {fold}; train it first")
+            write_maps(scans, teachers[fold], ctx.cache.config, ctx.cfg.infer.batch_size, ctx.layout.fpr_map,
                        desc=f"OOF maps, fold {fold}")
 
 

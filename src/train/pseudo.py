@@ -27,13 +27,13 @@ import pandas as pd
 from src.config import PseudoConfig, code_version, to_dict
 from src.data.classical import BINARY_LEVEL
 from src.data.context import StageContext
-from src.data.folds import development_uids, fold_ids, refuse_holdout, split_uids
+from src.data.folds import development_uids, refuse_holdout, split_uids
 from src.data.manifest import read_dataset
 from src.data.patches import DIST_UNITS_PER_MM
 from src.evaluation.baselines import SphereSegmenter
 from src.evaluation.cases import load_cases
 from src.evaluation.metrics import dice
-from src.models.checkpoint import load_ensemble
+from src.predict.experiment import TrainedExperiment
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
@@ -60,8 +60,9 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
     rows, constrained = selection.indices[order], ~selection.fine_ok[order]
     refuse_holdout(ctx.cache.patches["seriesuid"].to_numpy()[rows], splits["holdout"], "pseudo-labelling")
 
-    teachers, paths = load_ensemble(ctx.layout, fold_ids(ctx.folds), ctx.cache_hash)
-    predictor = Predictor(teachers, rt, ctx.window, tta=cfg.tta, batch_size=cfg.batch_size)
+    ensemble = TrainedExperiment(ctx.layout, ctx.cfg).models("ensemble", rt, tta=cfg.tta, fpr=False,
+                                                              cache_hash=ctx.cache_hash, batch_size=cfg.batch_size)
+    predictor, paths = ensemble.predictor, ensemble.checkpoints
     p = ctx.patch_size
     out = ctx.layout.pseudo_labels
     attrs = dict(cache_hash=ctx.cache_hash, folds_hash=ctx.folds_hash, config=json.dumps(to_dict(cfg)),

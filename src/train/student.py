@@ -9,8 +9,8 @@ on the nodules of the fine-mask development scans, the only masks a user has: th
 epoch, and afterwards its own probability threshold (``student/postprocessing.json``,
 which ``infer.py``, the leaderboards and the ONNX export apply to it). These nodules are
 in its training set, which the note in that file says. Outputs in
-``outputs/<experiment>/student/``, with the teachers' conventions; the checkpoints also
-carry the teachers' threshold they were validated at.
+``outputs/<experiment>/student/``, with the teachers' conventions; the best and final
+checkpoints carry the student's threshold too.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from src.config import dump_config, to_dict
 from src.data.context import StageContext
 from src.data.folds import development_uids, refuse_holdout, split_uids
 from src.errors import ConfigError, DataError
-from src.models.checkpoint import model_from_checkpoint
+from src.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from src.models.factory import build_model
 from src.runtime import Runtime
 from src.train.augment import Augmenter
@@ -70,7 +70,7 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     seed_everything(stage.seed)
     out_dir = ctx.layout.student_dir
     threshold, source = ctx.layout.threshold(cfg.infer)
-    print(f"probability threshold {threshold} from {source}; stamped into the student's checkpoints")
+    print(f"validating at the teachers' probability threshold {threshold} from {source}")
 
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
     fine_rows = None if cfg.distill.coarse_pseudo else selection.indices[selection.fine_ok]
@@ -119,6 +119,10 @@ def choose_student_threshold(ctx: StageContext, validator: NoduleValidator) -> d
     choice = choose_threshold(read_oof([ctx.layout.oof_predictions(out_dir)]))
     choice["validated_on"] = "the fine-mask development scans (the student trains on every development scan)"
     atomic_write_text(ctx.layout.student_postprocessing, json.dumps(choice, indent=1))
+    for kind in ("best", "final"):   # a checkpoint used on its own (--checkpoint) carries it too
+        path = ctx.layout.student_checkpoint(kind)
+        save_checkpoint({**load_checkpoint(path), "threshold": choice["threshold"],
+                         "threshold_source": str(ctx.layout.student_postprocessing)}, path)
     dice_at = choice["oof_dice_at_threshold"]
     print(f"the student's threshold: {choice['threshold']} (Dice {dice_at[choice['threshold']]:.4f} on "
           f"{choice['nodules']} nodules of the fine training scans; {dice_at[0.5]:.4f} at 0.5)")
