@@ -3,6 +3,7 @@
     python bench/quality.py                     # full protocol (~3 h on 2 CPU cores; resumes)
     python bench/quality.py --budget baseline   # references, SSL teachers, SSLKD student, one seed
     python bench/quality.py --quick             # smoke test (< 10 min) = --budget quick
+    python bench/quality.py --report-only       # report.md from what a run has scored so far
 
 Builds the built-in dataset at benchmark scale plus shifted variants (noise, slice
 thickness, texture mix, soft edges), trains every arm with the same schedule through the
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.bench.protocol import BUDGETS  # noqa: E402
-from src.bench.quality import run_quality  # noqa: E402
+from src.bench.quality import report_so_far, run_quality  # noqa: E402
 from src.bench.runner import BenchRun  # noqa: E402
 from src.cli import run  # noqa: E402
 from src.runtime import setup_runtime  # noqa: E402
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/cpu.yaml", help="the recipe every arm trains with")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the budget's)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write report.md from what is scored so far (a run in progress or cut short); trains nothing")
     args = parser.parse_args()
     budget = BUDGETS["quick" if args.quick else args.budget]
     if args.seeds:
@@ -42,7 +45,8 @@ def main() -> None:
     rt = setup_runtime(args.device, "auto")
     print(f"quality benchmark ({budget.name}) with {args.config} on {rt.describe()} -> {out}", flush=True)
     start = time.time()
-    text = run_quality(BenchRun(out, budget, args.config, rt))
+    run = BenchRun(out, budget, args.config, rt)
+    text = report_so_far(run) if args.report_only else run_quality(run)
     print(text)
     print(f"done in {(time.time() - start) / 60:.1f} min -> {out / 'report.md'}")
 

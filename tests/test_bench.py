@@ -1,7 +1,10 @@
 """The quality benchmark: its protocol is consistent, and its statistics are right."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from src.bench import report
 from src.bench.protocol import BUDGETS, MAIN_ARMS, SECOND_SEED_ARMS, SHIFTED_ARMS, learning_curve_arms
@@ -100,3 +103,23 @@ def test_lung_mask_fields_of_view_crop_where_they_say():
     z, y, x = boxes["d"]                       # inside lung 3, on past its medial edge (x 40) by 15 mm
     assert (z, y, x) == (slice(3, 17), slice(16, 44), slice(14, 48))
     assert (labels[z, y, :40][..., x.start:] == 3).all()
+
+
+def test_the_report_pools_attached_nodules_against_half_max_and_shows_the_unprompted_student(tmp_path):
+    from src.bench.protocol import BUDGETS, SSLKD
+    from src.bench.quality import ATTACHED, write_report
+    from src.bench.runner import REFERENCES, UNPROMPTED, BenchRun
+    from src.runtime import Runtime
+    attachment = ["isolated", "juxta-pleural", "juxta-vascular", "juxta-pleural"]
+    rows = []
+    for model, dices in ((SSLKD, [0.9, 0.8, 0.7, 0.6]), (SSLKD + UNPROMPTED, [0.5, 0.5, 0.5, 0.5]),
+                         (REFERENCES[1], [0.9, 0.4, 0.5, 0.4])):
+        rows.append(_rows(model, dices).assign(attachment=attachment))
+    run = BenchRun(tmp_path, dataclasses.replace(BUDGETS["quick"], shifted=()), "configs/cpu.yaml",
+                   Runtime(torch.device("cpu"), None))
+    text = write_report(run, pd.concat(rows, ignore_index=True), pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    assert SSLKD + UNPROMPTED in text
+    by_class = pd.read_csv(tmp_path / "paired_differences_by_attachment.csv")
+    pooled = by_class[(by_class["attachment"] == ATTACHED) & (by_class["a"] == SSLKD) & (by_class["b"] == REFERENCES[1])]
+    # the three attached nodules: (0.8 - 0.4 + 0.7 - 0.5 + 0.6 - 0.4) / 3
+    assert pooled["n"].item() == 3 and pooled["mean"].item() == pytest.approx(0.8 / 3, abs=1e-4)   # CSV keeps 5 digits

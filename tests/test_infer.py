@@ -51,6 +51,7 @@ def test_mode1_outputs_have_input_geometry_and_match_the_leaderboard(tiny_traine
     rc = _run(infer, ["--input", data, "--coords", f"{data}/annotations.csv", "--split", "holdout",
                       "--out", str(out), "--qa", *_overrides(ctx)], monkeypatch)
     assert rc == 0
+    assert json.loads((out / "run.json").read_text())["prompted"], "the student was told each nodule's sphere"
     records = {r.seriesuid: r for r in read_luna16(data)}
     table = pd.read_csv(out / "nodules.csv", dtype={"seriesuid": str})
     holdout = set(ctx.folds.loc[ctx.folds["fold"] == "holdout", "seriesuid"])

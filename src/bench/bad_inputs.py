@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from src.data.folds import holdout_uids
+from src.layout import ExperimentLayout
 from src.errors import UserError
 from src.phantom.tiny import TINY_SHAPE, TINY_SPACING_XYZ, make_tiny_luna, tiny_geometry, tiny_scan
 
@@ -171,7 +172,7 @@ class Fixtures:
         return self.outputs / "tiny"
 
     def teacher(self, fold: int = 0) -> Path:
-        return self.experiment / "teacher" / f"fold_{fold}" / "checkpoint_best.pt"
+        return ExperimentLayout(self.experiment).teacher_checkpoint(fold)
 
     @property
     def student(self) -> Path:

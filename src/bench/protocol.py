@@ -1,11 +1,12 @@
 """The quality benchmark's fixed protocol: datasets (conditions), arms, seeds and budgets.
 
-Every arm trains with the same recipe and the same number of steps per network
-(``configs/cpu.yaml``); arms differ only in what labels they learn from. Teacher arms are
-fold ensembles whose probability threshold is chosen on their own OOF predictions; student
-arms are distilled from the SSL teachers and use their threshold. All are scored on the same
-hold-out nodules through the one truth-free scoring path, next to references that need no
-training.
+Every arm trains with the same recipe, the same number of steps per network and the same
+share of nodule patches with a loss (``configs/cpu.yaml`` and ``_TRAINING``); arms differ
+only in what labels they learn from. Teacher arms are fold ensembles whose probability
+threshold is chosen on their own OOF predictions; student arms are distilled from the SSL
+teachers and choose their own on their validation nodules. All are scored on the same
+hold-out nodules through the one truth-free scoring path (prompted arms also without their
+prompt), next to references that need no training.
 
 Conditions are built-in datasets made with other seeds and other renderer settings
 (``PhantomConfig``): the default set, where the whole comparison runs, and shifted sets on

@@ -18,6 +18,7 @@ from src.bench import report as rep
 from src.bench.protocol import DEFAULT, MAIN_ARMS, SECOND_SEED_ARMS, SSL, SSLKD, learning_curve_arms
 from src.bench.runner import REFERENCES, UNPROMPTED, BenchRun, default_models, write_pseudo_quality
 from src.data.groups import GROUPS
+from src.errors import DataError
 from src.utils import atomic_to_csv, atomic_write_text
 
 ON_DEFAULT = " (trained on default)"
@@ -47,8 +48,8 @@ def run_quality(run: BenchRun) -> str:
         run.prepare(cond)
 
     seed0 = budget.seeds[0]
-    tables += train_and_score(run, DEFAULT, arms, list(arms), seed0, folds_rows)
     tables.append(run.score_references(DEFAULT))
+    tables += train_and_score(run, DEFAULT, arms, list(arms), seed0, folds_rows)
 
     for cond in budget.shifted:
         tables += train_and_score(run, cond, arms, budget.shifted_arms, seed0, folds_rows)
@@ -66,11 +67,35 @@ def run_quality(run: BenchRun) -> str:
     speed = run.speed(run.context(DEFAULT, arms[SSL], seed0), run.context(DEFAULT, arms[SSLKD], seed0))
     rows = pd.concat(tables, ignore_index=True)
     folds = pd.concat(folds_rows, ignore_index=True) if folds_rows else pd.DataFrame()
-    pseudo = pd.concat([pd.read_csv(p) for p in sorted((run.out / "pseudo").glob("*/*.csv"))], ignore_index=True) \
-        if (run.out / "pseudo").is_dir() else pd.DataFrame()
-    text = write_report(run, rows, folds, pseudo, speed)
+    text = write_report(run, rows, folds, _pseudo_tables(run), speed)
     run.log(f"report -> {run.out / 'report.md'}")
     return text
+
+
+def report_so_far(run: BenchRun) -> str:
+    """The report from what a run has finished so far (one in progress, or cut short):
+    every score written, the OOF spread of every finished teacher arm, the speed if measured."""
+    scores = sorted((run.out / "scores").glob("*/*/*.csv"))
+    if not scores:
+        raise DataError(f"{run.out / 'scores'}: nothing scored yet")
+    rows = pd.concat([pd.read_csv(p) for p in scores], ignore_index=True)
+    arms = [*MAIN_ARMS, *(a for f in run.budget.learning_curve for a in learning_curve_arms(f))]
+    folds_rows = []
+    for cond in run.budget.conditions():
+        for seed in run.budget.seeds:
+            for arm in arms:
+                if arm.kind != "teachers" or not (run.scores_path(cond, seed, arm.name)).is_file():
+                    continue
+                ctx = run.context(cond, arm, seed)
+                folds_rows.append(run.oof_folds(ctx).assign(condition=cond.name, seed=seed, model=arm.name))
+    folds = pd.concat(folds_rows, ignore_index=True) if folds_rows else pd.DataFrame()
+    speed = pd.read_csv(run.out / "speed.csv") if (run.out / "speed.csv").is_file() else pd.DataFrame()
+    return write_report(run, rows, folds, _pseudo_tables(run), speed)
+
+
+def _pseudo_tables(run: BenchRun) -> pd.DataFrame:
+    paths = sorted((run.out / "pseudo").glob("*/*.csv"))
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
 
 
 # ----------------------------------------------------------------------------- report
@@ -128,7 +153,8 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
                                                         sphere_dice=("sphere_dice", "mean")).reset_index()
         lines += ["## Pseudo-labels (SSL ensemble) against the withheld masks of coarse scans", "",
                   rep.markdown(pq), ""]
-    lines += ["## Throughput (same run, CPU)", "", rep.markdown(speed.round(3)), ""]
+    if not speed.empty:
+        lines += ["## Throughput (same run, CPU)", "", rep.markdown(speed.round(3)), ""]
 
     # 3. shifted conditions
     cond_rows = []

@@ -27,7 +27,7 @@ from src.config import Config, load_config
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.cache import PatchCache, build_cache
 from src.data.context import StageContext, load_context
-from src.data.folds import HOLDOUT, development_uids, fold_ids, make_folds, split_uids
+from src.data.folds import HOLDOUT, development_uids, fold_ids, holdout_uids, make_folds
 from src.data.manifest import read_dataset
 from src.evaluation.baselines import SphereSegmenter, ThresholdSegmenter, fit_threshold
 from src.evaluation.cases import NoduleCase, load_cases
@@ -157,7 +157,7 @@ class BenchRun:
                 cfg = self.config(cond)
                 folds = pd.read_csv(self.folds_path(cond, 0.2), dtype=str)
                 if split == HOLDOUT:
-                    uids = split_uids(folds, None)["holdout"]
+                    uids = holdout_uids(folds)
                 else:  # the fine training scans: what the HU threshold may be fit on
                     uids = development_uids(folds, "fine")
                 records = [r for r in read_dataset(cfg.paths) if r.seriesuid in uids]

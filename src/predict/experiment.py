@@ -37,6 +37,11 @@ class Models:
     detect: DetectConfig = field(default_factory=DetectConfig)   # whole-scan candidates
     fpr: CandidateScorer | None = None    # rescores whole-scan candidates (None: the map's peak)
 
+    @property
+    def prompted(self) -> bool:
+        """The networks take the given coordinates as an input (coordinates mode)."""
+        return self.predictor is not None and self.predictor.prompted
+
     def segmenter(self, cfg: InferConfig):
         """What segments a given nodule's window (``src.predict.segment``)."""
         if self.predictor is None:

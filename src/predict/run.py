@@ -259,6 +259,7 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
     atomic_write_text(outputs.run_json, json.dumps(dict(
         code_version=code_version(), config_hash=config_hash(cfg), checkpoints=[str(p) for p in models.checkpoints],
         threshold=models.threshold, threshold_source=models.threshold_source, mode="coords" if given else "scan",
+        prompted=bool(given) and models.prompted,   # the networks were told each given nodule's sphere
         max_detections=None if given else models.detect.max_detections,
         fpr=None if given or models.fpr is None else dict(
             checkpoints=[str(p) for p in models.fpr.checkpoints], classifier_weight=models.fpr.weight,
@@ -275,6 +276,8 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
         mode="segment given nodules" if given else "find nodules in whole scans",
         models=", ".join(str(p) for p in models.checkpoints) or "half-max (no network)",
         threshold=f"{models.threshold:g} ({models.threshold_source})",
+        prompt=("each given nodule's centre and diameter, as the network's prompt channel" if models.prompted
+                else "none (the network is not prompted)") if given and models.predictor is not None else None,
         fpr=None if given or models.fpr is None else f"{len(models.fpr.checkpoints)} classifier(s)",
         code_version=code_version()))
     return nodules, failures, timing

@@ -27,7 +27,7 @@ import pandas as pd
 from src.config import PseudoConfig, code_version, to_dict
 from src.data.classical import BINARY_LEVEL
 from src.data.context import StageContext
-from src.data.folds import development_uids, refuse_holdout, split_uids
+from src.data.folds import HOLDOUT, development_uids, refuse_holdout, split_uids
 from src.data.manifest import read_dataset
 from src.data.patches import DIST_UNITS_PER_MM
 from src.evaluation.baselines import SphereSegmenter
@@ -58,7 +58,7 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
     selection = select_patches(ctx.cache, ctx.folds, splits["train"])
     order = np.argsort(selection.indices)
     rows, constrained = selection.indices[order], ~selection.fine_ok[order]
-    refuse_holdout(ctx.cache.patches["seriesuid"].to_numpy()[rows], splits["holdout"], "pseudo-labelling")
+    refuse_holdout(ctx.cache.patches["seriesuid"].to_numpy()[rows], splits[HOLDOUT], "pseudo-labelling")
 
     ensemble = TrainedExperiment(ctx.layout, ctx.cfg).models("ensemble", rt, tta=cfg.tta, fpr=False,
                                                               cache_hash=ctx.cache_hash, batch_size=cfg.batch_size)

@@ -22,7 +22,7 @@ import numpy as np
 
 from src.config import dump_config, to_dict
 from src.data.context import StageContext
-from src.data.folds import development_uids, refuse_holdout, split_uids
+from src.data.folds import HOLDOUT, development_uids, refuse_holdout, split_uids
 from src.errors import ConfigError, DataError
 from src.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from src.models.factory import build_model
@@ -66,7 +66,7 @@ class SoftTargets:
 def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     cfg, stage = ctx.cfg, ctx.cfg.student
     splits = split_uids(ctx.folds, None)
-    refuse_holdout(splits["train"], splits["holdout"], "the student's training set")
+    refuse_holdout(splits["train"], splits[HOLDOUT], "the student's training set")
     seed_everything(stage.seed)
     out_dir = ctx.layout.student_dir
     threshold, source = ctx.layout.threshold(cfg.infer)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from src.config import dump_config, to_dict
 from src.data.context import StageContext
-from src.data.folds import refuse_holdout, split_uids
+from src.data.folds import HOLDOUT, refuse_holdout, split_uids
 from src.errors import DataError
 from src.models.factory import build_model
 from src.runtime import Runtime
@@ -31,7 +31,7 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
     splits = split_uids(ctx.folds, fold)
     if not splits["val"]:
         raise DataError(f"fold {fold} has no scans in {cfg.paths.folds}")
-    refuse_holdout(splits["train"] | splits["val"], splits["holdout"], f"fold {fold}'s training or validation set")
+    refuse_holdout(splits["train"] | splits["val"], splits[HOLDOUT], f"fold {fold}'s training or validation set")
     seed_everything(stage.seed + fold)
     out_dir = ctx.layout.teacher_dir(fold)
     objective = TeacherObjective(stage.loss)
