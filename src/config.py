@@ -200,6 +200,9 @@ class PseudoConfig:
 class InferConfig:
     threshold: float = ranged(0.5, gt=0, lt=1)
     threshold_from_oof: bool = True       # use outputs/<exp>/postprocessing.json when cv.py wrote one
+    # the student validates (best epoch, its own threshold) on the fine training scans'
+    # nodules when they are at least this many; else its latest epoch at the teachers' threshold
+    min_validation_nodules: int = ranged(10, ge=1)
     batch_size: int = ranged(32, ge=1)
     tta: bool = False
     roi_margin_mm: float = ranged(10.0, ge=0)  # coords mode: region around the given centre

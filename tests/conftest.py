@@ -30,7 +30,7 @@ TINY_OVERRIDES = [
     "teacher.lr=0.003", "teacher.loss.mt_rampup_epochs=0.5",
     "student.model.encoder=tu-lcnet_050", "student.model.decoder_channels=[16,16,8,8,8]", "student.model.prompt=true",
     "student.epochs=1", "student.steps_per_epoch=3", "student.batch_size=8", "student.num_workers=0",
-    "pseudo.batch_size=32", "infer.batch_size=16",
+    "pseudo.batch_size=32", "infer.batch_size=16", "infer.min_validation_nodules=1",
     "detect.view_size=15", "detect.view_spacing_mm=2.0", "fpr.model.encoder=lcnet_050", "fpr.epochs=1",
     "fpr.steps_per_epoch=4", "fpr.batch_size=8",
 ]

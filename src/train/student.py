@@ -69,6 +69,7 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
     refuse_holdout(splits["train"], splits[HOLDOUT], "the student's training set")
     seed_everything(stage.seed)
     out_dir = ctx.layout.student_dir
+    ctx.layout.student_postprocessing.unlink(missing_ok=True)   # an earlier student's choice is not this one's
     threshold, source = ctx.layout.threshold(cfg.infer)
     print(f"validating at the teachers' probability threshold {threshold} from {source}")
 
@@ -100,12 +101,17 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
                           "threshold_source": source})
     validator = scan_validator(ctx, development_uids(ctx.folds, "fine"), rt, threshold, "read fine training scans") \
         if rt.is_main else None
+    if validator is not None and len(validator.cases) < cfg.infer.min_validation_nodules:
+        print(f"note: the fine training scans hold {len(validator.cases)} scored nodule(s), fewer than "
+              f"infer.min_validation_nodules={cfg.infer.min_validation_nodules}: no validation; the student's "
+              f"latest epoch is its best, at the teachers' threshold {threshold}")
+        validator = None
     trainer = Trainer(stage, model, objective, dataset, weights, validator, out_dir, rt, info,
                       select_metric="val_dice", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
     if resume and trainer.resume() and rt.is_main:
         print(f"resumed the student at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
     trainer.fit()
-    if rt.is_main:
+    if validator is not None:
         choose_student_threshold(ctx, validator)
     return out_dir
 
