@@ -59,9 +59,12 @@ MAIN_ARMS = (
         description="ablation: the paper's feature term from a fold teacher's encoder"),
     Arm("SSLKD, KD on fine scans only", "student", 0.2, ("distill.feature_weight=0", "distill.coarse_pseudo=false"),
         teachers=SSL, description="ablation: no pseudo-labels on coarse scans"),
+    Arm("SSL teachers, trained unprompted", "teachers", 0.2, ("teacher.model.prompt=false",),
+        description="ablation: today's patch mix, loss and schedule without the prompt"),
 )
 SECOND_SEED_ARMS = ("full supervision", "fine only", SSL, SSLKD)
 SHIFTED_ARMS = (SSL, SSLKD)
+SCORED_ON_SHIFTED = ("full supervision", "fine only", SSL, SSLKD)   # default-set models scored on each shifted set
 
 
 def learning_curve_arms(fraction: float) -> tuple[Arm, ...]:

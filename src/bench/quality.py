@@ -1,22 +1,25 @@
 """The quality benchmark: SSLKD against its alternatives on enough nodules to tell.
 
 Order (most important first, so that a run cut short still answers the main question):
-1. the default set: every arm of ``MAIN_ARMS`` at the first seed and the references that
-   need no training;
-2. each shifted set: (a) the SSL recipe trained and scored on it, with its own references;
-   (b) the default set's models scored on it without retraining;
-3. the learning curve: fine-only and SSLKD at other fine-mask fractions;
-4. the key arms (``SECOND_SEED_ARMS``) at the other seeds;
-5. throughput of a teacher, the ensemble and the student.
-Then ``report.md``, the CSVs and the figures are written from everything scored so far.
+1. the references that need no training, on every set;
+2. the default set: every arm of ``MAIN_ARMS`` at the first seed; each of
+   ``SCORED_ON_SHIFTED`` also scored on every shifted set (without retraining) as soon as
+   it exists, and the throughput of a teacher, the ensemble and the student once the SSLKD
+   student exists;
+3. each shifted set: the SSL recipe trained and scored on it;
+4. the learning curve: fine-only and SSLKD at other fine-mask fractions;
+5. the key arms (``SECOND_SEED_ARMS``) at the other seeds.
+Then ``report.md``, the CSVs and the figures are written from everything scored so far
+(``bench/quality.py --report-only`` writes them from a run in progress).
 """
 from __future__ import annotations
 
 import pandas as pd
 
 from src.bench import report as rep
-from src.bench.protocol import DEFAULT, MAIN_ARMS, SECOND_SEED_ARMS, SSL, SSLKD, learning_curve_arms
-from src.bench.runner import REFERENCES, UNPROMPTED, BenchRun, default_models, write_pseudo_quality
+from src.bench.protocol import (DEFAULT, MAIN_ARMS, SCORED_ON_SHIFTED, SECOND_SEED_ARMS, SSL, SSLKD,
+                                learning_curve_arms)
+from src.bench.runner import REFERENCES, UNPROMPTED, BenchRun, write_pseudo_quality
 from src.data.groups import GROUPS
 from src.errors import DataError
 from src.utils import atomic_to_csv, atomic_write_text
@@ -48,14 +51,20 @@ def run_quality(run: BenchRun) -> str:
         run.prepare(cond)
 
     seed0 = budget.seeds[0]
-    tables.append(run.score_references(DEFAULT))
-    tables += train_and_score(run, DEFAULT, arms, list(arms), seed0, folds_rows)
+    for cond in budget.conditions():   # no training: first
+        tables.append(run.score_references(cond))
+    speed = pd.DataFrame()
+    for name in arms:
+        tables += train_and_score(run, DEFAULT, arms, [name], seed0, folds_rows)
+        if name in SCORED_ON_SHIFTED:   # the default set's model on every shifted set, as soon as it exists
+            ctx = run.context(DEFAULT, arms[name], seed0)
+            tables += [run.score_arm(DEFAULT, arms[name], seed0, ctx, label=name + ON_DEFAULT, on=cond)
+                       for cond in budget.shifted]
+        if name == SSLKD and SSL in arms:   # throughput, once both exist (nothing else runs then)
+            speed = run.speed(run.context(DEFAULT, arms[SSL], seed0), run.context(DEFAULT, arms[SSLKD], seed0))
 
     for cond in budget.shifted:
         tables += train_and_score(run, cond, arms, budget.shifted_arms, seed0, folds_rows)
-        tables.append(run.score_references(cond))
-        for name, (arm, ctx) in default_models(run, arms).items():
-            tables.append(run.score_arm(DEFAULT, arm, seed0, ctx, label=name + ON_DEFAULT, on=cond))
 
     for fraction in budget.learning_curve:
         curve = {a.name: a for a in learning_curve_arms(fraction)}
@@ -64,7 +73,6 @@ def run_quality(run: BenchRun) -> str:
     for seed in budget.seeds[1:]:  # last: the other seeds only narrow the main comparison's CIs
         tables += train_and_score(run, DEFAULT, arms, [a for a in SECOND_SEED_ARMS if a in arms], seed, folds_rows)
 
-    speed = run.speed(run.context(DEFAULT, arms[SSL], seed0), run.context(DEFAULT, arms[SSLKD], seed0))
     rows = pd.concat(tables, ignore_index=True)
     folds = pd.concat(folds_rows, ignore_index=True) if folds_rows else pd.DataFrame()
     text = write_report(run, rows, folds, _pseudo_tables(run), speed)

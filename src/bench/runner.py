@@ -40,7 +40,7 @@ from src.predict.experiment import TrainedExperiment
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
-from src.bench.protocol import DEFAULT, SSL, Arm, Budget, Condition
+from src.bench.protocol import Arm, Budget, Condition
 from src.train.pseudo import write_pseudo_labels
 from src.train.student import train_student
 from src.train.teacher import train_teacher
@@ -232,12 +232,6 @@ class BenchRun:
         table = speed_table(predictors, ctx_teachers.cache, self.rt, ctx_teachers.k, ctx_teachers.patch_size)
         atomic_to_csv(table, path, float_format="%.4g")
         return table
-
-
-def default_models(run: BenchRun, arms: dict[str, Arm]) -> dict[str, tuple[Arm, StageContext]]:
-    """The seed-0 models of the default set that are scored on the shifted sets."""
-    names = ("full supervision", "fine only", SSL, "SSLKD student")
-    return {name: (arms[name], run.context(DEFAULT, arms[name], 0)) for name in names if name in arms}
 
 
 def write_pseudo_quality(run: BenchRun, cond: Condition, seed: int, ctx: StageContext) -> None:
