@@ -29,7 +29,7 @@ from src.evaluation.metrics import dice, segmentation_metrics
 from src.predict.segment import Segmented, segment_at
 from src.utils import atomic_path
 
-THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.71, 0.05), 2))
+THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))   # prompted nets can be confident
 DESCRIPTION = ("nodule_uid", "seriesuid", "diameter_mm", *GROUPS, "reader_dice")   # = cases.describe()
 
 
