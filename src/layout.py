@@ -190,9 +190,11 @@ class ExperimentLayout:
     def postprocessing(self) -> Path:
         return self.root / "postprocessing.json"
 
-    def write_postprocessing(self, result: dict) -> Path:
-        atomic_write_text(self.postprocessing, json.dumps(result, indent=1))
-        return self.postprocessing
+    def write_postprocessing(self, result: dict, model: str = "ensemble") -> Path:
+        """The threshold choice of the teachers (cv.py) or of the ``student``."""
+        path = self.student_postprocessing if model == "student" else self.postprocessing
+        atomic_write_text(path, json.dumps(result, indent=1))
+        return path
 
     @property
     def student_postprocessing(self) -> Path:

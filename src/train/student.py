@@ -14,7 +14,6 @@ checkpoints carry the student's threshold too.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -24,16 +23,16 @@ from src.config import dump_config, to_dict
 from src.data.context import StageContext
 from src.data.folds import HOLDOUT, development_uids, refuse_holdout, split_uids
 from src.errors import ConfigError, DataError
+from src.evaluation.oof import choose_threshold, read_oof
 from src.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from src.models.factory import build_model
 from src.runtime import Runtime
 from src.train.augment import Augmenter
 from src.train.datasets import PatchDataset, sampling_weights, select_patches
 from src.train.objectives import StudentObjective
-from src.evaluation.oof import choose_threshold, read_oof
 from src.train.trainer import RunInfo, Trainer
 from src.train.validation import NoduleValidator, scan_validator, write_validation_predictions
-from src.utils import atomic_write_text, seed_everything
+from src.utils import seed_everything
 
 
 class SoftTargets:
@@ -124,7 +123,7 @@ def choose_student_threshold(ctx: StageContext, validator: NoduleValidator) -> d
     write_validation_predictions(ctx, validator, ctx.layout.student_checkpoint(), out_dir, fold=-1)
     choice = choose_threshold(read_oof([ctx.layout.oof_predictions(out_dir)]))
     choice["validated_on"] = "the fine-mask development scans (the student trains on every development scan)"
-    atomic_write_text(ctx.layout.student_postprocessing, json.dumps(choice, indent=1))
+    ctx.layout.write_postprocessing(choice, "student")
     for kind in ("best", "final"):   # a checkpoint used on its own (--checkpoint) carries it too
         path = ctx.layout.student_checkpoint(kind)
         save_checkpoint({**load_checkpoint(path), "threshold": choice["threshold"],
