@@ -3,7 +3,8 @@
     outputs/<experiment>/
       teacher/fold_K/   args.yaml, summary.csv, training_curves.png,
                         checkpoint_{last,best,final}.pt, val_metrics.csv, val_predictions.h5
-      student/          the same files (no validation split), student.onnx
+      student/          the same files (validated on the fine training scans), its own
+                        postprocessing.json (its threshold), student.onnx
       pseudo.h5, pseudo_quality.csv          soft pseudo-labels and their quality
       postprocessing.json                    the probability threshold chosen on OOF
       leaderboard.{csv,md}, oof_nodules.csv  cross-validation (cv.py)
