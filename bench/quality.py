@@ -4,6 +4,7 @@
     python bench/quality.py --budget baseline   # references, SSL teachers, SSLKD student, one seed
     python bench/quality.py --quick             # smoke test (< 10 min) = --budget quick
     python bench/quality.py --report-only       # report.md from what a run has scored so far
+    python bench/quality.py --part shifted      # only some steps (two processes can share a run)
 
 Builds the built-in dataset at benchmark scale plus shifted variants (noise, slice
 thickness, texture mix, soft edges), trains every arm with the same schedule through the
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.bench.protocol import BUDGETS  # noqa: E402
-from src.bench.quality import report_so_far, run_quality  # noqa: E402
+from src.bench.quality import PARTS, report_so_far, run_quality  # noqa: E402
 from src.bench.runner import BenchRun  # noqa: E402
 from src.cli import run  # noqa: E402
 from src.runtime import setup_runtime  # noqa: E402
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--report-only", action="store_true",
                         help="write report.md from what is scored so far (a run in progress or cut short); trains nothing")
+    parser.add_argument("--part", choices=PARTS, nargs="+", default=PARTS,
+                        help="protocol steps to train and score (default: all; see src/bench/quality.py)")
     args = parser.parse_args()
     budget = BUDGETS["quick" if args.quick else args.budget]
     if args.seeds:
@@ -46,7 +49,7 @@ def main() -> None:
     print(f"quality benchmark ({budget.name}) with {args.config} on {rt.describe()} -> {out}", flush=True)
     start = time.time()
     run = BenchRun(out, budget, args.config, rt)
-    text = report_so_far(run) if args.report_only else run_quality(run)
+    text = report_so_far(run) if args.report_only else run_quality(run, tuple(args.part))
     print(text)
     print(f"done in {(time.time() - start) / 60:.1f} min -> {out / 'report.md'}")
 

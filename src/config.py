@@ -121,6 +121,9 @@ class ModelConfig:
     # Segmentation nets: one more input channel, the coordinates' sphere as a signed distance
     # (src.data.preprocess.prompt_channel); 0 where no coordinates are given (whole-scan mode).
     prompt: bool = False
+    # Unet only: > 0 adds a skip at stride 1 (two 3x3 convs of this width over the input,
+    # joined to the decoder's last output); smp's finest skip is at stride 2 (1.5 mm here).
+    stride1_skip: int = ranged(0, ge=0)
 
 
 @dataclass

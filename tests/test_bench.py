@@ -1,5 +1,6 @@
 """The quality benchmark: its protocol is consistent, and its statistics are right."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,3 +124,31 @@ def test_the_report_pools_attached_nodules_against_half_max_and_shows_the_unprom
     pooled = by_class[(by_class["attachment"] == ATTACHED) & (by_class["a"] == SSLKD) & (by_class["b"] == REFERENCES[1])]
     # the three attached nodules: (0.8 - 0.4 + 0.7 - 0.5 + 0.6 - 0.4) / 3
     assert pooled["n"].item() == 3 and pooled["mean"].item() == pytest.approx(0.8 / 3, abs=1e-4)   # CSV keeps 5 digits
+
+
+def test_a_run_of_some_parts_trains_only_their_arms(monkeypatch):
+    """Two processes can split a run: ``--part curve`` trains the learning curve's arms only."""
+    from src.bench import quality
+    from src.bench.protocol import SSL, SSLKD
+
+    class Recorder:
+        budget = dataclasses.replace(BUDGETS["full"], learning_curve=(0.1,))
+        trained: list = []
+        out = Path("unused")
+
+        def train(self, cond, arm, seed, teachers=None):
+            self.trained.append((cond.name, arm.name, seed))
+
+        def __getattr__(self, name):   # data, references, scoring, speed: nothing to record
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(quality, "report_so_far", lambda run: "")
+    monkeypatch.setattr(quality, "write_pseudo_quality", lambda *args: None)
+    run = Recorder()
+    quality.run_quality(run, ("curve",))
+    assert run.trained == [("default", a.name, 0) for a in learning_curve_arms(0.1)]
+    run.trained.clear()
+    quality.run_quality(run, ("seeds", "shifted"))
+    shifted = [(c.name, a, 0) for c in run.budget.shifted for a in SHIFTED_ARMS]
+    assert run.trained == shifted + [("default", a, 1) for a in SECOND_SEED_ARMS]
+    assert SECOND_SEED_ARMS[:2] == (SSL, SSLKD)   # a second seed cut short still has the main comparison

@@ -219,3 +219,26 @@ def test_a_run_without_a_coarse_loss_samples_only_patches_with_a_fine_mask(tiny_
     meta = tiny_ctx.cache.patches.iloc[fine.indices]
     w = sampling_weights(meta, fine.fine_ok, positive_fraction=0.5, fine_share=0.5, small_boost=1.0)
     assert w[~meta["negative"].to_numpy()].sum() == pytest.approx(0.5)   # the same nodule share as any arm
+
+
+def test_a_stride1_skip_is_wired_into_the_head_and_rebuilt_from_its_checkpoint(tmp_path):
+    from src.config import CacheConfig, ConfigError, ModelConfig, to_dict
+    from src.models.checkpoint import save_checkpoint
+    from src.models.factory import StrideOneUnet
+    cfg = ModelConfig(encoder="tu-lcnet_050", decoder_channels=(32, 16, 16, 8, 8), prompt=True, stride1_skip=4,
+                      head_prior=0.02)
+    torch.manual_seed(0)
+    model = build_model(cfg, 3, 32).eval()
+    assert isinstance(model, StrideOneUnet) and model.prompted
+    assert torch.sigmoid(model.segmentation_head[0].bias).item() == pytest.approx(0.02)   # the prior is on the new head
+    x = torch.randn(2, 4, 32, 32)   # 3 slices + the prompt
+    with torch.inference_mode():
+        out = model(x)
+        assert out.shape == (2, 1, 32, 32)
+        save_checkpoint(dict(model_config=to_dict(cfg), in_channels=3, patch_size=32, model=model.state_dict(),
+                             config={"cache": to_dict(CacheConfig())}), tmp_path / "m.pt")
+        torch.testing.assert_close(model_from_checkpoint(tmp_path / "m.pt", "model")(x), out)
+        model.stem[1][0].weight.zero_()   # cut the full-resolution branch: the output changes
+        assert not torch.allclose(model(x), out)
+    with pytest.raises(ConfigError, match="stride1_skip needs arch Unet"):
+        build_model(dataclasses.replace(cfg, arch="FPN"), 3, 32)

@@ -59,10 +59,12 @@ MAIN_ARMS = (
         description="ablation: the paper's feature term from a fold teacher's encoder"),
     Arm("SSLKD, KD on fine scans only", "student", 0.2, ("distill.feature_weight=0", "distill.coarse_pseudo=false"),
         teachers=SSL, description="ablation: no pseudo-labels on coarse scans"),
+    Arm("SSLKD, stride-1 skip", "student", 0.2, ("distill.feature_weight=0", "student.model.stride1_skip=8"),
+        teachers=SSL, description="item 3: a full-resolution skip in the student's decoder (model.stride1_skip)"),
     Arm("SSL teachers, trained unprompted", "teachers", 0.2, ("teacher.model.prompt=false",),
         description="ablation: today's patch mix, loss and schedule without the prompt"),
 )
-SECOND_SEED_ARMS = ("full supervision", "fine only", SSL, SSLKD)
+SECOND_SEED_ARMS = (SSL, SSLKD, "fine only", "full supervision")   # the main comparison first
 SHIFTED_ARMS = (SSL, SSLKD)
 SCORED_ON_SHIFTED = ("full supervision", "fine only", SSL, SSLKD)   # default-set models scored on each shifted set
 

@@ -6,9 +6,12 @@ Order (most important first, so that a run cut short still answers the main ques
    ``SCORED_ON_SHIFTED`` also scored on every shifted set (without retraining) as soon as
    it exists, and the throughput of a teacher, the ensemble and the student once the SSLKD
    student exists;
-3. each shifted set: the SSL recipe trained and scored on it;
-4. the learning curve: fine-only and SSLKD at other fine-mask fractions;
+3. the learning curve: fine-only and SSLKD at other fine-mask fractions (the mission's
+   question: do coordinates help most when fine masks are scarcest?);
+4. each shifted set: the SSL recipe trained and scored on it;
 5. the key arms (``SECOND_SEED_ARMS``) at the other seeds.
+Steps 2-5 are ``PARTS``: a run may do some of them (``--part``), so that two processes (or
+machines sharing the folder) can split the protocol; each skips what is already done.
 Then ``report.md``, the CSVs and the figures are written from everything scored so far
 (``bench/quality.py --report-only`` writes them from a run in progress).
 """
@@ -27,62 +30,56 @@ from src.utils import atomic_to_csv, atomic_write_text
 ON_DEFAULT = " (trained on default)"
 ATTACHED = "attached (pleural + vascular)"
 SHIFT_GROUPINGS = ("texture", "attachment")   # kinds a shift may hurt unequally: faint, or touching wall/vessel
+PARTS = ("main", "curve", "shifted", "seeds")
 
 
-def train_and_score(run: BenchRun, cond, arms: dict, names, seed: int, folds_rows: list) -> list[pd.DataFrame]:
-    tables = []
+def train_and_score(run: BenchRun, cond, arms: dict, names, seed: int) -> None:
     for name in names:
         arm = arms[name]
         ctx = run.train(cond, arm, seed, teachers=arms.get(arm.teachers))
-        tables.append(run.score_arm(cond, arm, seed, ctx))
-        if arm.kind == "teachers":
-            spread = run.oof_folds(ctx).assign(condition=cond.name, seed=seed, model=name)
-            folds_rows.append(spread)
-        else:
+        run.score_arm(cond, arm, seed, ctx)
+        if arm.kind == "student":
             write_pseudo_quality(run, cond, seed, ctx)
-    return tables
 
 
-def run_quality(run: BenchRun) -> str:
+def run_quality(run: BenchRun, parts: tuple[str, ...] = PARTS) -> str:
+    """Train and score the protocol's ``parts`` (skipping what is done), then the report."""
     budget = run.budget
     arms = {a.name: a for a in MAIN_ARMS if not budget.arms or a.name in budget.arms}
-    tables, folds_rows = [], []
     for cond in budget.conditions():
         run.prepare(cond)
 
     seed0 = budget.seeds[0]
     for cond in budget.conditions():   # no training: first
-        tables.append(run.score_references(cond))
-    speed = pd.DataFrame()
-    for name in arms:
-        tables += train_and_score(run, DEFAULT, arms, [name], seed0, folds_rows)
+        run.score_references(cond)
+    for name in arms if "main" in parts else ():
+        train_and_score(run, DEFAULT, arms, [name], seed0)
         if name in SCORED_ON_SHIFTED:   # the default set's model on every shifted set, as soon as it exists
             ctx = run.context(DEFAULT, arms[name], seed0)
-            tables += [run.score_arm(DEFAULT, arms[name], seed0, ctx, label=name + ON_DEFAULT, on=cond)
-                       for cond in budget.shifted]
+            for cond in budget.shifted:
+                run.score_arm(DEFAULT, arms[name], seed0, ctx, label=name + ON_DEFAULT, on=cond)
         if name == SSLKD and SSL in arms:   # throughput, once both exist (nothing else runs then)
-            speed = run.speed(run.context(DEFAULT, arms[SSL], seed0), run.context(DEFAULT, arms[SSLKD], seed0))
+            run.speed(run.context(DEFAULT, arms[SSL], seed0), run.context(DEFAULT, arms[SSLKD], seed0))
 
-    for cond in budget.shifted:
-        tables += train_and_score(run, cond, arms, budget.shifted_arms, seed0, folds_rows)
-
-    for fraction in budget.learning_curve:
+    for fraction in budget.learning_curve if "curve" in parts else ():
         curve = {a.name: a for a in learning_curve_arms(fraction)}
-        tables += train_and_score(run, DEFAULT, curve, list(curve), seed0, folds_rows)
+        train_and_score(run, DEFAULT, curve, list(curve), seed0)
 
-    for seed in budget.seeds[1:]:  # last: the other seeds only narrow the main comparison's CIs
-        tables += train_and_score(run, DEFAULT, arms, [a for a in SECOND_SEED_ARMS if a in arms], seed, folds_rows)
+    for cond in budget.shifted if "shifted" in parts else ():
+        train_and_score(run, cond, arms, budget.shifted_arms, seed0)
 
-    rows = pd.concat(tables, ignore_index=True)
-    folds = pd.concat(folds_rows, ignore_index=True) if folds_rows else pd.DataFrame()
-    text = write_report(run, rows, folds, _pseudo_tables(run), speed)
+    for seed in budget.seeds[1:] if "seeds" in parts else ():  # last: other seeds only narrow the CIs
+        train_and_score(run, DEFAULT, arms, [a for a in SECOND_SEED_ARMS if a in arms], seed)
+
+    text = report_so_far(run)
     run.log(f"report -> {run.out / 'report.md'}")
     return text
 
 
 def report_so_far(run: BenchRun) -> str:
-    """The report from what a run has finished so far (one in progress, or cut short):
-    every score written, the OOF spread of every finished teacher arm, the speed if measured."""
+    """The report from everything scored in ``run.out`` (by this run, earlier ones or a run
+    in progress): every score written, the OOF spread of every scored teacher arm, the speed
+    if measured."""
     scores = sorted((run.out / "scores").glob("*/*/*.csv"))
     if not scores:
         raise DataError(f"{run.out / 'scores'}: nothing scored yet")

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
+from segmentation_models_pytorch.base.modules import Conv2dReLU
 import torch
 from torch import nn
 
@@ -67,6 +68,10 @@ def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Modul
         model = getattr(smp, cfg.arch)(**kwargs)
     except AttributeError:
         raise ConfigError(f"unknown smp architecture '{cfg.arch}'") from None
+    if cfg.stride1_skip:
+        if cfg.arch != "Unet":
+            raise ConfigError(f"model.stride1_skip needs arch Unet (got '{cfg.arch}')")
+        model = StrideOneUnet(model, in_channels + int(cfg.prompt), cfg.stride1_skip)
     if cfg.head_prior > 0:
         # Start every pixel at a small nodule probability (RetinaNet's prior init). With a zero
         # bias, slim decoders can settle on "background = active features, nodule = none",
@@ -77,6 +82,25 @@ def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Modul
     model.fixed_input_size = (patch_size, patch_size) if fixed else None
     model.prompted = cfg.prompt
     return model
+
+
+class StrideOneUnet(nn.Module):
+    """smp's Unet with one more skip, at stride 1: a small conv branch over the input joins
+    the decoder's last output before the head, so edges are drawn from full-resolution pixels
+    (a 4 mm nodule is 5 pixels wide; smp's finest skip is at stride 2). Keeps smp's attribute
+    names (encoder, decoder, segmentation_head) for weight loading and feature hooks."""
+
+    def __init__(self, unet: nn.Module, in_channels: int, width: int):
+        super().__init__()
+        self.encoder, self.decoder = unet.encoder, unet.decoder
+        self.stem = nn.Sequential(Conv2dReLU(in_channels, width, 3, padding=1), Conv2dReLU(width, width, 3, padding=1))
+        head = unet.segmentation_head[0]
+        self.segmentation_head = nn.Sequential(nn.Conv2d(head.in_channels + width, head.out_channels,
+                                                         head.kernel_size, padding=head.padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        decoded = self.decoder(self.encoder(x))
+        return self.segmentation_head(torch.cat([decoded, self.stem(x)], dim=1))
 
 
 def load_encoder_weights(model: nn.Module, path: Path) -> None:
