@@ -61,6 +61,8 @@ MAIN_ARMS = (
         teachers=SSL, description="ablation: no pseudo-labels on coarse scans"),
     Arm("SSLKD, stride-1 skip", "student", 0.2, ("distill.feature_weight=0", "student.model.stride1_skip=8"),
         teachers=SSL, description="item 3: a full-resolution skip in the student's decoder (model.stride1_skip)"),
+    Arm("SSLKD, student seed 1", "student", 0.2, ("distill.feature_weight=0", "student.seed=1"), teachers=SSL,
+        description="the same student from another seed: the noise floor of the student ablations"),
     Arm("SSL teachers, trained unprompted", "teachers", 0.2, ("teacher.model.prompt=false",),
         description="ablation: today's patch mix, loss and schedule without the prompt"),
 )
