@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="write report.md from what is scored so far (a run in progress or cut short); trains nothing")
     parser.add_argument("--part", choices=PARTS, nargs="+", default=PARTS,
-                        help="protocol steps to train and score (default: all; see src/bench/quality.py)")
+                        help="protocol steps to train and score (default: all); processes sharing --out need different parts")
     args = parser.parse_args()
     budget = BUDGETS["quick" if args.quick else args.budget]
     if args.seeds:

@@ -133,8 +133,10 @@ def test_a_run_of_some_parts_trains_only_their_arms(monkeypatch):
 
     class Recorder:
         budget = dataclasses.replace(BUDGETS["full"], learning_curve=(0.1,))
-        trained: list = []
         out = Path("unused")
+
+        def __init__(self):
+            self.trained = []
 
         def train(self, cond, arm, seed, teachers=None):
             self.trained.append((cond.name, arm.name, seed))

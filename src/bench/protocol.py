@@ -60,7 +60,7 @@ MAIN_ARMS = (
     Arm("SSLKD, KD on fine scans only", "student", 0.2, ("distill.feature_weight=0", "distill.coarse_pseudo=false"),
         teachers=SSL, description="ablation: no pseudo-labels on coarse scans"),
     Arm("SSLKD, stride-1 skip", "student", 0.2, ("distill.feature_weight=0", "student.model.stride1_skip=8"),
-        teachers=SSL, description="item 3: a full-resolution skip in the student's decoder (model.stride1_skip)"),
+        teachers=SSL, description="ablation: a full-resolution skip in the student's decoder (model.stride1_skip)"),
     Arm("SSLKD, student seed 1", "student", 0.2, ("distill.feature_weight=0", "student.seed=1"), teachers=SSL,
         description="the same student from another seed: the noise floor of the student ablations"),
     Arm("SSL teachers, trained unprompted", "teachers", 0.2, ("teacher.model.prompt=false",),

@@ -11,7 +11,8 @@ Order (most important first, so that a run cut short still answers the main ques
 4. each shifted set: the SSL recipe trained and scored on it;
 5. the key arms (``SECOND_SEED_ARMS``) at the other seeds.
 Steps 2-5 are ``PARTS``: a run may do some of them (``--part``), so that two processes (or
-machines sharing the folder) can split the protocol; each skips what is already done.
+machines sharing the folder) can split the protocol. Give each process other parts: a step
+finished by anyone is skipped, but nothing stops two processes training the same arm at once.
 Then ``report.md``, the CSVs and the figures are written from everything scored so far
 (``bench/quality.py --report-only`` writes them from a run in progress).
 """
