@@ -126,27 +126,36 @@ def test_the_report_pools_attached_nodules_against_half_max_and_shows_the_unprom
     assert pooled["n"].item() == 3 and pooled["mean"].item() == pytest.approx(0.8 / 3, abs=1e-4)   # CSV keeps 5 digits
 
 
-def test_a_run_of_some_parts_trains_only_their_arms(monkeypatch):
-    """Two processes can split a run: ``--part curve`` trains the learning curve's arms only."""
+class _Recorder:
+    """A BenchRun that records what it is asked to train and score, and does nothing else."""
+    out = Path("unused")
+
+    def __init__(self, budget):
+        self.budget, self.trained, self.scored = budget, [], []
+
+    def train(self, cond, arm, seed, teachers=None):
+        self.trained.append((cond.name, arm.name, seed))
+
+    def score_arm(self, cond, arm, seed, ctx, label=None, on=None):
+        self.scored.append(((on or cond).name, arm.name, seed))
+
+    def __getattr__(self, name):   # data, references, speed: nothing to record
+        return lambda *args, **kwargs: None
+
+
+@pytest.fixture
+def recorded_quality(monkeypatch):
     from src.bench import quality
-    from src.bench.protocol import SSL, SSLKD
-
-    class Recorder:
-        budget = dataclasses.replace(BUDGETS["full"], learning_curve=(0.1,))
-        out = Path("unused")
-
-        def __init__(self):
-            self.trained = []
-
-        def train(self, cond, arm, seed, teachers=None):
-            self.trained.append((cond.name, arm.name, seed))
-
-        def __getattr__(self, name):   # data, references, scoring, speed: nothing to record
-            return lambda *args, **kwargs: None
-
     monkeypatch.setattr(quality, "report_so_far", lambda run: "")
     monkeypatch.setattr(quality, "write_pseudo_quality", lambda *args: None)
-    run = Recorder()
+    return quality
+
+
+def test_a_run_of_some_parts_trains_only_their_arms(recorded_quality):
+    """Two processes can split a run: ``--part curve`` trains the learning curve's arms only."""
+    from src.bench.protocol import SSL, SSLKD
+    quality = recorded_quality
+    run = _Recorder(dataclasses.replace(BUDGETS["full"], learning_curve=(0.1,)))
     quality.run_quality(run, ("curve",))
     assert run.trained == [("default", a.name, 0) for a in learning_curve_arms(0.1)]
     run.trained.clear()
@@ -154,3 +163,63 @@ def test_a_run_of_some_parts_trains_only_their_arms(monkeypatch):
     shifted = [(c.name, a, 0) for c in run.budget.shifted for a in SHIFTED_ARMS]
     assert run.trained == shifted + [("default", a, 1) for a in SECOND_SEED_ARMS]
     assert SECOND_SEED_ARMS[:2] == (SSL, SSLKD)   # a second seed cut short still has the main comparison
+
+
+def test_the_second_hold_out_batch_scores_new_patients_only_and_pools_with_the_default_set(tmp_path):
+    from src.bench.protocol import DEFAULT, SECOND_BATCH, SSLKD
+    from src.bench.quality import pool_hold_out_batches, write_report
+    from src.bench.runner import REFERENCES, BenchRun
+    from src.runtime import Runtime
+    run = BenchRun(tmp_path, dataclasses.replace(BUDGETS["quick"], shifted=()), "configs/cpu.yaml",
+                   Runtime(torch.device("cpu"), None))
+    for cond, patients in ((DEFAULT, ["p1", "p2"]), (SECOND_BATCH, ["p2", "p3", "p4"])):
+        folder = run.data_dir(cond) / "luna16"
+        folder.mkdir(parents=True)
+        pd.DataFrame(dict(seriesuid=[f"{cond.phantom['seed']}.{p}" for p in patients],
+                          patient_id=patients)).to_csv(folder / "scans.csv", index=False)
+    assert run.new_patients_scans(SECOND_BATCH) == {"21.p3", "21.p4"}   # p2 is in the default set
+
+    second = [_rows(m, [0.7, 0.9], condition=SECOND_BATCH.name).assign(nodule_uid=["m0", "m1"])
+              for m in (SSLKD, REFERENCES[1])]
+    rows = pd.concat([_rows(SSLKD, [0.8, 0.6]), _rows(REFERENCES[1], [0.5, 0.5]), *second], ignore_index=True)
+    pooled = pool_hold_out_batches(rows)
+    assert set(pooled["condition"]) == {DEFAULT.name}
+    assert pooled.groupby("nodule_uid")["hold_out_batch"].first().to_dict() == {"n0": 1, "n1": 1, "m0": 2, "m1": 2}
+    text = write_report(run, rows, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    assert "## Default set: 4 hold-out nodules" in text
+    assert f"| {SSLKD} | 0.700 (2) | 0.800 (2) |" in text   # the by-batch table
+
+
+def test_every_default_set_arm_is_also_scored_on_the_second_batch(recorded_quality):
+    from src.bench.protocol import DEFAULT, SECOND_BATCH
+    quality = recorded_quality
+    run = _Recorder(dataclasses.replace(BUDGETS["full"], learning_curve=(0.1,), shifted=()))
+    quality.run_quality(run, ("curve",))
+    arms = [a.name for a in learning_curve_arms(0.1)]
+    assert run.scored == [(c.name, a, 0) for a in arms for c in (DEFAULT, SECOND_BATCH)]
+    run.scored.clear()
+    run.budget = dataclasses.replace(run.budget, second_batch_scans=0)
+    quality.run_quality(run, ("curve",))
+    assert run.scored == [(DEFAULT.name, a, 0) for a in arms]
+
+
+def test_the_learning_curve_runs_by_fine_fraction_for_each_family(tmp_path):
+    from src.bench.protocol import SSL, SSLKD
+    from src.bench.quality import write_report
+    from src.bench.runner import REFERENCES, BenchRun
+    from src.runtime import Runtime
+    run = BenchRun(tmp_path, dataclasses.replace(BUDGETS["quick"], shifted=(), learning_curve=(0.5, 0.1)),
+                   "configs/cpu.yaml", Runtime(torch.device("cpu"), None))
+    models = {f"{family} @ {pct}": dice for family in ("fine only", SSL, SSLKD)
+              for pct, dice in (("10%", 0.6), ("50%", 0.8))}
+    models.update({"fine only": 0.7, SSL: 0.75, "full supervision": 0.9, REFERENCES[1]: 0.5})
+    rows = pd.concat([_rows(m, [d, d]) for m, d in models.items()], ignore_index=True)
+    write_report(run, rows, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    curve = pd.read_csv(tmp_path / "learning_curve.csv")
+    assert list(curve["fraction"]) == sorted(curve["fraction"])
+    ssl = curve[curve["family"] == SSL]
+    assert list(ssl["model"]) == [f"{SSL} @ 10%", SSL, f"{SSL} @ 50%"]
+    assert list(ssl["dice"]) == pytest.approx([0.6, 0.75, 0.8])
+    assert curve.loc[curve["fraction"] == 1.0, "model"].tolist() == ["full supervision"]
+    paired = pd.read_csv(tmp_path / "paired_differences.csv")
+    assert ((paired["a"] == f"{SSL} @ 10%") & (paired["b"] == "fine only @ 10%")).any()

@@ -2,7 +2,8 @@
 
 Order (most important first, so that a run cut short still answers the main question):
 1. the references that need no training, on every set;
-2. the default set: every arm of ``MAIN_ARMS`` at the first seed; each of
+2. the default set: every arm of ``MAIN_ARMS`` at the first seed (every default-set arm is
+   scored on the second hold-out batch too, and the report pools both batches); each of
    ``SCORED_ON_SHIFTED`` also scored on every shifted set (without retraining) as soon as
    it exists, and the throughput of a teacher, the ensemble and the student once the SSLKD
    student exists;
@@ -21,8 +22,8 @@ from __future__ import annotations
 import pandas as pd
 
 from src.bench import report as rep
-from src.bench.protocol import (DEFAULT, MAIN_ARMS, SCORED_ON_SHIFTED, SECOND_SEED_ARMS, SSL, SSLKD,
-                                learning_curve_arms)
+from src.bench.protocol import (DEFAULT, MAIN_ARMS, SCORED_ON_SHIFTED, SECOND_BATCH, SECOND_SEED_ARMS, SSL,
+                                SSLKD, learning_curve_arms)
 from src.bench.runner import REFERENCES, UNPROMPTED, BenchRun, write_pseudo_quality
 from src.data.groups import GROUPS
 from src.errors import DataError
@@ -39,6 +40,8 @@ def train_and_score(run: BenchRun, cond, arms: dict, names, seed: int) -> None:
         arm = arms[name]
         ctx = run.train(cond, arm, seed, teachers=arms.get(arm.teachers))
         run.score_arm(cond, arm, seed, ctx)
+        if cond is DEFAULT and run.budget.second_batch_scans:   # more hold-out nodules, pooled in the report
+            run.score_arm(cond, arm, seed, ctx, on=SECOND_BATCH)
         if arm.kind == "student":
             write_pseudo_quality(run, cond, seed, ctx)
 
@@ -87,7 +90,7 @@ def report_so_far(run: BenchRun) -> str:
     rows = pd.concat([pd.read_csv(p) for p in scores], ignore_index=True)
     arms = [*MAIN_ARMS, *(a for f in run.budget.learning_curve for a in learning_curve_arms(f))]
     folds_rows = []
-    for cond in run.budget.conditions():
+    for cond in (c for c in run.budget.conditions() if not c.holdout_only):
         for seed in run.budget.seeds:
             for arm in arms:
                 if arm.kind != "teachers" or not (run.scores_path(cond, seed, arm.name)).is_file():
@@ -97,6 +100,13 @@ def report_so_far(run: BenchRun) -> str:
     folds = pd.concat(folds_rows, ignore_index=True) if folds_rows else pd.DataFrame()
     speed = pd.read_csv(run.out / "speed.csv") if (run.out / "speed.csv").is_file() else pd.DataFrame()
     return write_report(run, rows, folds, _pseudo_tables(run), speed)
+
+
+def pool_hold_out_batches(rows: pd.DataFrame) -> pd.DataFrame:
+    """The second hold-out batch's scores counted as the default set's (the same generator and
+    settings, patients no model saw), tagged with their batch (1: a condition's own hold-out)."""
+    second = rows["condition"] == SECOND_BATCH.name
+    return rows.assign(condition=rows["condition"].mask(second, DEFAULT.name), hold_out_batch=second + 1)
 
 
 def _pseudo_tables(run: BenchRun) -> pd.DataFrame:
@@ -110,6 +120,7 @@ def _pseudo_tables(run: BenchRun) -> pd.DataFrame:
 def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo: pd.DataFrame,
                  speed: pd.DataFrame) -> str:
     out, budget = run.out, run.budget
+    rows = pool_hold_out_batches(rows)
     atomic_to_csv(rows, out / "per_nodule.csv", float_format="%.5g")
     atomic_to_csv(folds, out / "oof_folds.csv", float_format="%.5g")
     means = rep.per_nodule_means(rows)
@@ -122,13 +133,17 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
              "over nodules; 95% CIs by bootstrap over nodules. Every model is scored on the same hold-out nodules "
              "through the one truth-free path (centre + diameter only).", ""]
 
-    # 1. the default set
+    # 1. the default set (both hold-out batches)
     n_nod = means.loc[means["condition"] == DEFAULT.name, "nodule_uid"].nunique()
     lines += [f"## Default set: {n_nod} hold-out nodules", "", rep.markdown(rep.summary(rows, DEFAULT.name, main_models)), ""]
+    batches = by_batch(rows, means, main_models)
+    if "batch 2" in batches:
+        lines += [f"### By hold-out batch (batch 2: {SECOND_BATCH.description}; scored, never trained on)", "",
+                  rep.markdown(batches), ""]
     for by, grouping in GROUPS.items():
         lines += [f"### Dice by {grouping.title}", "",
                   rep.markdown(rep.breakdown(rows, DEFAULT.name, main_models, by)), ""]
-    curve = [(f"{SSLKD} @ {100 * f:g}%", f"fine only @ {100 * f:g}%") for f in budget.learning_curve]
+    curve = [(f"{arm} @ {100 * f:g}%", f"fine only @ {100 * f:g}%") for f in budget.learning_curve for arm in (SSL, SSLKD)]
     pairs = [(SSLKD, other) for other in main_models if other != SSLKD] + [(SSL, "fine only"), (SSL, REFERENCES[0]),
                                                                           ("full supervision", "fine only"), *curve]
     pairs = [(a, b) for a, b in pairs if a in scored and b in scored]
@@ -184,10 +199,9 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
     # 4. learning curve
     if budget.learning_curve:
         points = []
-        for fraction in (*budget.learning_curve, 0.2, 1.0):
+        for fraction in sorted({*budget.learning_curve, 0.2, 1.0}):
             pct = f"{100 * fraction:g}%"
-            names = {"fine only": "fine only" if fraction == 0.2 else f"fine only @ {pct}",
-                     "SSLKD student": SSLKD if fraction == 0.2 else f"{SSLKD} @ {pct}"}
+            names = {family: family if fraction == 0.2 else f"{family} @ {pct}" for family in ("fine only", SSL, SSLKD)}
             if fraction == 1.0:
                 names = {"fine only": "full supervision"}
             for family, model in names.items():
@@ -204,3 +218,13 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
     text = "\n".join(lines)
     atomic_write_text(out / "report.md", text)
     return text
+
+
+def by_batch(rows: pd.DataFrame, means: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Mean Dice (nodules) per model on each hold-out batch of the default set: do they agree?"""
+    batch_of = rows.drop_duplicates("nodule_uid").set_index("nodule_uid")["hold_out_batch"]
+    sel = means[means["condition"] == DEFAULT.name]
+    sel = sel.assign(hold_out_batch=sel["nodule_uid"].map(batch_of))
+    return pd.DataFrame([{"model": model, **{f"batch {b}": f"{d.mean():.3f} ({d.size})"
+                                             for b, d in sel[sel["model"] == model].groupby("hold_out_batch")["dice"]}}
+                         for model in models])

@@ -40,7 +40,7 @@ from src.predict.experiment import TrainedExperiment
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
-from src.bench.protocol import Arm, Budget, Condition
+from src.bench.protocol import DEFAULT, Arm, Budget, Condition
 from src.train.pseudo import write_pseudo_labels
 from src.train.student import train_student
 from src.train.teacher import train_teacher
@@ -78,6 +78,8 @@ class BenchRun:
             clear_out_dir(folder / "luna16")
             generate_dataset(cfg.phantom, folder / "luna16")
             atomic_write_text(folder / "luna16" / "phantom.json", stamp(cfg.phantom))
+        if cond.holdout_only:   # scored from the scans, never trained on: no patch cache
+            return
         cache = Path(cfg.paths.cache)
         if not cache.is_file():
             self.log(f"{cond.name}: building the cache")
@@ -146,7 +148,11 @@ class BenchRun:
 
     # ------------------------------------------------------------------ scoring
     def cases(self, cond: Condition, split: str = HOLDOUT) -> list[NoduleCase]:
-        """The condition's scored nodules of the hold-out (or of the fine training scans), read once."""
+        """The condition's scored nodules of the hold-out (or of the fine training scans), read once.
+        A hold-out-only condition's hold-out is every scan of a patient the default set does not
+        hold; its training scans are the default set's."""
+        if cond.holdout_only and split != HOLDOUT:
+            return self.cases(DEFAULT, split)
         key = f"{slug(cond.name)}-{split}"
         path = self.out / "cases" / f"{key}.pkl"
         if key not in self._cases:
@@ -155,17 +161,23 @@ class BenchRun:
                     self._cases[key] = pickle.load(f)
             else:
                 cfg = self.config(cond)
-                folds = pd.read_csv(self.folds_path(cond, 0.2), dtype=str)
-                if split == HOLDOUT:
-                    uids = holdout_uids(folds)
-                else:  # the fine training scans: what the HU threshold may be fit on
-                    uids = development_uids(folds, "fine")
+                if cond.holdout_only:
+                    uids = self.new_patients_scans(cond)
+                else:   # the fine training scans: what the HU threshold may be fit on
+                    folds = pd.read_csv(self.folds_path(cond, 0.2), dtype=str)
+                    uids = holdout_uids(folds) if split == HOLDOUT else development_uids(folds, "fine")
                 records = [r for r in read_dataset(cfg.paths) if r.seriesuid in uids]
                 self._cases[key] = load_cases(records, cfg.cache, cfg.infer, desc=f"read {split} scans")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "wb") as f:
                     pickle.dump(self._cases[key], f)
         return self._cases[key]
+
+    def new_patients_scans(self, cond: Condition) -> set[str]:
+        """The seriesuids of ``cond``'s scans whose patient the default set does not hold."""
+        scans = pd.read_csv(self.data_dir(cond) / "luna16" / "scans.csv", dtype=str)
+        seen = set(pd.read_csv(self.data_dir(DEFAULT) / "luna16" / "scans.csv", dtype=str)["patient_id"])
+        return set(scans.loc[~scans["patient_id"].isin(seen), "seriesuid"])
 
     def scores_path(self, cond: Condition, seed: int, name: str) -> Path:
         return self.out / "scores" / slug(cond.name) / f"seed{seed}" / f"{slug(name)}.csv"
