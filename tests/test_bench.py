@@ -155,13 +155,14 @@ def test_a_run_of_some_parts_trains_only_their_arms(recorded_quality):
     """Two processes can split a run: ``--part curve`` trains the learning curve's arms only."""
     from src.bench.protocol import SSL, SSLKD
     quality = recorded_quality
-    run = _Recorder(dataclasses.replace(BUDGETS["full"], learning_curve=(0.1,)))
+    run = _Recorder(dataclasses.replace(BUDGETS["full"], learning_curve=(0.5, 0.1)))
     quality.run_quality(run, ("curve",))
-    assert run.trained == [("default", a.name, 0) for a in learning_curve_arms(0.1)]
+    assert run.trained == [("default", a.name, 0) for f in (0.5, 0.1) for a in learning_curve_arms(f)]
     run.trained.clear()
     quality.run_quality(run, ("seeds", "shifted"))
     shifted = [(c.name, a, 0) for c in run.budget.shifted for a in SHIFTED_ARMS]
-    assert run.trained == shifted + [("default", a, 1) for a in SECOND_SEED_ARMS]
+    scarcest = [("default", a.name, 1) for a in learning_curve_arms(0.1)]   # the other seed: 10 % only
+    assert run.trained == shifted + [("default", a, 1) for a in SECOND_SEED_ARMS] + scarcest
     assert SECOND_SEED_ARMS[:2] == (SSL, SSLKD)   # a second seed cut short still has the main comparison
 
 

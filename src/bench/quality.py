@@ -10,7 +10,8 @@ Order (most important first, so that a run cut short still answers the main ques
 3. the learning curve: fine-only and SSLKD at other fine-mask fractions (the mission's
    question: do coordinates help most when fine masks are scarcest?);
 4. each shifted set: the SSL recipe trained and scored on it;
-5. the key arms (``SECOND_SEED_ARMS``) at the other seeds.
+5. the key arms (``SECOND_SEED_ARMS``) and the learning curve's scarcest point at the other
+   seeds.
 Steps 2-5 are ``PARTS``: a run may do some of them (``--part``), so that two processes (or
 machines sharing the folder) can split the protocol. Give each process other parts: a step
 finished by anyone is skipped, but nothing stops two processes training the same arm at once.
@@ -74,6 +75,9 @@ def run_quality(run: BenchRun, parts: tuple[str, ...] = PARTS) -> str:
 
     for seed in budget.seeds[1:] if "seeds" in parts else ():  # last: other seeds only narrow the CIs
         train_and_score(run, DEFAULT, arms, [a for a in SECOND_SEED_ARMS if a in arms], seed)
+        if budget.learning_curve:   # the scarcest fine masks: where the coordinates should help most
+            curve = {a.name: a for a in learning_curve_arms(min(budget.learning_curve))}
+            train_and_score(run, DEFAULT, curve, list(curve), seed)
 
     text = report_so_far(run)
     run.log(f"report -> {run.out / 'report.md'}")
