@@ -1,8 +1,8 @@
 """Quality benchmark: SSLKD against its alternatives, on enough nodules to tell.
 
-    python bench/quality.py                     # full protocol (~3 h on 2 CPU cores; resumes)
+    python bench/quality.py                     # full protocol (~8 h on 2 CPU cores; resumes, across sessions)
     python bench/quality.py --budget baseline   # references, SSL teachers, SSLKD student, one seed
-    python bench/quality.py --quick             # smoke test (< 10 min) = --budget quick
+    python bench/quality.py --quick             # smoke test of every code path (8 min) = --budget quick
     python bench/quality.py --report-only       # report.md from what a run has scored so far
     python bench/quality.py --part shifted      # only some steps (two processes can share a run)
 
