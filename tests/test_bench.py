@@ -32,6 +32,13 @@ def test_budgets_change_only_known_settings_and_shifted_sets_are_real_shifts():
         assert len({c.phantom.get("seed") for c in budget.conditions()}) == len(budget.conditions())
     full = BUDGETS["full"]
     assert len(full.shifted) >= 4 and all(set(c.phantom) - {"seed"} for c in full.shifted)
+    with pytest.raises(ValueError, match="not in MAIN_ARMS"):      # a misspelt arm trains nothing
+        dataclasses.replace(full, arms=("SSL teacher",))
+    with pytest.raises(ValueError, match="does not train"):        # ... or fails at the shifted sets
+        dataclasses.replace(full, arms=("fine only",))
+    quick = BUDGETS["quick"]   # the smoke test keeps every kind of arm: teachers, students, the unprompted one
+    assert {a.kind for a in MAIN_ARMS if a.name in quick.arms} == {"teachers", "student"}
+    assert "SSL teachers, trained unprompted" in quick.arms and "SSLKD + attention transfer" in quick.arms
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_nodules():

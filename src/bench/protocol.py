@@ -97,6 +97,14 @@ class Budget:
     shifted_arms: tuple[str, ...] = SHIFTED_ARMS   # trained on each shifted set (() = none: scored only)
     second_batch_scans: int = 0        # scans generated for SECOND_BATCH (0 = none)
 
+    def __post_init__(self):   # a misspelt arm would train nothing, or fail hours into a run
+        known = {a.name for a in MAIN_ARMS}
+        unknown = set(self.arms) - known
+        untrained = set(self.shifted_arms) - (set(self.arms) or known)
+        if unknown or untrained:
+            raise ValueError(f"budget {self.name!r}: arms not in MAIN_ARMS {sorted(unknown)}, "
+                             f"shifted_arms the budget does not train {sorted(untrained)}")
+
     def conditions(self) -> tuple[Condition, ...]:
         return (DEFAULT, *((SECOND_BATCH,) if self.second_batch_scans else ()), *self.shifted)
 
