@@ -21,7 +21,7 @@ from src.cli import add_config_args, config_from_args  # noqa: E402
 from src.evaluation.speed import patches_per_second  # noqa: E402
 from src.models.factory import build_model, count_parameters  # noqa: E402
 from src.predict.predictor import Predictor  # noqa: E402
-from src.runtime import setup_runtime  # noqa: E402
+from src.runtime import channels_last, setup_runtime  # noqa: E402
 from src.train.objectives import TeacherObjective  # noqa: E402
 from src.train.optim import make_optimizer  # noqa: E402
 
@@ -32,9 +32,7 @@ def sync(rt):
 
 
 def train_speed(rt, model, stage, k, p, steps):
-    model = model.to(rt.device).train()
-    if rt.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = channels_last(model.to(rt.device).train())   # as train.py does
     objective = TeacherObjective(stage.loss)
     opt = make_optimizer(model.parameters(), stage.lr, stage.weight_decay, rt.device)
     scaler = rt.grad_scaler()

@@ -172,7 +172,7 @@ class StageConfig:
     prompt_dropout: float = ranged(0.5, ge=0, le=1)
     num_workers: int = ranged(2, ge=0)
     compile: bool = False
-    channels_last: bool = True
+    channels_last: bool = True   # 2D nets in NHWC memory, on CPU too (faster there: docs/benchmarks.md)
     grad_clip: float = ranged(1.0, ge=0)
     val_every: int = ranged(1, ge=1)  # validate every N epochs (and after the last); best among those
     seed: int = ranged(0, ge=0)

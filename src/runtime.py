@@ -50,6 +50,15 @@ class Runtime:
             dist.barrier()
 
 
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """A 2D network in channels_last memory (NHWC), in place: cuDNN's and, on CPU, oneDNN's
+    convolutions run faster in it (docs/benchmarks.md, "Memory layout"). A network with 3D
+    weights (the FPR's cube classifier) stays as it is: channels_last needs rank-4 tensors."""
+    if any(p.dim() == 5 for p in model.parameters()):
+        return model
+    return model.to(memory_format=torch.channels_last)
+
+
 def resolve_amp(device: torch.device, amp: str) -> torch.dtype | None:
     """auto: bf16 on CUDA cards that support it, else fp16; fp32 on CPU. off: fp32 always.
     bf16/fp16 force a dtype (on CPU only the test suite asks for this, on tiny inputs)."""

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from src.data.geometry import Geometry
-from src.data.preprocess import resample_labels
+from src.data.preprocess import normalise, resample_labels
 from src.evaluation.metrics import dice, inter_reader_dice, segmentation_metrics
 from src.predict.predictor import Predictor
 from src.data.classical import component_at
@@ -101,6 +101,31 @@ def test_predictor_tiles_fixed_size_models_without_seams():
     stacks = np.random.default_rng(0).integers(-1000, 1000, size=(3, 1, 50, 77)).astype(np.int16)
     expected = 2 * (stacks[:, 0].astype(np.float32) + 1000) / 2000
     np.testing.assert_allclose(predictor.logits(stacks), expected, atol=1e-5)
+
+
+class _RecordsLayout(nn.Module):
+    """A small conv net that records whether each input came laid out channels_last."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompted, self.fixed_input_size, self.layouts = False, None, []
+        self.conv = nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x):
+        self.layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+        return self.conv(x)
+
+
+def test_predictor_runs_channels_last_on_cpu_with_the_plain_forwards_logits():
+    torch.manual_seed(0)
+    model = _RecordsLayout()
+    stacks = np.random.default_rng(0).integers(-1000, 400, size=(5, 3, 40, 48)).astype(np.int16)
+    with torch.inference_mode():   # the model as built: contiguous weights and input
+        expected = model(torch.from_numpy(normalise(stacks, (-1000.0, 400.0))))[:, 0].numpy()
+    predictor = Predictor([model], Runtime(torch.device("cpu"), None), window=(-1000.0, 400.0), batch_size=2)
+    np.testing.assert_allclose(predictor.logits(stacks), expected, atol=1e-5)
+    assert model.layouts[1:] == [True] * 3    # three batches (2 + 2 + 1), each channels_last
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 class _ReturnsChannel(nn.Module):

@@ -10,7 +10,7 @@ from src.data.folds import split_uids
 from src.layout import ExperimentLayout
 from src.models.checkpoint import load_checkpoint, model_from_checkpoint
 from src.models.factory import build_model
-from src.runtime import Runtime
+from src.runtime import Runtime, channels_last
 from src.train.augment import Augmenter
 from src.train.datasets import EpochSampler, PatchDataset, sampling_weights, select_patches
 from src.train.objectives import TeacherObjective
@@ -242,3 +242,13 @@ def test_a_stride1_skip_is_wired_into_the_head_and_rebuilt_from_its_checkpoint(t
         assert not torch.allclose(model(x), out)
     with pytest.raises(ConfigError, match="stride1_skip needs arch Unet"):
         build_model(dataclasses.replace(cfg, arch="FPN"), 3, 32)
+
+
+def test_channels_last_moves_2d_networks_and_leaves_3d_ones():
+    # the FPR's cube classifier has rank-5 weights, which torch cannot lay out channels_last:
+    # `train.py --stage fpr` on CUDA (fpr.channels_last on by default) failed before the guard
+    flat = channels_last(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 1)))
+    assert flat[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not flat[0].weight.is_contiguous()
+    cube = channels_last(torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3)))
+    assert cube[0].weight.is_contiguous()

