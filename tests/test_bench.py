@@ -67,6 +67,10 @@ def test_paired_difference_averages_seeds_then_pairs_the_same_nodules():
     assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
     table = report.summary(rows, "default", ["a", "b"])
     assert table.loc[0, "dice per seed"] == f"{np.mean([0.8, 0.6, 0.9]):.3f} / {np.mean([0.6, 0.6, 0.9]):.3f}"
+    assert table.loc[0, "sphere fallbacks"] == "-", "scores made before the fallback existed"
+    # a seed's rows with the flag, pooled with older rows without it: counted over every seed
+    flagged = rows.assign(sphere_fallback=[True, False, True, np.nan, np.nan, np.nan, False, False, False, True])
+    assert report.summary(flagged, "default", ["a", "b"])["sphere fallbacks"].tolist() == [2, 1]
 
 
 def test_breakdowns_follow_each_grouping_and_older_scores_are_unknown():

@@ -7,6 +7,7 @@ import sys
 import h5py
 import numpy as np
 import pandas as pd
+import pytest
 
 import evaluate
 import infer
@@ -65,6 +66,26 @@ def test_the_prediction_ignores_the_truth_beyond_the_window(tiny_cfg, tiny_cache
     # only the score sees the new truth: more of it missed
     assert after["dice"] < before["dice"] and after["sensitivity"] < before["sensitivity"]
     assert after["precision"] >= before["precision"]
+
+
+class _FindsNothing:
+    def __call__(self, image, dist):
+        return np.zeros(dist.shape, np.float32)
+
+
+def test_where_nothing_is_found_the_given_sphere_stands_in_flagged(tiny_cfg, tiny_cache):
+    from src.evaluation.baselines import SphereSegmenter
+    from src.evaluation.metrics import dice
+    _, scan = _first_scan(tiny_cfg)
+    case = cases_from_scan(scan, tiny_cache.config, tiny_cfg.infer)[0]
+    seg = case.segment(_FindsNothing(), tiny_cfg.infer, 0.5)
+    assert seg.fallback and seg.mask.any() and case.score(seg)["sphere_fallback"]
+    # the given sphere on the scan's grid: the coarse-sphere reference's mask, and its volume
+    sphere = case.segment(SphereSegmenter(), tiny_cfg.infer, 0.5)
+    assert not sphere.fallback and seg.box == sphere.box
+    assert dice(seg.mask, sphere.mask) > 0.9
+    volume = seg.mask.sum() * np.prod(case.spacing_zyx)
+    assert volume == pytest.approx(np.pi / 6 * case.nodule.diameter_mm ** 3, rel=0.25)
 
 
 def _cli(module, argv, monkeypatch):

@@ -55,7 +55,8 @@ def paired_difference(means: pd.DataFrame, condition: str, a: str, b: str, metri
 
 def summary(rows: pd.DataFrame, condition: str, models: list[str]) -> pd.DataFrame:
     """Per model: nodules, Dice mean ± std (per nodule, seeds averaged), the per-seed mean
-    Dice, IoU, HD95, NSD and the mean Dice's bootstrap 95% CI."""
+    Dice, IoU, HD95, NSD, the mean Dice's bootstrap 95% CI, and how many masks over all
+    seeds were the given sphere standing in for an empty one ("-" in scores made before)."""
     sel = rows[rows["condition"] == condition]
     means = per_nodule_means(sel)
     out = []
@@ -64,13 +65,15 @@ def summary(rows: pd.DataFrame, condition: str, models: list[str]) -> pd.DataFra
         if m.empty:
             continue
         seeds = sel[sel["model"] == model].groupby("seed")["dice"].mean()
+        fallbacks = sel.loc[sel["model"] == model, "sphere_fallback"] if "sphere_fallback" in sel else pd.Series()
         d = m["dice"].to_numpy()
         low, high = bootstrap_ci(d)
         out.append({"model": model, "nodules": len(m), "seeds": int(m["seeds"].max()),
                     "dice": f"{d.mean():.3f} ± {d.std():.3f}", "dice 95% CI": f"{low:.3f}-{high:.3f}",
                     "dice per seed": " / ".join(f"{v:.3f}" for v in seeds),
                     "iou": f"{m['iou'].mean():.3f}", "hd95_mm": f"{m['hd95_mm'].mean():.2f}",
-                    "nsd": f"{m['nsd'].mean():.3f}"})
+                    "nsd": f"{m['nsd'].mean():.3f}",
+                    "sphere fallbacks": "-" if fallbacks.isna().all() else int(fallbacks.fillna(False).astype(bool).sum())})
     return pd.DataFrame(out)
 
 

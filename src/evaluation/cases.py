@@ -50,7 +50,8 @@ class NoduleCase:
     def score(self, seg: Segmented, distances: bool = True) -> dict:
         """Metrics of one segmentation, with the nodule's description."""
         pred = self.to_region(seg.mask, seg.box)
-        return {**self.describe(), **segmentation_metrics(pred, self.truth, self.spacing_zyx, distances)}
+        return {**self.describe(), **segmentation_metrics(pred, self.truth, self.spacing_zyx, distances),
+                "sphere_fallback": seg.fallback}
 
 
 def describe(nodule: Nodule, seriesuid: str, reader_dice: float) -> dict:

@@ -33,6 +33,8 @@ def overall_table(per_nodule: pd.DataFrame) -> pd.DataFrame:
         row = {"model": model, "nodules": len(g)}
         row.update({m: _mean_std(g[m]) for m in METRICS})
         row["empty predictions"] = int(g["hd95_mm"].isna().sum())
+        if "sphere_fallback" in g:   # nothing found at the coordinates: the given sphere stood in
+            row["sphere fallbacks"] = int(g["sphere_fallback"].fillna(False).astype(bool).sum())
         row["reader ceiling"] = _mean_std(g["reader_dice"])
         rows.append(row)
     return pd.DataFrame(rows)

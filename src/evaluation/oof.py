@@ -57,7 +57,7 @@ class OOFNodule:
     spacing_zyx: np.ndarray
 
     def mask(self, threshold: float) -> np.ndarray:
-        return segment_at(self.prob, self.centre_zyx, self.radius_mm, self.spacing_zyx, threshold)
+        return segment_at(self.prob, self.centre_zyx, self.radius_mm, self.spacing_zyx, threshold)[0]
 
 
 def check_oof_folds(oof: list[tuple[int, OOFNodule]], folds: pd.DataFrame, folds_path: str | Path) -> None:

@@ -146,6 +146,7 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
                          diameter_mm=float((6 * count * voxel_mm3 / np.pi) ** (1 / 3)),
                          mean_hu=float(scan.image[seg.box][seg.mask].mean()) if count else np.nan,
                          probability=float(seg.prob[seg.mask].mean()) if count else 0.0,
+                         source="given sphere" if seg.fallback else "segmented",
                          given_coordX=nod.center_xyz[0], given_coordY=nod.center_xyz[1],
                          given_coordZ=nod.center_xyz[2], given_diameter_mm=nod.diameter_mm,
                          nodule_uid=nod.nodule_uid))

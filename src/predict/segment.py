@@ -10,7 +10,8 @@ reports is the same measurement. For a centre (world mm) and a diameter:
 3. the *prior*: nothing beyond the coarse sphere + ``infer.prior_margin_mm``
    (``infer.coarse_prior``), which is what the coordinates say;
 4. the probabilities are resampled linearly onto the scan's own grid, thresholded, and the
-   connected component at the centre (or the nearest one within the radius) is the nodule.
+   connected component at the centre (or the nearest one within the radius) is the nodule;
+   where there is none, the given sphere is (flagged ``fallback``), as half-max does.
 
 Nothing here sees a truth mask. A :class:`ModelVolume` may be a crop of a scan
 (:meth:`ModelVolume.around`): it keeps the full volume's geometry and its own offset, so a
@@ -118,6 +119,8 @@ class NetworkSegmenter:
 
     def __init__(self, predictor: Predictor, k: int, prompt: bool = True):
         self.predictor, self.k, self.prompt = predictor, k, prompt
+        # unprompted, it stands for whole-scan search, which has no sphere to fall back to
+        self.sphere_fallback = prompt
 
     def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
         return self.predictor.prob(stacks_from_volume(image, self.k), dist if self.prompt else None)
@@ -168,9 +171,18 @@ def model_box_for(window: Window, k: int) -> tuple[np.ndarray, np.ndarray]:
             np.array([window.z_hi + h + 1, window.y0 + window.size, window.x0 + window.size]))
 
 
-def segment_at(prob: np.ndarray, centre_zyx, radius_mm: float, spacing_zyx, threshold: float) -> np.ndarray:
-    """The nodule at a given centre: thresholded probability, the component at the centre."""
-    return component_at(prob >= threshold, centre_zyx, spacing_zyx, max_distance_mm=radius_mm)
+def segment_at(prob: np.ndarray, centre_zyx, radius_mm: float, spacing_zyx, threshold: float,
+               fallback: bool = True) -> tuple[np.ndarray, bool]:
+    """The nodule at a given centre: thresholded probability, the component at the centre
+    (or the nearest within the radius) -> (mask, False). Where nothing lies above threshold
+    there, the given sphere -> (sphere, True) if ``fallback``: the coordinates say a nodule
+    is there, an empty mask shows nothing and scores 0, and half-max falls back alike."""
+    mask = component_at(prob >= threshold, centre_zyx, spacing_zyx, max_distance_mm=radius_mm)
+    if mask.any() or not fallback:
+        return mask, False
+    sphere = sphere_distance(np.asarray(centre_zyx, float), [radius_mm], spacing_zyx, np.arange(prob.shape[0]),
+                             0, 0, prob.shape[1:]) <= 0
+    return sphere, True
 
 
 @dataclass
@@ -180,6 +192,7 @@ class Segmented:
     centre_zyx: np.ndarray               # the given centre, voxel index into box
     radius_mm: float
     mask: np.ndarray                     # bool in box: the nodule at the threshold used
+    fallback: bool = False               # nothing above threshold: the mask is the given sphere
 
 
 def segment_nodule(mv: ModelVolume, centre_xyz, diameter_mm: float, segmenter, cfg: InferConfig,
@@ -200,5 +213,6 @@ def segment_nodule(mv: ModelVolume, centre_xyz, diameter_mm: float, segmenter, c
     hi = np.array([s.stop for s in box])
     native_prob = resample(prob, window.geometry(mv.geometry), mv.native.crop(lo, hi - lo), "linear", default=0.0)
     centre = mv.native.world_to_voxel(centre_xyz) - lo
-    mask = segment_at(native_prob, centre, radius, mv.native.spacing_zyx, threshold)
-    return Segmented(box, native_prob, centre, radius, mask)
+    mask, fallback = segment_at(native_prob, centre, radius, mv.native.spacing_zyx, threshold,
+                                getattr(segmenter, "sphere_fallback", True))
+    return Segmented(box, native_prob, centre, radius, mask, fallback)
