@@ -32,7 +32,7 @@ def sync(rt):
 
 
 def train_speed(rt, model, stage, k, p, steps):
-    model = channels_last(model.to(rt.device).train())   # as train.py does
+    model = channels_last(model.to(rt.device).train())   # as train.py does by default (*.channels_last)
     objective = TeacherObjective(stage.loss)
     opt = make_optimizer(model.parameters(), stage.lr, stage.weight_decay, rt.device)
     scaler = rt.grad_scaler()

@@ -235,3 +235,16 @@ def test_the_learning_curve_runs_by_fine_fraction_for_each_family(tmp_path):
     assert curve.loc[curve["fraction"] == 1.0, "model"].tolist() == ["full supervision"]
     paired = pd.read_csv(tmp_path / "paired_differences.csv")
     assert ((paired["a"] == f"{SSL} @ 10%") & (paired["b"] == "fine only @ 10%")).any()
+
+
+def test_scores_made_before_the_sphere_fallback_are_scored_again(tmp_path):
+    from src.bench.protocol import DEFAULT
+    from src.bench.runner import BenchRun
+    from src.runtime import Runtime
+    run = BenchRun(tmp_path, BUDGETS["quick"], "configs/cpu.yaml", Runtime(torch.device("cpu"), None))
+    path = run.scores_path(DEFAULT, 0, "an arm")
+    path.parent.mkdir(parents=True)
+    _rows("an arm", [0.5, 0.7]).to_csv(path, index=False)             # an older rule's scores
+    assert run.scored(DEFAULT, 0, "an arm") is None
+    _rows("an arm", [0.5, 0.7]).assign(sphere_fallback=[False, True]).to_csv(path, index=False)
+    assert run.scored(DEFAULT, 0, "an arm")["sphere_fallback"].tolist() == [False, True]

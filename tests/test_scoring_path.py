@@ -39,7 +39,7 @@ def test_a_crop_segments_exactly_like_the_whole_scan(tiny_cfg, tiny_cache):
         crop = case.segment(segmenter, tiny_cfg.infer, 0.5)
         assert whole.box == crop.box
         np.testing.assert_array_equal(whole.prob, crop.prob)
-        assert crop.mask.any()
+        assert crop.mask.any() and not crop.fallback
 
 
 def test_the_prediction_ignores_the_truth_beyond_the_window(tiny_cfg, tiny_cache):
@@ -69,6 +69,9 @@ def test_the_prediction_ignores_the_truth_beyond_the_window(tiny_cfg, tiny_cache
 
 
 class _FindsNothing:
+    def __init__(self, sphere_fallback: bool):
+        self.sphere_fallback = sphere_fallback
+
     def __call__(self, image, dist):
         return np.zeros(dist.shape, np.float32)
 
@@ -78,8 +81,11 @@ def test_where_nothing_is_found_the_given_sphere_stands_in_flagged(tiny_cfg, tin
     from src.evaluation.metrics import dice
     _, scan = _first_scan(tiny_cfg)
     case = cases_from_scan(scan, tiny_cache.config, tiny_cfg.infer)[0]
-    seg = case.segment(_FindsNothing(), tiny_cfg.infer, 0.5)
+    seg = case.segment(_FindsNothing(sphere_fallback=True), tiny_cfg.infer, 0.5)
     assert seg.fallback and seg.mask.any() and case.score(seg)["sphere_fallback"]
+    # without it (whole-scan search's stand-in, validation, threshold choice): the empty mask
+    own = case.segment(_FindsNothing(sphere_fallback=False), tiny_cfg.infer, 0.5)
+    assert not own.fallback and not own.mask.any() and case.score(own)["dice"] == 0.0
     # the given sphere on the scan's grid: the coarse-sphere reference's mask, and its volume
     sphere = case.segment(SphereSegmenter(), tiny_cfg.infer, 0.5)
     assert not sphere.fallback and seg.box == sphere.box
@@ -123,6 +129,12 @@ def test_cv_holdout_and_infer_give_the_same_dice(tiny_trained, tmp_path, monkeyp
         np.testing.assert_allclose(merged[f"{metric}_cv"], merged[f"{metric}_board"], atol=1e-9, err_msg=metric)
         # scores.csv is written with 5 significant digits
         np.testing.assert_allclose(merged[f"{metric}_cv"], merged[metric], rtol=1e-4, err_msg=metric)
+    # the same nodules fall back to the given sphere on every path, and infer.py says which
+    np.testing.assert_array_equal(merged["sphere_fallback_cv"], merged["sphere_fallback_board"])
+    assert not merged["sphere_fallback_cv"].all(), "the networks' own masks are compared, not only spheres"
+    source = pd.read_csv(out / "nodules.csv").set_index("nodule_uid")["source"]
+    assert (source.loc[merged["nodule_uid"]].to_numpy() == "given sphere").tolist() == \
+        merged["sphere_fallback_cv"].tolist()
 
     # each table carries the nodule's groups: the OOF file's attrs, the leaderboard's rows, scores.csv
     expected = {n.nodule_uid: n.attachment for r in records for n in r.load(with_image=False).nodules}

@@ -73,7 +73,7 @@ def summary(rows: pd.DataFrame, condition: str, models: list[str]) -> pd.DataFra
                     "dice per seed": " / ".join(f"{v:.3f}" for v in seeds),
                     "iou": f"{m['iou'].mean():.3f}", "hd95_mm": f"{m['hd95_mm'].mean():.2f}",
                     "nsd": f"{m['nsd'].mean():.3f}",
-                    "sphere fallbacks": "-" if fallbacks.isna().all() else int(fallbacks.fillna(False).astype(bool).sum())})
+                    "sphere fallbacks": "-" if fallbacks.isna().all() else int(fallbacks.eq(True).sum())})
     return pd.DataFrame(out)
 
 

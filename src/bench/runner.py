@@ -188,12 +188,19 @@ class BenchRun:
             "student" if arm.kind == "student" else "ensemble", self.rt, tta=False, fpr=False, cache_hash=ctx.cache_hash)
         return NetworkSegmenter(models.predictor, ctx.k), models.threshold, models.predictor
 
+    def scored(self, cond: Condition, seed: int, name: str) -> pd.DataFrame | None:
+        """The stored scores, unless missing or made before the sphere fallback (those are
+        scored again: scoring is minutes, and mixing the two rules would bias the means)."""
+        path = self.scores_path(cond, seed, name)
+        table = pd.read_csv(path) if path.is_file() else None
+        return table if table is not None and "sphere_fallback" in table else None
+
     def score(self, cond: Condition, seed: int, name: str, segmenters: dict) -> pd.DataFrame:
         """Per-nodule hold-out metrics of ``segmenters`` (name -> (segmenter, threshold)),
         written once to scores/<condition>/seed<k>/<name>.csv."""
         path = self.scores_path(cond, seed, name)
-        if path.is_file():
-            return pd.read_csv(path)
+        if (table := self.scored(cond, seed, name)) is not None:
+            return table
         cfg = self.config(cond)
         table = score_cases(self.cases(cond), segmenters, cfg.infer)
         table.insert(0, "seed", seed)
@@ -206,8 +213,8 @@ class BenchRun:
         """Score an arm trained on ``cond`` on the hold-out of ``on`` (default: its own)."""
         target = on or cond
         name = label or arm.name
-        if self.scores_path(target, seed, name).is_file():
-            return pd.read_csv(self.scores_path(target, seed, name))
+        if (table := self.scored(target, seed, name)) is not None:
+            return table
         self.log(f"{target.name} seed {seed}: scoring '{name}'")
         segmenter, threshold, predictor = self.segmenter(ctx, arm)
         segmenters = {name: (segmenter, threshold)}
@@ -217,9 +224,8 @@ class BenchRun:
 
     def score_references(self, cond: Condition) -> pd.DataFrame:
         """The references that need no training; the HU threshold is fit on the fine training scans."""
-        path = self.scores_path(cond, 0, "references")
-        if path.is_file():
-            return pd.read_csv(path)
+        if (table := self.scored(cond, 0, "references")) is not None:
+            return table
         cfg = self.config(cond)
         k, margin = cfg.cache.k_slices, cfg.infer.prior_margin_mm
         hu, _ = fit_threshold(self.cases(cond, "fine-train"), k, cfg.infer)

@@ -76,6 +76,7 @@ class HalfMaxSegmenter:
     """:func:`half_max_mask` as a segmenter of the one scoring path (``src.predict.segment``):
     window image (Z + k - 1, S, S) HU and distance to the sphere (Z, S, S) mm -> 0/1 on the
     Z slices; the sphere itself where the nodule does not stand out."""
+    sphere_fallback = True   # the scoring path's, where nothing is at the centre (its own is not flagged)
 
     def __init__(self, k: int, margin_mm: float):
         self.h, self.margin = k // 2, margin_mm

@@ -14,7 +14,8 @@ from src.data.groups import GROUPS
 from src.evaluation.metrics import METRICS, NSD_TOLERANCE_MM
 
 SCORED_NOTE = ("Scored: every nodule of the reference standard (LUNA16 layout: annotations.csv) that has a "
-               "fine mask, segmented from its centre and diameter alone; annotations_excluded.csv findings and "
+               "fine mask, segmented from its centre and diameter alone (where nothing lies above threshold "
+               "there, the given sphere stands in: 'sphere fallbacks'); annotations_excluded.csv findings and "
                "mask labels without a coordinate are ignored (paths.mask_only_nodules=true scores the latter). "
                f"HD95 (mm) and precision are means over non-empty predictions (the empty ones are counted); NSD at "
                f"{NSD_TOLERANCE_MM:g} mm.")
@@ -34,7 +35,7 @@ def overall_table(per_nodule: pd.DataFrame) -> pd.DataFrame:
         row.update({m: _mean_std(g[m]) for m in METRICS})
         row["empty predictions"] = int(g["hd95_mm"].isna().sum())
         if "sphere_fallback" in g:   # nothing found at the coordinates: the given sphere stood in
-            row["sphere fallbacks"] = int(g["sphere_fallback"].fillna(False).astype(bool).sum())
+            row["sphere fallbacks"] = int(g["sphere_fallback"].eq(True).sum())
         row["reader ceiling"] = _mean_std(g["reader_dice"])
         rows.append(row)
     return pd.DataFrame(rows)

@@ -56,8 +56,9 @@ class OOFNodule:
     radius_mm: float
     spacing_zyx: np.ndarray
 
-    def mask(self, threshold: float) -> np.ndarray:
-        return segment_at(self.prob, self.centre_zyx, self.radius_mm, self.spacing_zyx, threshold)[0]
+    def mask(self, threshold: float, fallback: bool = True) -> tuple[np.ndarray, bool]:
+        """(mask, whether the given sphere stood in): ``segment_at``'s rule."""
+        return segment_at(self.prob, self.centre_zyx, self.radius_mm, self.spacing_zyx, threshold, fallback)
 
 
 def check_oof_folds(oof: list[tuple[int, OOFNodule]], folds: pd.DataFrame, folds_path: str | Path) -> None:
@@ -99,15 +100,21 @@ def _attr(group: h5py.Group, key: str):
 
 
 def choose_threshold(oof: list[tuple[int, OOFNodule]]) -> dict:
-    """Pooled OOF Dice at each candidate threshold; the best one (ties: closest to 0.5)."""
+    """Pooled OOF Dice at each candidate threshold; the best one (ties: closest to 0.5). On
+    the networks' own masks, without the sphere fallback: a threshold that finds nothing
+    must not score as well as the sphere."""
     if not oof:
         raise DataError("no OOF nodules with fine masks to choose a threshold on")
-    mean = {t: float(np.mean([dice(n.mask(t), n.truth) for _, n in oof])) for t in THRESHOLDS}
+    mean = {t: float(np.mean([dice(n.mask(t, fallback=False)[0], n.truth) for _, n in oof])) for t in THRESHOLDS}
     best = max(mean, key=lambda t: (round(mean[t], 6), -abs(t - 0.5)))
     return {"threshold": best, "oof_dice_at_threshold": mean, "nodules": len(oof)}
 
 
 def score_oof(oof: list[tuple[int, OOFNodule]], threshold: float) -> pd.DataFrame:
-    """One row per OOF nodule at ``threshold``, with its fold."""
-    return pd.DataFrame([dict(fold=fold, **n.info, **segmentation_metrics(n.mask(threshold), n.truth, n.spacing_zyx))
-                         for fold, n in oof])
+    """One row per OOF nodule at ``threshold``, with its fold, scored as every nodule is."""
+    rows = []
+    for fold, n in oof:
+        mask, fallback = n.mask(threshold)
+        rows.append(dict(fold=fold, **n.info, **segmentation_metrics(mask, n.truth, n.spacing_zyx),
+                         sphere_fallback=fallback))
+    return pd.DataFrame(rows)

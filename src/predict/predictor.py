@@ -73,7 +73,7 @@ class Predictor:
 
     def _inputs(self, stacks_hu: np.ndarray, dist_mm: np.ndarray | None) -> torch.Tensor:
         """One batch as the network's input: normalised slices [+ the prompt channel], written
-        straight into channels_last memory (one copy, not a concatenation and a relayout)."""
+        straight into channels_last memory (no concatenation or relayout copy after it)."""
         n, k, h, w = stacks_hu.shape
         x = np.empty((n, h, w, k + int(self.prompted)), dtype=np.float32)
         x[..., :k] = normalise(stacks_hu, self.window).transpose(0, 2, 3, 1)

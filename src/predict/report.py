@@ -62,7 +62,8 @@ def _number(value, digits: int = 1) -> str:
 
 COLUMNS = [("probability", "probability", 3), ("long_axis_mm", "long axis (mm)", 1),
            ("diameter_mm", "eq. diameter (mm)", 1), ("volume_mm3", "volume (mm³)", 0), ("mean_hu", "mean HU", 0),
-           ("texture_estimate", "texture", None), ("lung_rads", "Lung-RADS (size)", None)]
+           ("texture_estimate", "texture", None), ("lung_rads", "Lung-RADS (size)", None),
+           ("source", "source", None)]   # "given sphere": nothing found at the coordinates
 
 
 def _cell(row: dict, key: str, digits: int | None) -> str:

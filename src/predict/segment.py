@@ -115,12 +115,13 @@ def stacks_from_volume(volume: np.ndarray, k: int) -> np.ndarray:
 
 class NetworkSegmenter:
     """The networks on the window; prompted ones are told the coordinates' sphere, unless
-    ``prompt`` is off (the map they give in whole-scan search, where nothing is given)."""
+    ``prompt`` is off (the map they give in whole-scan search, where nothing is given).
+    ``sphere_fallback`` (default: ``prompt``; whole-scan search has no sphere to fall back
+    to) off scores the networks' own masks: what validation and pseudo-label quality judge."""
 
-    def __init__(self, predictor: Predictor, k: int, prompt: bool = True):
+    def __init__(self, predictor: Predictor, k: int, prompt: bool = True, sphere_fallback: bool | None = None):
         self.predictor, self.k, self.prompt = predictor, k, prompt
-        # unprompted, it stands for whole-scan search, which has no sphere to fall back to
-        self.sphere_fallback = prompt
+        self.sphere_fallback = prompt if sphere_fallback is None else sphere_fallback
 
     def __call__(self, image: np.ndarray, dist: np.ndarray) -> np.ndarray:
         return self.predictor.prob(stacks_from_volume(image, self.k), dist if self.prompt else None)
@@ -182,6 +183,8 @@ def segment_at(prob: np.ndarray, centre_zyx, radius_mm: float, spacing_zyx, thre
         return mask, False
     sphere = sphere_distance(np.asarray(centre_zyx, float), [radius_mm], spacing_zyx, np.arange(prob.shape[0]),
                              0, 0, prob.shape[1:]) <= 0
+    # a sphere thinner than the slices may hold no voxel centre: the centre's voxel, at least
+    sphere[tuple(int(np.clip(np.floor(c + 0.5), 0, n - 1)) for c, n in zip(centre_zyx, prob.shape))] = True
     return sphere, True
 
 
@@ -214,5 +217,5 @@ def segment_nodule(mv: ModelVolume, centre_xyz, diameter_mm: float, segmenter, c
     native_prob = resample(prob, window.geometry(mv.geometry), mv.native.crop(lo, hi - lo), "linear", default=0.0)
     centre = mv.native.world_to_voxel(centre_xyz) - lo
     mask, fallback = segment_at(native_prob, centre, radius, mv.native.spacing_zyx, threshold,
-                                getattr(segmenter, "sphere_fallback", True))
+                                segmenter.sphere_fallback)
     return Segmented(box, native_prob, centre, radius, mask, fallback)

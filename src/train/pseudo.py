@@ -93,7 +93,7 @@ def pseudo_quality(ctx: StageContext, predictor: Predictor, pseudo_path: Path) -
     records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in coarse]
     cases = load_cases(records, ctx.cache.config, ctx.cfg.infer, desc="read coarse scans")
     threshold, _ = ctx.layout.threshold(ctx.cfg.infer)
-    segmenter = NetworkSegmenter(predictor, ctx.k)
+    segmenter = NetworkSegmenter(predictor, ctx.k, sphere_fallback=False)   # the labels' quality, not the sphere's
     meta = ctx.cache.patches
     rows = []
     with h5py.File(pseudo_path, "r") as f:

@@ -44,7 +44,9 @@ class NoduleValidator:
 
     def segment(self, model: nn.Module, desc: str = "validate", distances: bool = True
                 ) -> tuple[pd.DataFrame, list[Segmented]]:
-        segmenter = NetworkSegmenter(Predictor([model], self.rt, self.window, batch_size=self.cfg.batch_size), self.k)
+        # the network's own masks: an epoch that finds nothing must not score as the sphere does
+        segmenter = NetworkSegmenter(Predictor([model], self.rt, self.window, batch_size=self.cfg.batch_size), self.k,
+                                     sphere_fallback=False)
         rows, segs = [], []
         for case in progress(self.cases, desc=desc):
             seg = case.segment(segmenter, self.cfg, self.threshold)
