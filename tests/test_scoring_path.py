@@ -154,3 +154,15 @@ def test_cv_holdout_and_infer_give_the_same_dice(tiny_trained, tmp_path, monkeyp
         for g in f["n"].values():
             del g.attrs["attachment"]
     assert {n.info["attachment"] for _, n in read_oof([old])} == {"unknown"}
+
+
+def test_the_oof_threshold_is_chosen_on_the_networks_own_masks_not_the_fallback():
+    from src.evaluation.oof import OOFNodule, choose_threshold
+    from src.predict.segment import segment_at
+    spacing, centre, radius = np.ones(3), np.array([10.0, 10.0, 10.0]), 5.0
+    truth, _ = segment_at(np.zeros((21, 21, 21)), centre, radius, spacing, 0.5)   # the given sphere itself
+    prob = np.zeros((21, 21, 21), np.float32)
+    prob[8:13, 8:13, 8:13] = 0.45        # a faint, too small blob: found only at thresholds <= 0.45
+    chosen = choose_threshold([(0, OOFNodule({}, prob, truth, centre, radius, spacing))])["threshold"]
+    # with the fallback, every higher threshold would return the sphere (= the truth here) and win
+    assert chosen <= 0.45
