@@ -5,32 +5,32 @@
     python export.py --fpr --config configs/cpu.yaml                # -> outputs/<exp>/fpr/fold_K/fold_K.onnx
 
 The model's metadata carries its input convention and the probability threshold: the
-experiment's (src.predict.experiment: its OOF choice, else the config's); for a --checkpoint
-of its own, the one stamped into it at training, else the experiment's.
+experiment's (src.predict.experiment: its OOF choice, else the config's), the student's own
+for a student and the ensemble's for a teacher; for a --checkpoint stamped with one at
+training, that one.
 """
 import argparse
-import json
 from pathlib import Path
 
 from src.cli import add_config_args, config_from_args, output_file, run
-from src.config import DetectConfig
 from src.errors import DataError, UserError
 from src.layout import ExperimentLayout
 from src.models.checkpoint import cache_config, load_checkpoint, model_from_checkpoint
 from src.models.export import export_onnx, fpr_metadata, onnx_metadata
 from src.predict.experiment import TrainedExperiment
+from src.predict.fpr import CandidateScorer
+from src.runtime import setup_runtime
 
 
 def export_fpr(layout: ExperimentLayout) -> None:
     if not layout.has_fpr():
         raise DataError(f"{layout.fpr_dir}: no trained FPR classifiers; run train.py --stage fpr first")
-    weight = float(json.loads(layout.fpr_combination.read_text())["weight"])
-    for path in layout.fpr_checkpoints():
+    paths = layout.fpr_checkpoints()
+    scorer = CandidateScorer.load(paths, layout.fpr_combination, setup_runtime("cpu"))
+    for path, model in zip(paths, scorer.models):
         ckpt = load_checkpoint(path)
-        detect = DetectConfig(**ckpt["config"]["detect"])
-        metadata = fpr_metadata(detect, ckpt["config"]["cache"]["window"], weight, path, ckpt["model_config"]["arch"])
-        out = export_onnx(model_from_checkpoint(path), ckpt["in_channels"], ckpt["patch_size"],
-                          layout.onnx(path.parent), metadata)
+        metadata = fpr_metadata(scorer.detect, scorer.window, scorer.weight, path, ckpt["model_config"]["arch"])
+        out = export_onnx(model, ckpt["in_channels"], ckpt["patch_size"], layout.onnx(path.parent), metadata)
         print(f"{path} -> {out}")
 
 
@@ -53,7 +53,9 @@ def main() -> None:
         raise UserError(f"{out}: export writes ONNX only; name the file .onnx")
 
     ckpt = load_checkpoint(ckpt_path)
-    threshold, source = TrainedExperiment(layout, cfg).threshold("student")
+    # a teacher is applied at the ensemble's threshold, the student at its own
+    threshold, source = TrainedExperiment(layout, cfg).threshold("student" if ckpt.get("stage") == "student"
+                                                                 else "ensemble")
     if args.checkpoint and ckpt.get("threshold") is not None:
         threshold, source = ckpt["threshold"], f"{ckpt_path} (stamped at training)"
     model = model_from_checkpoint(ckpt_path)

@@ -5,17 +5,19 @@
     python infer.py --input hospital.csv --model ensemble --tta --out DIR
     python infer.py --input input/luna16 --coords annotations.csv --model half-max --out DIR
 
+With --coords the networks are told each nodule's centre and diameter; where they find
+nothing there, the given sphere stands in and is flagged (nodules.csv `source`).
 --model half-max needs no training: each given nodule's own half-max HU level inside its
-sphere. On the quality benchmark it is the most accurate segmenter from coordinates so far
-(docs/benchmarks.md).
-
+sphere, the classical reference the networks are measured against (docs/benchmarks.md).
 Whole-scan mode rescores its candidates with the experiment's false-positive-reduction
 classifiers when `train.py --stage fpr` has trained them (--no-fpr: the map's peak alone).
 
 Inputs: LUNA16-layout folders, hospital manifests (.csv), .mhd/.nii(.gz)/.nrrd files,
-flat folders of such files, DICOM series folders or folders of them. Outputs in DIR: <seriesuid>.nii.gz label masks in each scan's own
-geometry (optionally _prob), nodules.csv, and in whole-scan mode a LUNA16 submission.csv.
-Without --experiment, the models trained by `make demo` are used.
+flat folders of such files, DICOM series folders or folders of them. Outputs in DIR:
+<seriesuid>.nii.gz label masks in each scan's own geometry (--save-prob: probability maps
+too), nodules.csv, report.html and run.json; whole-scan mode adds submission.csv (LUNA16
+form) and candidates.csv; a DICOM series gets <seriesuid>_seg.dcm and _sr.dcm; --qa adds
+PNGs. Models: --experiment, else the config's experiment, else the newest one that has them.
 """
 import argparse
 from pathlib import Path
@@ -23,36 +25,13 @@ from pathlib import Path
 from src.cli import add_config_args, config_from_args, output_folder, run, set_from_args
 from src.data.folds import holdout_uids, read_folds
 from src.errors import UserError
-from src.predict.experiment import (
-    Models,
-    TrainedExperiment,
-    checkpoint_models,
-    half_max_models,
-)
+from src.predict.experiment import load_models_for
 from src.predict.run import (
     attach_coords,
     collect_inputs,
     failure_summary,
     run_inference,
 )
-from src.runtime import setup_runtime
-
-
-def load_segmenter(args, cfg) -> Models:
-    """The networks chosen by --model/--checkpoint/--experiment, or half-max (none)."""
-    if args.model == "half-max":
-        return half_max_models(cfg.cache)
-    rt = setup_runtime(args.device or cfg.device, cfg.amp)
-    print(rt.describe())
-    tta = args.tta or cfg.infer.tta
-    if args.checkpoint:
-        return checkpoint_models([Path(p) for p in args.checkpoint], cfg, rt, tta)
-    models = TrainedExperiment.find(cfg, args.experiment, args.model).models(
-        args.model, rt, tta, fpr=not args.coords and not args.no_fpr)
-    if models.fpr is not None:
-        print(f"false-positive reduction: {len(models.fpr.checkpoints)} classifier(s), weight {models.fpr.weight:g} "
-              f"from {models.fpr.weight_source}")
-    return models
 
 
 def main() -> int:
@@ -79,6 +58,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.model == "half-max" and not args.coords:
         parser.error("--model half-max segments given nodules: it needs --coords")
+    if args.model == "half-max" and (args.checkpoint or args.experiment or args.tta):
+        parser.error("--model half-max uses no network: --checkpoint, --experiment and --tta do not apply")
+    if args.checkpoint and args.experiment:
+        parser.error("--checkpoint names the networks itself: drop --experiment")
     cfg = config_from_args(args)
     set_from_args(cfg, "infer", args, ("batch_size",))
     infer_cfg = cfg.infer
@@ -93,7 +76,8 @@ def main() -> int:
                                                  f" (--split holdout keeps none of {', '.join(args.input)})"))
     if args.coords:
         records = attach_coords(records, args.coords)
-    models = load_segmenter(args, cfg)
+    models = load_models_for(cfg, args.model, args.experiment, [Path(p) for p in args.checkpoint or []],
+                             device=args.device, tta=args.tta, fpr=not args.coords and not args.no_fpr)
     print(f"probability threshold {models.threshold} from {models.threshold_source}")
     n_inputs = len(records) + len(failures)
     nodules, scan_failures, timing = run_inference(records, models, infer_cfg, out, bool(args.coords),

@@ -10,11 +10,10 @@ cache built with another config or source is never overwritten unless --overwrit
 """
 import argparse
 import time
-from pathlib import Path
 
 from src.cli import add_config_args, config_from_args, output_file, run, set_from_args
 from src.data.cache import PatchCache, build_cache, summarize
-from src.data.manifest import read_dataset
+from src.data.manifest import dataset_source, read_dataset
 from src.data.verify import verify_records
 from src.errors import DataError
 
@@ -38,8 +37,8 @@ def main() -> None:
     if not report.ok:
         print(report.render())
         raise DataError(f"{len(report.errors)} error(s) in the dataset (listed above); nothing was built")
-    source = args.manifest or (None if args.data else cfg.paths.manifest) or args.data or cfg.paths.data
-    build_cache(records, cfg.cache, out, source=str(Path(source).resolve()), overwrite=args.overwrite)
+    build_cache(records, cfg.cache, out, source=dataset_source(cfg.paths, args.data, args.manifest),
+                overwrite=args.overwrite)
     print(summarize(PatchCache(out)))
     print(f"  built in {time.time() - start:.1f} s, {out.stat().st_size / 1e6:.0f} MB")
 

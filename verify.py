@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from src.cli import add_config_args, config_from_args, run
-from src.data.manifest import read_dataset
+from src.data.manifest import dataset_source, read_dataset
 from src.data.verify import Report, verify_cache, verify_folds, verify_folds_against_cache, verify_records
 from src.errors import DataError, UserError
 
@@ -38,7 +38,7 @@ def main() -> int:
         report.merge(verify_folds(folds, uids))
     cache = Path(args.cache or cfg.paths.cache)
     if args.cache or cache.is_file():
-        report.merge(verify_cache(cache, uids))
+        report.merge(verify_cache(cache, uids, dataset_source(cfg.paths, args.data, args.manifest)))
         if folds.is_file() and report.ok:
             report.merge(verify_folds_against_cache(folds, cache))
     if folds.is_file() and Path(cfg.paths.outputs).is_dir():

@@ -23,12 +23,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="dotted overrides, e.g. teacher.epochs=3 cache.patch_size=96")
 
 
-def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Config:
+def config_from_args(args: argparse.Namespace) -> Config:
     """The run's config from ``--config`` and ``--set``; says which one it is."""
     cfg = load_config(args.config, args.overrides)
-    if not quiet:
-        extra = f" + {len(args.overrides)} override(s)" if args.overrides else ""
-        print(f"config: {args.config}{extra}", flush=True)
+    extra = f" + {len(args.overrides)} override(s)" if args.overrides else ""
+    print(f"config: {args.config}{extra}", flush=True)
     return cfg
 
 

@@ -95,7 +95,9 @@ class CacheConfig:
     negatives_per_positive: float = ranged(1.0, ge=0)
     hard_negative_fraction: float = ranged(0.5, ge=0, le=1)  # share of negatives at vessel-like candidates
     negative_margin_mm: float = ranged(5.0, ge=0)  # negatives keep this far from any nodule surface
-    roi_margin_mm: float = ranged(5.0, ge=0)  # 3D validation ROI around each nodule
+    # unused since validation segments through the scan (infer.roi_margin_mm); kept because the
+    # cache's hash covers it, and dropping it would rebuild every cache and retrain on it
+    roi_margin_mm: float = ranged(5.0, ge=0)
     prior_margin_mm: float = ranged(2.0, ge=0)  # coarse prior (half-max pseudo-mask) reaches this beyond the sphere
     workers: int = ranged(2, ge=1)
     seed: int = ranged(0, ge=0)

@@ -62,9 +62,6 @@ class ExperimentLayout:
     def student_dir(self) -> Path:
         return self.root / self.student
 
-    def stage_dir(self, stage: str, fold: int | None = None) -> Path:
-        return self.teacher_dir(fold) if stage == "teacher" else self.student_dir
-
     @staticmethod
     def checkpoint(stage_dir: Path, kind: str = "best") -> Path:
         if kind not in CHECKPOINTS:
@@ -127,10 +124,11 @@ class ExperimentLayout:
     def fpr_fold_dir(self, fold: int) -> Path:
         return self.fpr_dir / f"fold_{fold}"
 
-    def fpr_map(self, seriesuid: str) -> Path:
-        """Maps and candidates depend on the teachers and the detect config only: every
-        classifier variant shares ``fpr/``'s."""
-        return self.root / "fpr" / "maps" / f"{seriesuid}.npz"
+    def fpr_map(self, seriesuid: str, teachers: str) -> Path:
+        """A fold teacher's whole-scan map of one of its validation scans, kept per
+        ``teachers`` (the id of the teachers' checkpoints and folds that made it): retrained
+        teachers make new maps. Every classifier variant shares ``fpr/``'s."""
+        return self.root / "fpr" / "maps" / teachers / f"{seriesuid}.npz"
 
     @property
     def fpr_candidates(self) -> Path:

@@ -226,7 +226,7 @@ def test_atomic_outputs_respect_the_umask(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("seriesuid,nodule_id,coordX,coordY,coordZ,probability\n{uid},1,1.0,2.0,3.0,0.9\n{uid},2,1.",
-     "nodules.csv: row 3, column probability: is empty"),
+     "nodules.csv: its last row ends after 3 of 6 columns: the file looks cut short"),
     ("seriesuid,nodule_id,coordX,coordY,coordZ,probability\nelsewhere,1,1.0,2.0,3.0,0.9\n",
      "nodules.csv: 1 of its 1 seriesuid(s) are not in the truth data"),
     ("seriesuid,nodule_id,coordX,coordY,coordZ,probability\n", "nodules.csv: no predictions (no rows) to score"),
@@ -236,6 +236,54 @@ def test_evaluate_refuses_predictions_it_cannot_score(scan, tiny_luna, tmp_path,
     (tmp_path / "pred" / "nodules.csv").write_text(text.format(uid=scan[1].split(",")[0]))
     one_clean_line(run_script(ROOT / "evaluate.py", "--pred", tmp_path / "pred", "--data", tiny_luna), message)
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["nodules.csv"]
+
+
+def test_a_table_cut_short_in_any_column_is_refused_and_a_last_line_without_its_end_is_not(tmp_path):
+    from src.data.tables import read_table
+    from src.errors import DataError
+    header = "seriesuid,coordX,coordY,coordZ,diameter_mm,comment\n"
+    (tmp_path / "cut.csv").write_text(header + "1.2.3,1,2,3,6,fine\n1.2.3,4,5")   # pandas would fill in blanks
+    (tmp_path / "whole.csv").write_text(header + "1.2.3,1,2,3,6,fine\n1.2.3,4,5,6,7,")
+    with pytest.raises(DataError, match=r"cut\.csv: its last row ends after 3 of 6 columns"):
+        read_table(tmp_path / "cut.csv")
+    assert len(read_table(tmp_path / "whole.csv")) == 2
+
+
+def _whole_scan_outputs(folder: Path, uid: str, candidates: str, run_json: str) -> None:
+    folder.mkdir()
+    row = f"{uid},1.0,2.0,3.0,0.9\n"
+    (folder / "nodules.csv").write_text("seriesuid,coordX,coordY,coordZ,probability,nodule_id\n" + row[:-1] + ",1\n")
+    (folder / "submission.csv").write_text("seriesuid,coordX,coordY,coordZ,probability\n" + row)
+    (folder / "candidates.csv").write_text(candidates.format(uid=uid))
+    (folder / "run.json").write_text(run_json)
+
+
+def test_evaluate_names_a_candidate_table_it_cannot_read(scan, tiny_luna, tmp_path, run_script):
+    _whole_scan_outputs(tmp_path / "pred", scan[1].split(",")[0], "seriesuid,coordX\n{uid},1.0\n", "{}")
+    one_clean_line(run_script(ROOT / "evaluate.py", "--pred", tmp_path / "pred", "--data", tiny_luna),
+                   "candidates.csv: missing column(s) ['fpr_probability', 'seg_probability']")
+
+
+def test_evaluate_reads_past_an_edited_run_json(scan, tiny_luna, tmp_path, run_script):
+    """run.json only adds to what the tables say: edited into another shape, it is left out."""
+    table = "seriesuid,coordX,coordY,coordZ,seg_probability,fpr_probability\n{uid},1.0,2.0,3.0,0.5,0.9\n"
+    _whole_scan_outputs(tmp_path / "pred", scan[1].split(",")[0], table, '["not", "a", "record"]')
+    result = run_script(ROOT / "evaluate.py", "--pred", tmp_path / "pred", "--data", tiny_luna)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "without FPR" in result.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "half-max", "--tta"], "--model half-max uses no network"),
+    (["--model", "half-max", "--checkpoint", "x.pt"], "--model half-max uses no network"),
+    (["--checkpoint", "x.pt", "--experiment", "default"], "--checkpoint names the networks itself"),
+], ids=["half-max-tta", "half-max-checkpoint", "checkpoint-experiment"])
+def test_infer_refuses_flags_that_would_be_ignored(scan, tmp_path, run_script, flags, message):
+    (tmp_path / "coords.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n" + scan[1] + "\n")
+    result = run_script(INFER, "--input", scan[0], "--coords", tmp_path / "coords.csv", "--out", tmp_path / "out",
+                        *flags)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 # 15. Help text says what exists

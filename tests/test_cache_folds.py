@@ -159,3 +159,23 @@ def test_a_holdout_leak_raises_even_under_python_O():
     refuse_holdout({"a", "b"}, {"c"}, "training")
     with pytest.raises(HoldoutLeak, match="1 hold-out scan\\(s\\) reached training, e.g. c"):
         refuse_holdout(["a", "c"], {"c", "d"}, "training")
+
+
+def test_a_cache_built_from_another_dataset_is_named_before_any_stage(tiny_ctx, tmp_path):
+    """Stages read the scans too (validation, scoring, FPR): a config naming another dataset
+    than the cache's would leave them nothing to score. The same scans moved elsewhere pass."""
+    import dataclasses
+    import shutil
+
+    from src.data.context import load_context
+
+    def naming(folder, **paths):
+        return dataclasses.replace(tiny_ctx.cfg, paths=dataclasses.replace(tiny_ctx.cfg.paths, data=str(folder),
+                                                                           **paths))
+    moved = Path(shutil.copytree(tiny_ctx.cfg.paths.data, tmp_path / "moved"))
+    assert len(load_context(naming(moved)).cache.scans) == len(tiny_ctx.cache.scans)
+    gone = [p.stem for p in (moved / "subset0").glob("*.mhd")]
+    for path in [p for uid in gone for p in moved.rglob(f"{uid}*")]:   # the scans, their masks and lungs
+        path.unlink()
+    with pytest.raises(DataError, match=r"cache.h5: built from .*are not in the configured dataset"):
+        load_context(naming(moved, allow_partial=True))

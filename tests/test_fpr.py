@@ -43,7 +43,7 @@ from src.models.classifier import (
 from src.models.factory import build_model
 from src.predict.fpr import combine
 from src.train.fpr import mined_weights, random_affines, train_fpr
-from src.train.fpr_candidates import scan_candidates
+from src.train.fpr_candidates import scan_candidates, teachers_id
 
 
 def _table(rows):
@@ -197,8 +197,9 @@ def test_fpr_stage_trains_on_oof_candidates_only(fpr_trained):
     assert (table.loc[table["source"] == "annotation", "label"] == HIT).all()
     assert set(table.loc[table["label"] == HIT, "attachment"]) <= set(ATTACHMENT_LABELS)
     # every map candidate's map came from the teacher of its own fold (never trained on it)
+    teachers = teachers_id(ctx)   # the maps of these teachers' checkpoint files
     for uid in table.loc[table["source"].isin(DETECTED), "seriesuid"].unique():
-        assert ctx.layout.fpr_map(uid).is_file()
+        assert ctx.layout.fpr_map(uid, teachers).is_file()
     for fold in fold_ids(ctx.folds):   # a hard-negative round from the first one's best; the better one kept
         assert (ctx.layout.fpr_mining_dir(fold, 1) / "checkpoint_final.pt").is_file()
         chosen = load_checkpoint(ctx.layout.fpr_classifier(fold))["config_hash"]

@@ -238,3 +238,26 @@ def test_candidate_masks_in_the_box_above_threshold_equal_the_whole_volume_label
             expected[whole == c] = nid
     assert labels.any()
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_touching_given_nodules_split_their_blob_by_the_nearer_centre():
+    """One blob found for two clicked nodules: each voxel goes to the nearer given centre,
+    counted in radii, whichever row came first, and each keeps its own centre."""
+    from src.predict.run import claim
+    from src.predict.segment import Segmented
+    shape = (20, 20, 40)
+    zyx = np.indices(shape).transpose(1, 2, 3, 0)
+    box = tuple(slice(0, n) for n in shape)
+    big, small = np.array([10.0, 10.0, 12.0]), np.array([10.0, 10.0, 24.0])
+    blob = (np.linalg.norm(zyx - big, axis=-1) <= 7) | (np.linalg.norm(zyx - small, axis=-1) <= 4)
+    segs = [Segmented(box, blob.astype(np.float32), c, r, blob.copy()) for c, r in ((big, 6.0), (small, 3.0))]
+    for order in ((0, 1), (1, 0)):
+        labels, done = np.zeros(shape, np.uint16), []
+        for nid, i in enumerate(order, start=1):
+            claim(labels, segs[i], nid, done, (1.0, 1.0, 1.0))
+            done.append(segs[i])
+        of = {i: nid for nid, i in enumerate(order, start=1)}
+        assert labels[10, 10, 12] == of[0] and labels[10, 10, 24] == of[1]
+        assert labels[10, 10, 19] == of[0]     # 7 / 6 radii from the big one, 5 / 3 from the small
+        assert labels[10, 10, 21] == of[1]     # 9 / 6 against 3 / 3
+        assert ((labels > 0) == blob).all()

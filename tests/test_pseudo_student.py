@@ -92,3 +92,22 @@ def test_soft_targets_can_be_kept_to_some_rows(tiny_trained):
     some = SoftTargets(ctx.layout.pseudo_labels, ctx.cache_hash, ctx.folds_hash, only_rows=rows[:2])
     assert some.get(int(rows[0])) is not None and np.array_equal(some.get(int(rows[1])), every.get(int(rows[1])))
     assert every.get(int(rows[-1])) is not None and some.get(int(rows[-1])) is None
+
+
+def test_the_student_resumes_only_onto_the_same_pseudo_labels(tiny_trained, tmp_path):
+    """Pseudo-labels name their teachers' checkpoint files by hash: labels remade after the
+    teachers were retrained are other labels, so the student's run (its resume check) differs."""
+    import shutil
+
+    from src.data.folds import file_hash
+    from src.train.student import SoftTargets
+    ctx = tiny_trained
+    with h5py.File(ctx.layout.pseudo_labels, "r") as f:
+        teachers = json.loads(f.attrs["teachers"])
+        assert json.loads(f.attrs["teacher_files"]) == [file_hash(t) for t in teachers]
+    copy = shutil.copy(ctx.layout.pseudo_labels, tmp_path / "pseudo.h5")
+    same = SoftTargets(copy, ctx.cache_hash, ctx.folds_hash).identity
+    assert same == SoftTargets(ctx.layout.pseudo_labels, ctx.cache_hash, ctx.folds_hash).identity   # not the path
+    with h5py.File(copy, "a") as f:   # as if one teacher had been retrained
+        f.attrs["teacher_files"] = json.dumps(["0" * 12, *json.loads(f.attrs["teacher_files"])[1:]])
+    assert SoftTargets(copy, ctx.cache_hash, ctx.folds_hash).identity != same

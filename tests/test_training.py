@@ -252,3 +252,111 @@ def test_channels_last_moves_2d_networks_and_leaves_3d_ones():
     assert not flat[0].weight.is_contiguous()
     cube = channels_last(torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3)))
     assert cube[0].weight.is_contiguous()
+
+
+def test_batch_norm_folds_into_the_conv_before_it_and_nowhere_else(capsys):
+    from timm.layers import BatchNormAct2d
+
+    from src.config import ModelConfig
+    from src.models.fusion import fold_batch_norms
+
+    def norms(m):
+        return sum(type(q) in (torch.nn.BatchNorm2d, BatchNormAct2d) for q in m.modules())
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(encoder="tu-lcnet_050", decoder_channels=(32, 16, 16, 8, 8), prompt=True,
+                                    stride1_skip=4), 3, 32)
+    with torch.no_grad():   # statistics away from (0, 1), so that a wrong fold shows
+        for _ in range(3):
+            model(torch.rand(4, 4, 32, 32) * 3)
+    model.eval()
+    x = torch.rand(2, 4, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        folded = fold_batch_norms(model, torch.rand(2, 4, 32, 32))
+        assert norms(model) > 0 and norms(folded) == 0 and folded.prompted
+        torch.testing.assert_close(folded(x), reference, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(x), reference)   # the original is left as it was
+
+    class Residual(torch.nn.Module):   # the conv's output also bypasses its norm: no fold
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(2, 2, 3, padding=1), torch.nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.norm(y) + y
+
+    block = Residual().eval()
+    block.norm.running_mean.fill_(1.0)
+    block.norm.running_var.fill_(4.0)
+    assert fold_batch_norms(block, torch.rand(1, 2, 8, 8)) is block
+    assert "not folded" in capsys.readouterr().err
+
+
+def test_a_run_whose_validation_never_scores_keeps_its_last_epoch_as_the_best(tmp_path, capsys):
+    """A fold with nothing to score (or a one-class AUC: NaN) still leaves a best checkpoint,
+    and it is this run's: an earlier run's best in the same folder is removed at the start."""
+    from src.config import StageConfig
+    from src.models.checkpoint import save_checkpoint
+    from src.train.trainer import RunInfo, Trainer
+
+    class Points(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"x": torch.full((2,), float(i[0]))}   # the sampler yields (index, augmentation seed)
+
+    def objective(model, ema, batch, progress):
+        loss = model(batch["x"]).pow(2).mean()
+        return loss, {"loss": loss.item()}
+
+    stage = StageConfig(epochs=2, steps_per_epoch=2, batch_size=2, num_workers=0, channels_last=False, warmup_epochs=0)
+    rt = Runtime(torch.device("cpu"), None)
+    info = RunInfo("toy", None, {}, 2, 1, {}, "hash", "cache")
+    save_checkpoint({"stale": True}, tmp_path / "checkpoint_best.pt")
+    for scores in ({}, {"val_dice": float("nan")}):
+        torch.manual_seed(0)
+        trainer = Trainer(stage, torch.nn.Linear(2, 1), objective, Points(), np.ones(8), lambda model: dict(scores),
+                          tmp_path, rt, info)
+        summary = trainer.fit()
+        assert not summary["best"].any() and "the last epoch is kept as the best" in capsys.readouterr().err
+        best, final = (torch.load(tmp_path / f"checkpoint_{k}.pt", weights_only=True) for k in ("best", "final"))
+        assert "stale" not in best and best["epoch"] == final["epoch"] == 2
+        torch.testing.assert_close(best["ema"], final["ema"])
+
+
+def test_a_coarse_nodule_trains_only_on_the_slices_its_sphere_reaches(tiny_ctx):
+    """The cache cuts slices as far as a nodule's mask reaches; for a scan whose masks are
+    withheld (coarse), the mask must not choose them: only the sphere's slices stay."""
+    from types import SimpleNamespace
+    ctx = tiny_ctx
+    nodules = ctx.cache.nodules.set_index("nodule_uid")
+    train = split_uids(ctx.folds, 0)["train"]
+    meta = ctx.cache.patches.copy()
+
+    def beyond_sphere(rows):
+        at = nodules.loc[rows["nodule_uid"]]
+        reach = at["diameter_mm"].to_numpy() / 2 / ctx.cache.config.spacing_zyx[0]
+        centre, z = at["center_z"].to_numpy(), rows["z"].to_numpy()
+        return (z < np.ceil(centre - reach)) | (z > np.floor(centre + reach))
+
+    # as a mask reaching two slices past the sphere would have the cache cut them: one patch
+    # of a coarse and one of a fine scan moved there
+    positive = meta[meta["seriesuid"].isin(train) & ~meta["negative"].astype(bool)]
+    moved = {}
+    for kind in ("coarse", "fine"):
+        scans = set(ctx.folds.loc[ctx.folds["label_kind"] == kind, "seriesuid"])
+        row = positive[positive["seriesuid"].isin(scans)].index[0]
+        meta.loc[row, "z"] = int(np.floor(nodules.loc[meta.loc[row, "nodule_uid"], "center_z"] +
+                                          nodules.loc[meta.loc[row, "nodule_uid"], "diameter_mm"] / 2 /
+                                          ctx.cache.config.spacing_zyx[0])) + 2
+        moved[kind] = meta.index.get_loc(row)
+    cache = SimpleNamespace(patches=meta, nodules=ctx.cache.nodules, config=ctx.cache.config)
+    sel = select_patches(cache, ctx.folds, train)
+    chosen = meta.iloc[sel.indices]
+    coarse = chosen[~chosen["negative"].astype(bool).to_numpy() & ~sel.fine_ok]
+    assert len(coarse) and not beyond_sphere(coarse).any()
+    assert moved["coarse"] not in sel.indices and moved["fine"] in sel.indices   # a fine mask may reach further
+    assert len(sel.indices) == meta["seriesuid"].isin(train).sum() - 1

@@ -247,7 +247,7 @@ class BenchRun:
         student = TrainedExperiment(ctx_student.layout, ctx_student.cfg).models(
             "student", self.rt, tta=False, fpr=False, cache_hash=ctx_student.cache_hash).predictor
         predictors = {"teacher (one fold)": ensemble.members()[0], "teacher ensemble": ensemble, "student": student}
-        table = speed_table(predictors, ctx_teachers.cache, self.rt, ctx_teachers.k, ctx_teachers.patch_size)
+        table = speed_table(predictors, ctx_teachers.cache, ctx_teachers.k, ctx_teachers.patch_size)
         atomic_to_csv(table, path, float_format="%.4g")
         return table
 

@@ -86,7 +86,7 @@ def _patch_rows(ms: ModelScan, items: list[dict]) -> pd.DataFrame:
 
 
 def build_scan_shard(record: ScanRecord, cfg: CacheConfig, shard: Path) -> Path:
-    """Load one scan, cut its patches and ROIs, write them to ``shard`` (atomically)."""
+    """Load one scan, cut its patches, write them to ``shard`` (atomically)."""
     scan = record.load()
     ms = to_model_scan(scan, cfg)
     rng = np.random.default_rng([cfg.seed, zlib.crc32(record.seriesuid.encode())])
@@ -243,11 +243,6 @@ class PatchCache:
         if differ:
             raise DataError(f"{self.path}: built with {'; '.join(differ)}; rebuild it with prepare.py "
                             "--overwrite, or run with the cache's settings")
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file, self._datasets = None, {}
 
 
 def summarize(cache: PatchCache) -> str:

@@ -11,8 +11,8 @@ and the lung around it. So, inside the coarse sphere (centre + diameter) + a mar
 This adapts to each nodule's own density (ground glass at -650 HU as well as solid nodules
 at 0 HU), unlike one HU threshold for all. It is used three times: as a reference
 segmenter that every learned model is compared with (hold-out leaderboard, quality
-benchmark); as ``infer.py --model half-max``, the best segmenter measured so far when only
-coordinates are known (docs/benchmarks.md); and as the *coarse prior* that turns a coarse
+benchmark); as ``infer.py --model half-max``, for coordinates without a trained network;
+and as the *coarse prior* that turns a coarse
 nodule's coordinates into a pseudo-mask for training (``src.data.patches``). Where the
 nodule hardly stands out from its background (``min_contrast_hu``) it returns None: no
 prior rather than a wrong one.
@@ -75,8 +75,9 @@ def half_max_mask(hu: np.ndarray, dist_mm: np.ndarray, radius_mm: float, margin_
 class HalfMaxSegmenter:
     """:func:`half_max_mask` as a segmenter of the one scoring path (``src.predict.segment``):
     window image (Z + k - 1, S, S) HU and distance to the sphere (Z, S, S) mm -> 0/1 on the
-    Z slices; the sphere itself where the nodule does not stand out."""
-    sphere_fallback = True   # the scoring path's, where nothing is at the centre (its own is not flagged)
+    Z slices. Where the nodule does not stand out it returns nothing, so that the scoring
+    path's fallback draws the given sphere and flags it (as for the networks)."""
+    sphere_fallback = True
 
     def __init__(self, k: int, margin_mm: float):
         self.h, self.margin = k // 2, margin_mm
@@ -85,4 +86,4 @@ class HalfMaxSegmenter:
         centre = image[self.h:image.shape[0] - self.h].astype(np.float32)
         radius = -float(dist.min())   # the sphere's depth on this grid (the window holds its centre)
         mask = half_max_mask(centre, dist, radius, self.margin)
-        return (dist <= 0 if mask is None else mask).astype(np.float32)
+        return np.zeros(dist.shape, np.float32) if mask is None else mask.astype(np.float32)

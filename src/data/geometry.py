@@ -84,3 +84,8 @@ class Geometry:
                 and np.allclose(self.origin_xyz, other.origin_xyz, atol=tol)
                 and np.allclose(self.spacing_xyz, other.spacing_xyz, atol=tol)
                 and np.allclose(self.direction, other.direction, atol=tol))
+
+
+def sphere_diameter_mm(volume_mm3: float) -> float:
+    """The diameter of the sphere of this volume (a mask's equivalent diameter)."""
+    return float((6.0 * volume_mm3 / np.pi) ** (1.0 / 3.0))

@@ -25,11 +25,14 @@ def size_bin(diameter_mm: float) -> str:
     return SIZE_BIN_LABELS[idx]
 
 
+GROUND_GLASS_MAX, PART_SOLID_MAX = 2.0, 3.5    # LIDC texture ratings (1-5) of the non-solid kinds
+
+
 def texture_class(texture: float) -> str:
     """LIDC texture rating -> ground glass (<=2), part solid (<=3.5), solid."""
     if not np.isfinite(texture):
         return UNKNOWN
-    return "ground-glass" if texture <= 2 else "part-solid" if texture <= 3.5 else "solid"
+    return "ground-glass" if texture <= GROUND_GLASS_MAX else "part-solid" if texture <= PART_SOLID_MAX else "solid"
 
 
 def attachment_class(value) -> str:

@@ -74,6 +74,13 @@ def read_manifest(manifest: str | Path, mask_only_nodules: bool = False) -> list
     return records
 
 
+def dataset_source(paths: PathsConfig, data: str | Path | None = None, manifest: str | Path | None = None) -> str:
+    """The dataset :func:`read_dataset` reads, as an absolute path: what a cache records as
+    its ``source``."""
+    manifest = manifest or (None if data else paths.manifest)
+    return str(Path(manifest or data or paths.data).resolve())
+
+
 def read_dataset(paths: PathsConfig, data: str | Path | None = None, manifest: str | Path | None = None
                  ) -> list[ScanRecord]:
     """The records of the dataset the config names (``paths.manifest`` wins over

@@ -15,7 +15,7 @@ import cc3d
 import numpy as np
 import pandas as pd
 
-from src.data.geometry import Geometry
+from src.data.geometry import Geometry, sphere_diameter_mm
 from src.data.groups import UNKNOWN, attachment_class
 from src.data.io import read_image
 from src.data.tables import NODULE_COLUMNS
@@ -124,7 +124,7 @@ def nodules_from_labels(labels: np.ndarray, geometry: Geometry, ids) -> list[tup
         if count == 0:
             continue
         center = geometry.voxel_to_world(stats["centroids"][label])
-        diameter = float((6.0 * count * voxel_mm3 / np.pi) ** (1.0 / 3.0))
+        diameter = sphere_diameter_mm(count * voxel_mm3)
         out.append((int(label), center, diameter))
     return out
 

@@ -9,6 +9,7 @@ row 1), the column and the value. ``verify.py`` and the scripts read them throug
 """
 from __future__ import annotations
 
+import csv
 import numbers
 import sys
 from pathlib import Path
@@ -98,6 +99,7 @@ def read_table(path: str | Path, what: str = "table") -> pd.DataFrame:
         if sep != ",":
             print(f"note: {path}: columns separated by {sep!r}, not ','; read as such", file=sys.stderr)
     columns = [c.strip().strip('"') for c in header.rstrip("\r\n").split(sep)]
+    _refuse_cut_short(path, sep, len(columns))
     # "nan", "NA" or "null" are names to an id column (a seriesuid "nan" is not missing)
     na_values = {c: [""] if c in _TEXT_COLUMNS else _NA_STRINGS for c in columns}
     try:
@@ -106,6 +108,22 @@ def read_table(path: str | Path, what: str = "table") -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise DataError(f"{path}: cannot read CSV ({detail})") from None
+
+
+def _refuse_cut_short(path: Path, sep: str, n_columns: int) -> None:
+    """A file that ends inside a row (an interrupted copy or download): its last line has no
+    line end and fewer fields than the header. pandas would fill the rest with blanks."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    if not tail or tail.endswith((b"\n", b"\r")) or b"\n" not in tail:
+        return
+    last = tail.rsplit(b"\n", 1)[1].decode("utf-8", errors="replace")
+    fields = next(csv.reader([last], delimiter=sep), [])
+    if len(fields) < n_columns:
+        raise DataError(f"{path}: its last row ends after {len(fields)} of {n_columns} columns: the file looks "
+                        "cut short (an interrupted copy or download?)")
 
 
 def _problem(check: str) -> str:

@@ -58,8 +58,6 @@ def _geometry_warnings(scan: Scan) -> list[str]:
     elif not np.allclose(np.abs(matrix), np.eye(3), atol=ORTHONORMAL_TOL):
         out.append(f"{scan.record.image_path}: oblique orientation (direction {np.round(matrix, 3).tolist()}); "
                    "coordinates are taken as world mm")
-    if min(geo.spacing_xyz) <= 0 or max(geo.spacing_xyz) > 10:
-        out.append(f"{scan.record.image_path}: implausible spacing {geo.spacing_xyz} mm")
     return out
 
 

@@ -22,7 +22,7 @@ from src.evaluation.speed import speed_table
 from src.predict.experiment import TrainedExperiment
 from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
-from src.utils import progress
+from src.utils import atomic_to_csv, progress
 
 
 def split_cases(ctx: StageContext, uids: set[str], desc: str) -> list[NoduleCase]:
@@ -51,7 +51,7 @@ def build_segmenters(ctx: StageContext, rt: Runtime) -> tuple[dict, pd.DataFrame
     segmenters[f"HU >= {hu:.0f} in sphere (fit on train)"] = (ThresholdSegmenter(hu, k, cfg.infer.prior_margin_mm),
                                                               BINARY_LEVEL)
     segmenters["half-max in sphere (no training)"] = (HalfMaxSegmenter(k, cfg.infer.prior_margin_mm), BINARY_LEVEL)
-    speed = speed_table(predictors, ctx.cache, rt, k, ctx.patch_size)
+    speed = speed_table(predictors, ctx.cache, k, ctx.patch_size)
     speed.attrs.update(n_teachers=len(teachers), threshold_hu=hu, threshold_fit_dice=fit_dice)
     return segmenters, speed
 
@@ -69,3 +69,18 @@ def score_holdout(ctx: StageContext, segmenters: dict) -> pd.DataFrame:
     """One row per (model, hold-out nodule with a fine mask), on the scans' own grids."""
     cases = split_cases(ctx, holdout_uids(ctx.folds), "read hold-out scans")
     return score_cases(cases, segmenters, ctx.cfg.infer)
+
+
+def holdout_board(ctx: StageContext, rt: Runtime) -> tuple[pd.DataFrame, str, pd.DataFrame]:
+    """Every model and reference on the hold-out nodules (holdout_nodules.csv) -> (per-nodule
+    rows, the board's title, the speed table)."""
+    experiment = TrainedExperiment(ctx.layout, ctx.cfg)
+    (threshold, source), (own, own_source) = experiment.threshold(), experiment.threshold("student")
+    print(f"probability threshold {threshold} from {source}; the student's {own} from {own_source}")
+    segmenters, speed = build_segmenters(ctx, rt)
+    per_nodule = score_holdout(ctx, segmenters)
+    atomic_to_csv(per_nodule, ctx.layout.per_nodule("holdout"), float_format="%.5g")
+    title = (f"{ctx.cfg.paths.experiment}: hold-out ({per_nodule['seriesuid'].nunique()} scans, "
+             f"{per_nodule['nodule_uid'].nunique()} nodules) at threshold {threshold} (student {own}); student "
+             f"throughput = {speed.attrs['student_over_ensemble']:.1f}x the {speed.attrs['n_teachers']}-teacher ensemble")
+    return per_nodule, title, speed.round(3)

@@ -27,7 +27,7 @@ from src.errors import DataError
 from src.evaluation.cases import NoduleCase
 from src.evaluation.metrics import dice, segmentation_metrics
 from src.predict.segment import Segmented, segment_at
-from src.utils import atomic_path
+from src.utils import atomic_path, atomic_to_csv
 
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))   # prompted nets can be confident
 DESCRIPTION = ("nodule_uid", "seriesuid", "diameter_mm", *GROUPS, "reader_dice")   # = cases.describe()
@@ -118,3 +118,23 @@ def score_oof(oof: list[tuple[int, OOFNodule]], threshold: float) -> pd.DataFram
         rows.append(dict(fold=fold, **n.info, **segmentation_metrics(mask, n.truth, n.spacing_zyx),
                          sphere_fallback=fallback))
     return pd.DataFrame(rows)
+
+
+def cv_board(ctx) -> tuple[pd.DataFrame, str]:
+    """Cross-validation: the threshold chosen on the pooled OOF Dice (written to
+    postprocessing.json) and every OOF nodule scored at it (oof_nodules.csv) -> (per-nodule
+    rows per fold teacher and pooled, the board's title)."""
+    layout = ctx.layout
+    oof = read_oof(layout.all_oof_predictions(), layout.root)
+    check_oof_folds(oof, ctx.folds, ctx.cfg.paths.folds)
+    choice = choose_threshold(oof)
+    dice_at = choice["oof_dice_at_threshold"]
+    print(f"probability threshold chosen on OOF: {choice['threshold']} (pooled OOF Dice "
+          f"{dice_at[choice['threshold']]:.4f}; {dice_at[0.5]:.4f} at 0.5) -> {layout.write_postprocessing(choice)}")
+    scored = score_oof(oof, choice["threshold"])
+    atomic_to_csv(scored, layout.per_nodule("oof"), float_format="%.5g")
+    per_nodule = pd.concat([scored.assign(model=[f"teacher fold {f}" for f in scored["fold"]]),
+                            scored.assign(model=f"OOF, {scored['fold'].nunique()} folds pooled")], ignore_index=True)
+    title = (f"{ctx.cfg.paths.experiment}: cross-validation, out-of-fold, at threshold {choice['threshold']} "
+             "(chosen on these OOF predictions)")
+    return per_nodule, title

@@ -26,18 +26,24 @@ def read_nodule_table(pred_dir: Path) -> pd.DataFrame:
     return check_table(read_table(path, "prediction table"), PREDICTIONS, path)
 
 
+def run_record(outputs: InferenceOutputs) -> dict:
+    """run.json, or {} where it is missing, unreadable, of an older version or edited: what
+    it adds (scans without a detection, the detections kept per scan) is then left out."""
+    try:
+        record = json.loads(outputs.run_json.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def scored_uids(pred_dir: Path, records: list[ScanRecord], keep: set[str] | None = None) -> list[str]:
     """The predicted scans (run.json lists them, also those without a detection) that are in
     the truth ``records`` and in ``keep`` (a split), sorted. A prediction of a scan the truth
     does not hold is an error (wrong --data?); scans outside the split are counted in a note."""
     path = InferenceOutputs(pred_dir).nodules
     table = read_nodule_table(pred_dir)
-    run = InferenceOutputs(pred_dir).run_json
-    try:
-        predicted = set(json.loads(run.read_text())["seriesuids"]) if run.is_file() else set()
-    except (ValueError, KeyError, TypeError):   # run.json of an older version, or edited
-        predicted = set()
-    predicted |= set(table["seriesuid"])
+    listed = run_record(InferenceOutputs(pred_dir)).get("seriesuids")
+    predicted = set(table["seriesuid"]) | (set(map(str, listed)) if isinstance(listed, list) else set())
     if not predicted:
         raise DataError(f"{path}: no predictions (no rows) to score")
     truth = {r.seriesuid for r in records}
@@ -88,9 +94,14 @@ def score_mode2(pred_dir: Path, records: list[ScanRecord], uids: list[str]) -> d
     rankings = {"final": check_table(read_table(path, "submission"), SUBMISSION, path)}
     every = outputs.candidates
     if every.is_file():
-        found = pd.read_csv(every, dtype={"seriesuid": str})
-        if found["fpr_probability"].notna().any():
-            keep = json.loads(outputs.run_json.read_text()).get("max_detections") or len(found)
+        found = read_table(every, "candidate table")
+        missing = sorted({"seriesuid", "seg_probability", "fpr_probability"} - set(found.columns))
+        if missing:
+            raise DataError(f"{every}: missing column(s) {missing}; is it infer.py's candidates.csv?")
+        if pd.to_numeric(found["fpr_probability"], errors="coerce").notna().any():
+            keep = run_record(outputs).get("max_detections")
+            keep = keep if isinstance(keep, int) and keep > 0 else len(found)
+            found["seg_probability"] = pd.to_numeric(found["seg_probability"], errors="coerce")
             by_map = found.sort_values("seg_probability", ascending=False, kind="stable")
             by_map = by_map.groupby("seriesuid").head(keep)
             rankings["without FPR"] = by_map.assign(probability=by_map["seg_probability"])

@@ -54,7 +54,7 @@ def patches_per_second(predictors: dict[str, Predictor], stacks_hu: np.ndarray, 
     return best
 
 
-def speed_table(predictors: dict[str, Predictor], cache, rt, k: int, patch: int) -> pd.DataFrame:
+def speed_table(predictors: dict[str, Predictor], cache, k: int, patch: int) -> pd.DataFrame:
     """Parameters, GFLOPs and patches/s of each predictor on the same real cache patches, at
     one batch size for all; ``attrs['student_over_ensemble']`` when both are present."""
     rows = np.sort(np.random.default_rng(0).choice(len(cache.patches), min(SPEED_PATCHES, len(cache.patches)),

@@ -16,7 +16,8 @@ from torch import nn
 from src.config import CacheConfig, ModelConfig, from_dict, to_dict
 from src.errors import ConfigError, DataError
 from src.layout import ExperimentLayout
-from src.models.factory import build_model
+from src.models.factory import STRIDE, build_model
+from src.models.fusion import fold_batch_norms
 from src.utils import atomic_path
 
 REQUIRED_KEYS = ("model_config", "in_channels", "patch_size", "model", "config")
@@ -61,8 +62,9 @@ def cache_config(ckpt: dict) -> CacheConfig:
     return from_dict(CacheConfig, ckpt["config"]["cache"])
 
 
-def model_from_checkpoint(path: str | Path, weights: str = "ema") -> nn.Module:
-    """Rebuild the network a checkpoint was trained as and load its ``ema`` or ``model`` weights."""
+def model_from_checkpoint(path: str | Path, weights: str = "ema", fold_norms: bool = False) -> nn.Module:
+    """Rebuild the network a checkpoint was trained as and load its ``ema`` or ``model`` weights;
+    ``fold_norms``: for inference only, batch norm folded into the convs (``src.models.fusion``)."""
     ckpt = load_checkpoint(path)
     try:
         model = build_model(_model_config(ckpt), ckpt["in_channels"], ckpt["patch_size"])
@@ -76,11 +78,18 @@ def model_from_checkpoint(path: str | Path, weights: str = "ema") -> nn.Module:
         raise DataError(f"{path}: weights do not fit the architecture it names ({first[:160]})") from None
     model.checkpoint_meta = {k: ckpt[k] for k in ("stage", "fold", "epoch", "config_hash", "cache_hash", "threshold")
                              if k in ckpt}
-    return model.eval()
+    model.eval()
+    if fold_norms:
+        channels = ckpt["in_channels"] + int(getattr(model, "prompted", False))
+        side = ckpt["patch_size"] if model.fixed_input_size else -(-ckpt["patch_size"] // STRIDE) * STRIDE
+        probe = torch.rand(2, channels, side, side, generator=torch.Generator().manual_seed(0))
+        model = fold_batch_norms(model, probe)
+    return model
 
 
 def load_models(paths: list[Path]) -> tuple[list[nn.Module], CacheConfig]:
-    """The networks of several checkpoints (an ensemble), which must share one model space."""
+    """The networks of several checkpoints (an ensemble), which must share one model space,
+    ready for inference (batch norm folded)."""
     if not paths:
         raise DataError("no checkpoints to load")
     spaces = {str(p): cache_config(load_checkpoint(p)) for p in paths}
@@ -88,7 +97,7 @@ def load_models(paths: list[Path]) -> tuple[list[nn.Module], CacheConfig]:
     for path, space in spaces.items():
         if space != first:
             raise DataError(f"{path}: trained in another model space than {paths[0]}")
-    return [model_from_checkpoint(p) for p in paths], first
+    return [model_from_checkpoint(p, fold_norms=True) for p in paths], first
 
 
 def load_ensemble(layout: ExperimentLayout, folds: list[int], cache_hash: str) -> tuple[list[nn.Module], list[Path]]:

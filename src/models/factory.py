@@ -21,6 +21,7 @@ from src.models.classifier import CLASSIFIERS, CubeClassifier, MultiViewClassifi
 # Encoders whose attention windows / relative-position tables are fixed when built: timm
 # must know the input size, and inference must tile at exactly that size.
 FIXED_SIZE_ENCODERS = ("maxvit", "maxxvit", "coatnet", "coatnext")
+STRIDE = 32   # smp encoders downsample 5 times: a fully convolutional model takes multiples of it
 
 
 def needs_fixed_size(encoder: str) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from src.config import PhantomConfig, check_config
+from src.data.groups import PART_SOLID_MAX
 from src.errors import ConfigError
 from src.phantom.acquisition import PROFILES
 from src.phantom.lidc import LidcNodule, LidcScan
@@ -33,7 +34,7 @@ from src.phantom.placement import ISOLATED, JUXTA_PLEURAL, JUXTA_VASCULAR
 from src.phantom.writer import FindingPlan, PhantomResult, build_phantom, findings_in_window, is_annotated
 
 GENERATOR = "nodule-kd phantom v2"
-NONSOLID_TEXTURE = 3.5        # mean reader texture at or below this: part-solid or ground glass (src.data.groups)
+NONSOLID_TEXTURE = PART_SOLID_MAX   # mean reader texture at or below this: part-solid or ground glass
 CALCIFICATION_ABSENT = 6      # LIDC's code
 AIR = 4                       # LIDC internal structure: air
 CAVITARY_MIN_MM = 8.0

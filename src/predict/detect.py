@@ -20,14 +20,15 @@ from scipy import ndimage
 
 from src.config import CacheConfig, DetectConfig
 from src.data.blobs import find_blobs
+from src.data.geometry import sphere_diameter_mm
 from src.data.preprocess import resample
 from src.data.scan import ScanRecord
+from src.data.tables import XYZ
 from src.predict.predictor import Predictor
 from src.predict.segment import ModelVolume, to_model_volume
-from src.utils import progress
+from src.utils import atomic_path, progress
 
 CANDIDATE_COLUMNS = ["coordX", "coordY", "coordZ", "volume_mm3", "diameter_mm", "mean_hu", "seg_probability", "source"]
-XYZ = ["coordX", "coordY", "coordZ"]
 LUNG_DILATION_MM = 6.0
 CORE_REACH_MM = 20.0      # a candidate's core is measured within this distance of its peak
 
@@ -68,11 +69,8 @@ def write_maps(records: list[ScanRecord], predictor: Predictor, cache_cfg: Cache
     for record in progress([r for r in records if not path_of(r.seriesuid).is_file()], desc=desc):
         mv = to_model_volume(record.load(), cache_cfg)
         prob = predict_volume(mv, predictor, batch_size, show_progress=False)
-        path = path_of(record.seriesuid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez_compressed(tmp, prob=prob.astype(np.float16))
-        tmp.replace(path)
+        with atomic_path(path_of(record.seriesuid), suffix=".npz") as tmp:
+            np.savez_compressed(tmp, prob=prob.astype(np.float16))
 
 
 def read_map(path: Path) -> np.ndarray:
@@ -176,7 +174,7 @@ def map_candidates(mv: ModelVolume, prob_model: np.ndarray, cfg: DetectConfig) -
             continue
         x, y, z = mv.geometry.voxel_to_world(at)
         rows.append(dict(coordX=x, coordY=y, coordZ=z, volume_mm3=volume,
-                         diameter_mm=float((6.0 * volume / np.pi) ** (1 / 3)),
+                         diameter_mm=sphere_diameter_mm(volume),
                          mean_hu=float(mv.image[box][core].mean()), seg_probability=float(peak), source="map"))
     return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
 
@@ -207,7 +205,7 @@ def candidate_masks(prob: np.ndarray, native, table: pd.DataFrame, seg_threshold
                 for i in (np.flatnonzero(above.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1))))
     components = cc3d.connected_components(above[box], connectivity=26)
     del above
-    at = np.rint(native.world_to_voxel(table[["coordX", "coordY", "coordZ"]].to_numpy(float))).astype(int)
+    at = np.rint(native.world_to_voxel(table[XYZ].to_numpy(float))).astype(int)
     at = np.clip(at, 0, np.asarray(native.shape_zyx) - 1).reshape(-1, 3)
     lo = np.array([b.start for b in box])
     inside = np.all((at >= lo) & (at < [b.stop for b in box]), axis=1)

@@ -7,6 +7,12 @@ read, beside the NIfTI masks and CSVs.
   per finding: its segment (or, for a finding without a mask, no region), long-axis
   diameter, volume, mean HU, the model's probability, its centre (patient coordinates,
   as nodules.csv: LPS mm) and its texture estimate.
+
+A finding at given coordinates (``infer.py --coords``) is marked as such: its segment is
+semi-automatic (the user's click prompted it). Where the model found nothing there and the
+given sphere stands in (nodules.csv ``source``), the segment's label ("nodule k (given
+sphere)"), its algorithm parameters and the SR's "Mask source" say so: a viewer shows the
+sphere under its own name, not as the model's contour.
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ from pydicom.sr.codedict import codes
 from src.config import code_version
 from src.data.io import dicom_series_files
 from src.data.tables import XYZ
+from src.errors import DataError
+from src.utils import atomic_path
 
 MANUFACTURER, MODEL_NAME = "nodule-kd", "SSLKD-UNet"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9001, 9002
@@ -51,15 +59,33 @@ TEXTURE = CodedConcept("NKD0002", "99NODULEKD", "Nodule texture estimate")
 TEXTURES = {"solid": CodedConcept("NKD0010", "99NODULEKD", "Solid"),
             "part-solid": CodedConcept("NKD0011", "99NODULEKD", "Part-solid"),
             "ground-glass": CodedConcept("NKD0012", "99NODULEKD", "Ground-glass")}
+PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                       "StudyDate", "StudyTime", "ReferringPhysicianName")
+# nodules.csv's ``source`` of a finding at given coordinates
+MASK_SOURCE = CodedConcept("NKD0020", "99NODULEKD", "Mask source")
+MASK_SOURCES = {"segmented": CodedConcept("NKD0021", "99NODULEKD", "Model segmentation at the given coordinates"),
+                "given sphere": CodedConcept("NKD0022", "99NODULEKD",
+                                             "Given sphere: nothing found above threshold")}
 
 
 def is_dicom_series(image_path: Path) -> bool:
     return Path(image_path).is_dir()
 
 
-def _algorithm() -> hd.AlgorithmIdentificationSequence:
+def _algorithm(source: str | None = None) -> hd.AlgorithmIdentificationSequence:
+    parameters = {"mask": MASK_SOURCES[source].meaning} if source in MASK_SOURCES else None
     return hd.AlgorithmIdentificationSequence(name=MODEL_NAME, version=code_version(),
-                                              family=codes.cid7162.ArtificialIntelligence)
+                                              family=codes.cid7162.ArtificialIntelligence, parameters=parameters)
+
+
+def _segment_label(row: dict) -> str:
+    return f"nodule {int(row['nodule_id'])}" + (" (given sphere)" if row.get("source") == "given sphere" else "")
+
+
+def _algorithm_type(source: str | None) -> hd.seg.SegmentAlgorithmTypeValues:
+    """Semi-automatic where the user's coordinates prompted the mask, else automatic."""
+    return hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if source in MASK_SOURCES \
+        else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
 
 
 def write_dicom_outputs(series_folder: Path, labels: np.ndarray, table: pd.DataFrame, out_dir: Path,
@@ -69,8 +95,14 @@ def write_dicom_outputs(series_folder: Path, labels: np.ndarray, table: pd.DataF
     series' own grid, slice z = the series' z-th image (``dicom_series_files``)."""
     # headers only: the pixels were read with the scan, and SEG/SR need only the references
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_series_files(series_folder, note=False)]
+    for source in sources:
+        # type 2 (required, may be empty) patient and study attributes highdicom copies into
+        # SEG and SR: anonymised exports often drop them, so they are added empty
+        for keyword in PATIENT_STUDY_TYPE2:
+            if keyword not in source:
+                setattr(source, keyword, "")
     if len(sources) != labels.shape[0]:
-        raise ValueError(f"{series_folder}: {len(sources)} DICOM images for {labels.shape[0]} mask slices")
+        raise DataError(f"{series_folder}: {len(sources)} DICOM images for {labels.shape[0]} mask slices")
     rows = table.sort_values("nodule_id").to_dict("records")
     masked = [r for r in rows if (labels == r["nodule_id"]).any()]
     written, seg = [], None
@@ -82,10 +114,11 @@ def write_dicom_outputs(series_folder: Path, labels: np.ndarray, table: pd.DataF
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=remap[labels], segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[hd.seg.SegmentDescription(
-                segment_number=k, segment_label=f"nodule {int(r['nodule_id'])}",
+                segment_number=k, segment_label=_segment_label(r),
                 segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-                segmented_property_type=codes.SCT.Nodule, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=_algorithm(), tracking_uid=hd.UID(), tracking_id=f"nodule {int(r['nodule_id'])}")
+                segmented_property_type=codes.SCT.Nodule, algorithm_type=_algorithm_type(r.get("source")),
+                algorithm_identification=_algorithm(r.get("source")), tracking_uid=hd.UID(),
+                tracking_id=f"nodule {int(r['nodule_id'])}")
                 for k, r in enumerate(masked, start=1)],
             series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(),
             instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
@@ -115,8 +148,10 @@ def _finding_group(row: dict, source: pydicom.Dataset, seg, segment_number: int 
               *((code, row[column], codes.UCUM.Millimeter, {}) for code, column in zip(CENTRE, XYZ))]
     measurements = [Measurement(name=name, value=float(value), unit=unit, **extra)
                     for name, value, unit, extra in values if np.isfinite(value)]
-    evaluations = [QualitativeEvaluation(TEXTURE, TEXTURES[row["texture_estimate"]])] \
-        if row.get("texture_estimate") in TEXTURES else None
+    evaluations = [QualitativeEvaluation(concept, values[row[column]])
+                   for concept, values, column in ((TEXTURE, TEXTURES, "texture_estimate"),
+                                                   (MASK_SOURCE, MASK_SOURCES, "source"))
+                   if row.get(column) in values] or None
     tracking = TrackingIdentifier(uid=hd.UID(), identifier=f"nodule {int(row['nodule_id'])}")
     if segment_number is None:
         return MeasurementsAndQualitativeEvaluations(tracking_identifier=tracking, finding_type=codes.SCT.Nodule,
@@ -130,8 +165,6 @@ def _finding_group(row: dict, source: pydicom.Dataset, seg, segment_number: int 
 
 
 def _save(dataset: pydicom.Dataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    dataset.save_as(tmp, enforce_file_format=True)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".dcm") as tmp:
+        dataset.save_as(tmp, enforce_file_format=True)
     return path

@@ -23,7 +23,7 @@ from src.models.checkpoint import load_models
 from src.predict.fpr import CandidateScorer
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
-from src.runtime import Runtime
+from src.runtime import Runtime, setup_runtime
 
 
 @dataclass
@@ -110,3 +110,25 @@ class TrainedExperiment:
 
     def fpr_scorer(self, rt: Runtime) -> CandidateScorer:
         return CandidateScorer.load(self.layout.fpr_checkpoints(), self.layout.fpr_combination, rt)
+
+
+def load_models_for(cfg: Config, model: str, experiment: str | None = None, checkpoints: list[Path] | None = None,
+                    device: str | None = None, tta: bool = False, fpr: bool = True) -> Models:
+    """What ``infer.py`` predicts with: half-max (no network), the given ``checkpoints``, or
+    ``model`` (student | ensemble) of ``experiment`` (``TrainedExperiment.find``). ``tta``
+    adds to the config's; ``fpr``: the experiment's classifiers, where it has them."""
+    if model == "half-max":
+        return half_max_models(cfg.cache)
+    rt = setup_runtime(device or cfg.device, cfg.amp)
+    print(rt.describe())
+    tta = tta or cfg.infer.tta
+    if checkpoints:
+        if fpr:
+            print("note: --checkpoint: no false-positive reduction (the map's peak ranks the candidates)",
+                  file=sys.stderr)
+        return checkpoint_models(checkpoints, cfg, rt, tta)
+    models = TrainedExperiment.find(cfg, experiment, model).models(model, rt, tta, fpr=fpr)
+    if models.fpr is not None:
+        print(f"false-positive reduction: {len(models.fpr.checkpoints)} classifier(s), weight {models.fpr.weight:g} "
+              f"from {models.fpr.weight_source}")
+    return models

@@ -22,6 +22,7 @@ from src.config import DetectConfig, from_dict
 from src.data.candidates import cut_inputs
 from src.data.preprocess import normalise
 from src.data.scan import Scan
+from src.data.tables import XYZ
 from src.errors import ConfigError, DataError
 from src.models.checkpoint import load_checkpoint, model_from_checkpoint
 from src.runtime import Runtime
@@ -79,7 +80,7 @@ class CandidateScorer:
 
     def inputs(self, scan: Scan, table: pd.DataFrame) -> np.ndarray:
         """The classifiers' HU inputs at the candidates (views or cubes, as they were trained)."""
-        return cut_inputs(scan.image, scan.geometry, table[["coordX", "coordY", "coordZ"]].to_numpy(float),
+        return cut_inputs(scan.image, scan.geometry, table[XYZ].to_numpy(float),
                           self.models[0].offsets, self.detect.view_spacing_mm)
 
     def rescore(self, scan: Scan, table: pd.DataFrame) -> pd.DataFrame:

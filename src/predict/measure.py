@@ -8,7 +8,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
-from src.data.geometry import Geometry
+from src.data.geometry import Geometry, sphere_diameter_mm
 
 # Attenuation of the nodule's own voxels (HU): a solid core is soft tissue, ground glass
 # lies between lung (~-850) and tissue. The thresholds follow the common CAD convention:
@@ -63,8 +63,9 @@ def lung_rads_size_category(volume_mm3: float, texture: str) -> str:
 
 def measure_findings(image_hu: np.ndarray, labels: np.ndarray, geometry: Geometry,
                      nodule_ids) -> dict[int, dict]:
-    """nodule id -> long axis (mm), texture estimate and Lung-RADS size category, from each
-    label's voxels (a finding without a mask gets none)."""
+    """nodule id -> long axis (mm), texture estimate and Lung-RADS size category, and volume
+    (mm3), equivalent diameter (mm) and mean HU, from each label's voxels (a finding
+    without a mask gets no size and no category)."""
     voxel_mm3 = float(np.prod(geometry.spacing_zyx))
     out = {}
     boxes = ndimage.find_objects(labels)
@@ -76,6 +77,8 @@ def measure_findings(image_hu: np.ndarray, labels: np.ndarray, geometry: Geometr
         mask = labels[box] == nid
         texture = texture_estimate(image_hu[box][mask])
         long_axis = long_axis_mm(mask, geometry.crop(tuple(s.start for s in box), mask.shape))
+        volume = float(mask.sum()) * voxel_mm3
         out[int(nid)] = dict(long_axis_mm=long_axis, texture_estimate=texture,
-                             lung_rads=lung_rads_size_category(mask.sum() * voxel_mm3, texture))
+                             lung_rads=lung_rads_size_category(volume, texture), volume_mm3=volume,
+                             diameter_mm=sphere_diameter_mm(volume), mean_hu=float(image_hu[box][mask].mean()))
     return out

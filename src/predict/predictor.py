@@ -19,11 +19,12 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from src.data.preprocess import normalise, prompt_channel
+from src.models.factory import STRIDE
 from src.runtime import Runtime, channels_last
 
-STRIDE = 32   # smp encoders downsample 5 times
 FLIPS = ((), (-1,), (-2,), (-2, -1))
 TILE_OVERLAP = 0.5
+SIGMOID_CLIP = 60.0
 
 
 class Predictor:
@@ -94,4 +95,7 @@ class Predictor:
         return out
 
     def prob(self, stacks_hu: np.ndarray, dist_mm: np.ndarray | None = None, temperature: float = 1.0) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits(stacks_hu, dist_mm) / temperature))
+        """The mean logits' sigmoid; ``temperature`` > 1 softens it (pseudo-labels)."""
+        # clipped: exp overflows float32 beyond ~88, and sigmoid(+-60) is 0 or 1 in float32 anyway
+        logits = self.logits(stacks_hu, dist_mm) / temperature
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -SIGMOID_CLIP, SIGMOID_CLIP)))

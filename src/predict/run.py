@@ -27,7 +27,7 @@ from src.predict.dicom_out import is_dicom_series, write_dicom_outputs
 from src.predict.experiment import Models
 from src.predict.measure import measure_findings
 from src.predict.report import ScanSection, scan_section, write_report
-from src.predict.segment import ModelVolume, segment_nodule, to_model_volume
+from src.predict.segment import ModelVolume, Segmented, segment_nodule, to_model_volume
 from src.utils import atomic_to_csv, atomic_write_text, progress
 
 DEFAULT_CANDIDATE_DIAMETER_MM = 10.0   # candidates_V2.csv rows carry no size
@@ -37,6 +37,8 @@ NODULE_TABLE = ["seriesuid", "nodule_id", "coordX", "coordY", "coordZ", "diamete
                 "lung_rads", "given_coordX", "given_coordY", "given_coordZ",
                 "given_diameter_mm", "nodule_uid"]
 MEASURED = ["long_axis_mm", "texture_estimate", "lung_rads"]    # of a finding's mask (src.predict.measure)
+# a finding with a mask is sized on it (whole-scan candidates come sized by the map's core)
+MASK_SIZE = ["volume_mm3", "diameter_mm", "mean_hu"]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -58,10 +60,11 @@ def _folder_records(folder: Path) -> list[ScanRecord]:
     return [ScanRecord(image_stem(folder), image_stem(folder), folder, source=str(folder))]
 
 
-def collect_inputs(inputs: list[str], allow_partial: bool = True) -> tuple[list[ScanRecord], list[str]]:
+def collect_inputs(inputs: list[str]) -> tuple[list[ScanRecord], list[str]]:
     """Scan records from LUNA16 folders, manifests, image files, flat folders of images,
     DICOM series folders (or folders of them), and the inputs that could not be read at all
-    (as 'path: reason')."""
+    (as 'path: reason'). A LUNA16 folder's table rows of scans not on disk are ignored (a
+    subset may be given)."""
     from src.data.luna16 import read_luna16
     from src.data.manifest import read_manifest
 
@@ -72,7 +75,7 @@ def collect_inputs(inputs: list[str], allow_partial: bool = True) -> tuple[list[
             if not path.exists():
                 raise DataError(f"{path}: file or folder does not exist")
             if path.is_dir() and any(path.glob("subset*")):
-                records += read_luna16(path, allow_partial=allow_partial)
+                records += read_luna16(path, allow_partial=True)
             elif path.suffix.lower() == ".csv":
                 records += read_manifest(path)
             elif path.is_dir() and not any(path.iterdir()):
@@ -86,13 +89,14 @@ def collect_inputs(inputs: list[str], allow_partial: bool = True) -> tuple[list[
         except DataError as err:
             failures.append(str(err))
     seen: dict[str, Path] = {}
+    colliding = set()
     for r in records:
         if r.seriesuid in seen and seen[r.seriesuid] != r.image_path:
             failures.append(f"{r.image_path}: seriesuid {r.seriesuid} also names {seen[r.seriesuid]}; outputs would "
                             "collide (rename one)")
+            colliding.add(r.seriesuid)
         seen.setdefault(r.seriesuid, r.image_path)
-    bad = {f.split(": seriesuid ")[1].split(" ")[0] for f in failures if ": seriesuid " in f and "also names" in f}
-    return [r for r in records if r.seriesuid not in bad], failures
+    return [r for r in records if r.seriesuid not in colliding], failures
 
 
 def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[ScanRecord]:
@@ -126,31 +130,57 @@ def attach_coords(records: list[ScanRecord], coords_csv: str | Path) -> list[Sca
 
 
 def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Mode 1: one label per given coordinate row (label = row number within the scan)."""
+    """Mode 1: one label per given coordinate row (label = row number within the scan).
+    Where the masks of two given nodules overlap (touching nodules, one blob found for
+    both), each voxel goes to the nodule whose given centre is nearer, in its radii; each
+    row is measured on the mask written for it."""
     scan = mv.scan
     labels = np.zeros(scan.geometry.shape_zyx, dtype=np.uint16)
     prob = np.zeros(scan.geometry.shape_zyx, dtype=np.float32)
     segmenter = models.segmenter(cfg)
-    voxel_mm3 = float(np.prod(scan.geometry.spacing_zyx))
-    rows = []
+    segs = []
     for nid, nod in enumerate(scan.nodules, start=1):
         seg = segment_nodule(mv, nod.center_xyz, nod.diameter_mm, segmenter, cfg, models.threshold)
-        free = labels[seg.box] == 0
-        labels[seg.box][seg.mask & free] = nid
+        claim(labels, seg, nid, segs, scan.geometry.spacing_zyx)
         np.maximum(prob[seg.box], seg.prob, out=prob[seg.box])
-        count = int(seg.mask.sum())
-        centre = scan.geometry.voxel_to_world(np.argwhere(seg.mask).mean(0) + [s.start for s in seg.box]) \
-            if count else np.full(3, np.nan)
+        segs.append(seg)
+    rows = []
+    for nid, (nod, seg) in enumerate(zip(scan.nodules, segs), start=1):
+        mask = labels[seg.box] == nid
+        centre = scan.geometry.voxel_to_world(np.argwhere(mask).mean(0) + [s.start for s in seg.box]) \
+            if mask.any() else np.full(3, np.nan)
         rows.append(dict(seriesuid=scan.seriesuid, nodule_id=nid, coordX=centre[0], coordY=centre[1],
-                         coordZ=centre[2], volume_mm3=count * voxel_mm3,
-                         diameter_mm=float((6 * count * voxel_mm3 / np.pi) ** (1 / 3)),
-                         mean_hu=float(scan.image[seg.box][seg.mask].mean()) if count else np.nan,
-                         probability=float(seg.prob[seg.mask].mean()) if count else 0.0,
+                         coordZ=centre[2], volume_mm3=0.0, diameter_mm=0.0, mean_hu=np.nan,   # sized on `mask` later
+                         probability=float(seg.prob[mask].mean()) if mask.any() else 0.0,
                          source="given sphere" if seg.fallback else "segmented",
                          given_coordX=nod.center_xyz[0], given_coordY=nod.center_xyz[1],
                          given_coordZ=nod.center_xyz[2], given_diameter_mm=nod.diameter_mm,
                          nodule_uid=nod.nodule_uid))
     return labels, prob, pd.DataFrame(rows, columns=NODULE_TABLE)
+
+
+def claim(labels: np.ndarray, seg: Segmented, nid: int, earlier: list[Segmented], spacing_zyx) -> None:
+    """Write nodule ``nid``'s mask into ``labels``: free voxels, and those of an earlier
+    nodule (``earlier[label - 1]``) that lie nearer to this one's given centre, distances
+    counted in each nodule's own radius."""
+    lo = np.array([s.start for s in seg.box])
+    region = labels[seg.box]          # a view: writes land in ``labels``
+    contested = seg.mask & (region > 0)
+    if contested.any():
+        at = np.argwhere(contested)
+        owners = region[contested].astype(int)
+        spacing = np.asarray(spacing_zyx, float)
+
+        def reach(points, centre, radius):   # distance to a given centre, in that nodule's radii
+            return np.linalg.norm((points - centre) * spacing, axis=1) / max(radius, 1e-6)
+
+        theirs = np.empty(len(at))
+        for owner in np.unique(owners):
+            other, of = earlier[owner - 1], owners == owner
+            theirs[of] = reach(at[of] + lo - [s.start for s in other.box], other.centre_zyx, other.radius_mm)
+        take = reach(at, seg.centre_zyx, seg.radius_mm) < theirs
+        region[tuple(at[take].T)] = nid
+    region[seg.mask & (region == 0)] = nid
 
 
 def detect_all(mv: ModelVolume, models: Models, cfg: InferConfig, prob_model: np.ndarray | None = None
@@ -181,7 +211,7 @@ def run_scan(record: ScanRecord, models: Models, cfg: InferConfig, outputs: Infe
              fmt: str, save_prob: bool, qa: bool) -> tuple[pd.DataFrame, pd.DataFrame | None, ScanSection]:
     """-> (the scan's rows of nodules.csv, whole-scan mode: every candidate, else None, its
     section of report.html). A DICOM series also gets a DICOM-SEG and SR."""
-    scan = record.load(with_masks=given)   # mode 1's coordinates may come from mask labels
+    scan = record.load(with_masks=False)   # --coords gives mode 1's nodules: no truth is read
     mv = to_model_volume(scan, models.cache_cfg)
     found = None
     if given:
@@ -191,6 +221,8 @@ def run_scan(record: ScanRecord, models: Models, cfg: InferConfig, outputs: Infe
     measured = measure_findings(scan.image, labels, scan.geometry, table["nodule_id"].astype(int))
     for column in MEASURED:
         table[column] = [measured[int(i)][column] for i in table["nodule_id"]]
+    for column in MASK_SIZE:
+        table[column] = [measured[int(i)].get(column, value) for i, value in zip(table["nodule_id"], table[column])]
     write_image(labels, scan.geometry, outputs.mask(scan.seriesuid, fmt), compress=True)
     if save_prob:
         write_image(prob, scan.geometry, outputs.probability(scan.seriesuid, fmt), compress=True)
@@ -251,7 +283,7 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
             found.append(candidates_of_scan)
             sections.append(section)
             seconds.append(time.time() - start)
-        except (DataError, OSError, ValueError) as err:
+        except (DataError, OSError) as err:   # anything else is a bug: its traceback
             failures.append(str(err) if str(record.image_path) in str(err) else f"{record.image_path}: {err}")
     timing = {"seconds_per_scan": float(np.mean(seconds)) if seconds else None}
     if not tables:

@@ -29,9 +29,8 @@ from src.data.geometry import Geometry
 from src.data.patches import crop, model_lung_mask, sphere_distance
 from src.data.preprocess import resample, resampled_geometry, to_model_space
 from src.data.scan import Scan
+from src.models.factory import STRIDE
 from src.predict.predictor import Predictor
-
-STRIDE = 32   # in-plane window sizes are multiples of the encoders' stride
 
 
 @dataclass
@@ -72,12 +71,6 @@ class ModelVolume:
             self.lung = model_lung_mask(self.scan, self.image, self.geometry)
         return self.lung
 
-    def native_lung_mask(self) -> np.ndarray:
-        """The lung mask on the scan's own grid."""
-        if self.scan.lung_mask is not None:
-            return self.scan.lung_mask
-        return resample(self.lung_mask().astype(np.uint8), self.geometry, self.native, "nearest").astype(bool)
-
 
 def to_model_volume(scan: Scan, cfg: CacheConfig) -> ModelVolume:
     image, geometry = to_model_space(scan.image, scan.geometry, cfg.spacing_zyx, cfg.hu_clip)
@@ -109,8 +102,8 @@ def stacks_from_volume(volume: np.ndarray, k: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- segmenters
 # Each maps a window to probabilities on its slices: image (Z + k - 1, S, S) HU with k//2
 # context slices on each side; dist (Z, S, S) mm to the coarse sphere surface (negative
-# inside) -> prob (Z, S, S) in [0, 1]. Baselines that need no training live in
-# src.evaluation.baselines and go through the same path.
+# inside) -> prob (Z, S, S) in [0, 1]. Segmenters that need no training (half-max in
+# src.data.classical, the rest in src.evaluation.baselines) go through the same path.
 
 
 class NetworkSegmenter:
@@ -177,7 +170,8 @@ def segment_at(prob: np.ndarray, centre_zyx, radius_mm: float, spacing_zyx, thre
     """The nodule at a given centre: thresholded probability, the component at the centre
     (or the nearest within the radius) -> (mask, False). Where nothing lies above threshold
     there, the given sphere -> (sphere, True) if ``fallback``: the coordinates say a nodule
-    is there, an empty mask shows nothing and scores 0, and half-max falls back alike."""
+    is there, and an empty mask shows nothing and scores 0 (half-max, where the nodule does not
+    stand out, returns nothing and takes this fallback too)."""
     mask = component_at(prob >= threshold, centre_zyx, spacing_zyx, max_distance_mm=radius_mm)
     if mask.any() or not fallback:
         return mask, False

@@ -1,9 +1,11 @@
 """PyTorch side of the cache: which patches a stage may train on, balanced sampling, and
 the Dataset that turns cached patches into normalised, augmented tensors.
 
-``fine_ok`` is the one switch that keeps withheld masks out of training: a patch may use
-its fine mask only if its scan is ``fine`` in folds.csv *and* the cache knows the mask
-there. Every other patch is coarse: centre + diameter only.
+``fine_ok`` is the switch that keeps withheld masks out of training: a patch may use its
+fine mask only if its scan is ``fine`` in folds.csv *and* the cache knows the mask there.
+Every other patch is coarse: centre + diameter only. The cache is cut before the folds
+exist, so a nodule's slices reach as far as its mask where it has one; a coarse nodule
+keeps only the slices its sphere reaches (the withheld mask must not choose them either).
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from src.data.cache import PatchCache
+from src.data.groups import PART_SOLID_MAX, SIZE_BINS_MM
 from src.data.patches import DIST_UNITS_PER_MM
 from src.data.preprocess import normalise, prompt_channel
 from src.train.augment import Augmenter
 
-SMALL_NODULE_MM = 6.0
-NONSOLID_TEXTURE = 3.5   # LIDC texture rating: part-solid and ground glass (src.data.groups)
+SMALL_NODULE_MM = SIZE_BINS_MM[1]   # the 3-6 mm bin
 
 
 @dataclass
@@ -36,12 +38,26 @@ class PatchSelection:
 
 
 def select_patches(cache: PatchCache, folds: pd.DataFrame, uids: set[str]) -> PatchSelection:
+    """The patches of scans ``uids``, each marked fine or coarse by folds.csv; a coarse
+    nodule's patches only on the slices its sphere reaches."""
     meta = cache.patches
     rows = np.flatnonzero(meta["seriesuid"].isin(uids).to_numpy())
     fine_scans = set(folds.loc[folds["label_kind"] == "fine", "seriesuid"])
     sel = meta.iloc[rows]
     fine_ok = sel["seriesuid"].isin(fine_scans).to_numpy() & (sel["label_kind"] == "fine").to_numpy()
-    return PatchSelection(rows, fine_ok)
+    keep = fine_ok | sel["negative"].to_numpy(bool) | _in_sphere_slices(sel, cache)
+    return PatchSelection(rows[keep], fine_ok[keep])
+
+
+def _in_sphere_slices(patches: pd.DataFrame, cache: PatchCache) -> np.ndarray:
+    """Whether each nodule patch's slice lies within its nodule's sphere (as the cache's
+    ``nodule_z_range`` counts them before widening them by the mask)."""
+    nodules = cache.nodules.set_index("nodule_uid")
+    known = patches["nodule_uid"].isin(nodules.index).to_numpy()
+    at = nodules.reindex(patches["nodule_uid"])
+    reach = at["diameter_mm"].to_numpy(float) / 2 / cache.config.spacing_zyx[0]
+    z, centre = patches["z"].to_numpy(float), at["center_z"].to_numpy(float)
+    return known & (z >= np.ceil(centre - reach)) & (z <= np.floor(centre + reach))
 
 
 def sampling_weights(meta: pd.DataFrame, fine_ok: np.ndarray, positive_fraction: float, fine_share: float,
@@ -69,7 +85,7 @@ def sampling_weights(meta: pd.DataFrame, fine_ok: np.ndarray, positive_fraction:
             pos = meta[members]
             w = 1.0 / pos.groupby("nodule_uid")["nodule_uid"].transform("size").to_numpy()
             w = w * np.where(pos["diameter_mm"].to_numpy() < SMALL_NODULE_MM, small_boost, 1.0)
-            w = w * np.where(pos["texture"].to_numpy(dtype=float) <= NONSOLID_TEXTURE, nonsolid_boost, 1.0)
+            w = w * np.where(pos["texture"].to_numpy(dtype=float) <= PART_SOLID_MAX, nonsolid_boost, 1.0)
         weights[members] = w / w.sum() * share[name]
     return weights / weights.sum()  # no negatives (or no nodules): the others take it all
 

@@ -43,7 +43,7 @@ from src.models.classifier import classifier_input, sample_input
 from src.models.factory import build_model
 from src.predict.fpr import CandidateScorer
 from src.runtime import Runtime
-from src.train.fpr_candidates import build_candidate_cache, write_oof_maps
+from src.train.fpr_candidates import build_candidate_cache, teachers_id, write_oof_maps
 from src.train.trainer import RunInfo, Trainer
 from src.utils import (
     atomic_to_csv,
@@ -239,9 +239,10 @@ def train_fpr(ctx: StageContext, rt: Runtime, folds: list[int] | None = None, re
         raise DataError(f"{ctx.cfg.paths.folds}: no fold {unknown[0]} (its folds: "
                         f"{', '.join(map(str, fold_ids(ctx.folds)))})")
     threshold = ctx.layout.threshold(ctx.cfg.infer)[0]
+    teachers = teachers_id(ctx)
     if ctx.cfg.detect.candidate_source == "oof":
-        write_oof_maps(ctx, rt)
-    cache = build_candidate_cache(ctx, threshold)
+        write_oof_maps(ctx, rt, teachers)
+    cache = build_candidate_cache(ctx, threshold, teachers)
     for fold in todo:
         train_fpr_fold(ctx, cache, fold, rt, resume=resume)
     if folds is not None and any(not (ctx.layout.fpr_val_candidates(f)).is_file()

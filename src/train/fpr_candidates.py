@@ -13,6 +13,7 @@ trains on it):
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ from src.data.candidates import (
     write_candidate_shard,
 )
 from src.data.context import StageContext
-from src.data.folds import development_uids, fold_ids, split_uids
+from src.data.folds import development_uids, file_hash, fold_ids, split_uids
 from src.data.manifest import read_dataset
 from src.data.scan import Scan
 from src.errors import DataError
@@ -44,32 +45,45 @@ from src.utils import progress
 # ----------------------------------------------------------------------------- 1. OOF maps
 
 
-def write_oof_maps(ctx: StageContext, rt: Runtime) -> None:
-    """Each fold teacher's whole-scan probability on its own validation scans."""
+def teachers_id(ctx: StageContext) -> str:
+    """What the OOF maps, and the candidates cut from them, are a pass of: the fold
+    teachers' checkpoint files and the folds."""
+    return config_hash({"teachers": [file_hash(p) for p in ctx.layout.teacher_checkpoints(fold_ids(ctx.folds))],
+                        "folds": ctx.folds_hash})
+
+
+def write_oof_maps(ctx: StageContext, rt: Runtime, teachers: str) -> None:
+    """Each fold teacher's whole-scan probability on its own validation scans (``teachers``:
+    :func:`teachers_id`); maps already there are kept, so an interrupted pass resumes."""
     records = {r.seriesuid: r for r in read_dataset(ctx.cfg.paths)}
-    todo = {fold: [records[u] for u in sorted(split_uids(ctx.folds, fold)["val"]) if not ctx.layout.fpr_map(u).is_file()]
+
+    def map_of(uid: str) -> Path:
+        return ctx.layout.fpr_map(uid, teachers)
+
+    todo = {fold: [records[u] for u in sorted(split_uids(ctx.folds, fold)["val"]) if not map_of(u).is_file()]
             for fold in fold_ids(ctx.folds)}
     if not any(todo.values()):
         return
     members = TrainedExperiment(ctx.layout, ctx.cfg).models("ensemble", rt, tta=False, fpr=False).predictor.members()
-    teachers = {p.models[0].checkpoint_meta.get("fold"): p for p in members}
+    members_of = {p.models[0].checkpoint_meta.get("fold"): p for p in members}
     for fold, scans in todo.items():
         if scans:
-            if fold not in teachers:
+            if fold not in members_of:
                 raise DataError(f"{ctx.layout.teacher_checkpoint(fold)}: no teacher for fold {fold}; train it first")
-            write_maps(scans, teachers[fold], ctx.cache.config, ctx.cfg.infer.batch_size, ctx.layout.fpr_map,
+            write_maps(scans, members_of[fold], ctx.cache.config, ctx.cfg.infer.batch_size, map_of,
                        desc=f"OOF maps, fold {fold}")
 
 
 # ----------------------------------------------------------------------------- 2. candidates
 
 
-def scan_candidates(ctx: StageContext, scan: Scan, fold: str, threshold: float) -> pd.DataFrame:
-    """Every training candidate of one scan, labelled from its coordinates."""
+def scan_candidates(ctx: StageContext, scan: Scan, fold: str, threshold: float, teachers: str = "") -> pd.DataFrame:
+    """Every training candidate of one scan, labelled from its coordinates (``teachers``:
+    whose OOF maps, :func:`teachers_id`; unused for listed candidates only)."""
     cfg, uid = ctx.cfg.detect, scan.seriesuid
     parts = []
-    map_path = ctx.layout.fpr_map(uid)
     if cfg.candidate_source == "oof":
+        map_path = ctx.layout.fpr_map(uid, teachers)
         if not map_path.is_file():
             raise DataError(f"{map_path}: OOF map missing; rerun train.py --stage fpr")
         _, _, table = candidates(to_model_volume(scan, ctx.cache.config), read_map(map_path), cfg, threshold)
@@ -101,15 +115,17 @@ def training_rows(table: pd.DataFrame, negatives: int, rng: np.random.Generator)
     return np.flatnonzero(keep)
 
 
-def build_candidate_cache(ctx: StageContext, threshold: float) -> CandidateCache:
-    """``candidates.h5`` for every non-hold-out scan (one shard per scan: resumable)."""
+def build_candidate_cache(ctx: StageContext, threshold: float, teachers: str) -> CandidateCache:
+    """``candidates.h5`` for every non-hold-out scan (one shard per scan: resumable); made
+    again when the teachers, the folds, the detect settings or the draw of negatives change."""
     out = ctx.layout.fpr_candidates
-    want = config_hash({"detect": config_hash(ctx.cfg.detect), "threshold": threshold, "cache": ctx.cache_hash})
+    want = config_hash({"detect": config_hash(ctx.cfg.detect), "threshold": threshold, "cache": ctx.cache_hash,
+                        "teachers": teachers, "seed": ctx.cfg.fpr.seed})
     if out.is_file():
         cache = CandidateCache(out)
         if cache.attrs.get("build_hash") == want:
             return cache
-        out.unlink()   # another detect config: rebuild (the maps are kept)
+        out.unlink()   # other teachers or settings: rebuild (maps of the same teachers are kept)
     development = development_uids(ctx.folds)
     fold_of = ctx.folds.set_index("seriesuid")["fold"]
     records = [r for r in read_dataset(ctx.cfg.paths) if r.seriesuid in development]
@@ -121,7 +137,7 @@ def build_candidate_cache(ctx: StageContext, threshold: float) -> CandidateCache
         if shard.is_file():
             continue
         scan = record.load()
-        table = scan_candidates(ctx, scan, str(fold_of[record.seriesuid]), threshold)
+        table = scan_candidates(ctx, scan, str(fold_of[record.seriesuid]), threshold, teachers)
         train = training_rows(table, ctx.cfg.detect.train_negatives_per_scan,
                               np.random.default_rng([ctx.cfg.fpr.seed, zlib.crc32(record.seriesuid.encode())]))
         table["cube"] = -1

@@ -6,7 +6,8 @@ temperature ``pseudo.temperature``. On coarse patches the coarse prior is enforc
 sphere. Fine patches keep the unconstrained ensemble output (targets for logit KD).
 
 ``outputs/<experiment>/pseudo.h5``:
-    attrs        cache_hash, folds_hash, teachers, temperature, prior_margin_mm, tta
+    attrs        cache_hash, folds_hash, config (the pseudo.* settings, JSON), code_version,
+                 teachers (their checkpoints, JSON), teacher_files (those files' hashes: the labels' identity)
     rows         (M,) int64   cache row of each soft label, sorted
     soft         (M, P, P) float16, one chunk per patch
     constrained  (M,) bool    the coarse prior was applied (coarse patch)
@@ -27,7 +28,7 @@ import pandas as pd
 from src.config import PseudoConfig, code_version, to_dict
 from src.data.classical import BINARY_LEVEL
 from src.data.context import StageContext
-from src.data.folds import HOLDOUT, development_uids, refuse_holdout, split_uids
+from src.data.folds import HOLDOUT, development_uids, file_hash, refuse_holdout, split_uids
 from src.data.manifest import read_dataset
 from src.data.patches import DIST_UNITS_PER_MM
 from src.evaluation.baselines import SphereSegmenter
@@ -39,13 +40,6 @@ from src.predict.segment import NetworkSegmenter
 from src.runtime import Runtime
 from src.train.datasets import select_patches
 from src.utils import atomic_path, progress
-
-SIGMOID_CLIP = 60.0
-
-
-def _sigmoid(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(logits / temperature, -SIGMOID_CLIP, SIGMOID_CLIP)))
-
 
 def apply_prior(prob: np.ndarray, coarse_dist_mm: np.ndarray, margin_mm: float) -> np.ndarray:
     """Zero the probability beyond ``margin_mm`` outside every coarse sphere."""
@@ -66,8 +60,8 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
     p = ctx.patch_size
     out = ctx.layout.pseudo_labels
     attrs = dict(cache_hash=ctx.cache_hash, folds_hash=ctx.folds_hash, config=json.dumps(to_dict(cfg)),
-                 code_version=code_version(),
-                 teachers=json.dumps([str(t) for t in paths]))
+                 code_version=code_version(), teachers=json.dumps([str(t) for t in paths]),
+                 teacher_files=json.dumps([file_hash(t) for t in paths]))   # retrained teachers: new labels
     f_cache = ctx.cache.file
     with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(attrs)
@@ -78,7 +72,7 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
             idx = rows[i:i + cfg.batch_size]
             dist = f_cache["patches/coarse_dist"][idx].astype(np.float32) / DIST_UNITS_PER_MM
             # every training scan's coordinates are known: prompted teachers are told them
-            prob = _sigmoid(predictor.logits(f_cache["patches/image"][idx], dist), cfg.temperature)
+            prob = predictor.prob(f_cache["patches/image"][idx], dist, cfg.temperature)
             keep = constrained[i:i + cfg.batch_size]
             prob[keep] = apply_prior(prob[keep], dist[keep], cfg.prior_margin_mm)
             soft[i:i + len(idx)] = prob.astype(np.float16)

@@ -46,6 +46,8 @@ class SoftTargets:
             if f.attrs["cache_hash"] != cache_hash or f.attrs["folds_hash"] != folds_hash:
                 raise DataError(f"{self.path}: made from another cache or folds.csv; rerun pseudo_label.py")
             self.rows = f["rows"][()]
+            # what the student's resume checks: the labels' teachers and settings (older files: the path)
+            self.identity = {k: str(f.attrs[k]) for k in ("teacher_files", "config") if k in f.attrs} or str(self.path)
         # positions in the file stay those of the stored rows; rows left out just have no target
         self.use = np.isin(self.rows, only_rows) if only_rows is not None else np.ones(len(self.rows), bool)
         self._file = None
@@ -95,7 +97,7 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
         dump_config(cfg, ctx.layout.run_config(out_dir))
     info = RunInfo(stage="student", fold=None, model_config=to_dict(stage.model), in_channels=ctx.k,
                    patch_size=ctx.patch_size, config=to_dict(cfg), cache_hash=ctx.cache_hash,
-                   config_hash=ctx.run_hash(stage, cfg.augment, cfg.distill, {"pseudo": str(ctx.layout.pseudo_labels)}),
+                   config_hash=ctx.run_hash(stage, cfg.augment, cfg.distill, {"pseudo": soft.identity}),
                    extra={"train_uids": sorted(splits["train"]), "threshold": threshold,
                           "threshold_source": source})
     validator = scan_validator(ctx, development_uids(ctx.folds, "fine"), rt, threshold, "read fine training scans") \
@@ -106,7 +108,7 @@ def train_student(ctx: StageContext, rt: Runtime, resume: bool = False) -> Path:
               f"latest epoch is its best, at the teachers' threshold {threshold}")
         validator = None
     trainer = Trainer(stage, model, objective, dataset, weights, validator, out_dir, rt, info,
-                      select_metric="val_dice", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
+                      select_metric="val_dice")
     if resume and trainer.resume() and rt.is_main:
         print(f"resumed the student at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
     trainer.fit()

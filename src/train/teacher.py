@@ -54,7 +54,7 @@ def train_teacher(ctx: StageContext, fold: int, rt: Runtime, resume: bool = Fals
     if rt.is_main:   # only once everything the run needs was found and built
         dump_config(cfg, ctx.layout.run_config(out_dir))
     trainer = Trainer(stage, model, objective, dataset, weights, validator, out_dir, rt, info,
-                      select_metric="val_dice", checkpoint_every_steps=max(1, stage.steps_per_epoch // 4))
+                      select_metric="val_dice")
     if resume and trainer.resume() and rt.is_main:
         print(f"resumed fold {fold} at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
     trainer.fit()

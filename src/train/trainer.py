@@ -1,9 +1,9 @@
-"""The training loop shared by the fold teachers and the student.
+"""The training loop shared by the fold teachers, the student and the FPR classifiers.
 
 timm/nnU-Net conventions: ``args.yaml`` next to the outputs, ``summary.csv`` with one row
 per epoch, ``checkpoint_last.pt`` (everything needed to resume, written at every epoch end
-and every ``checkpoint_every_steps``), ``checkpoint_best.pt`` by the validation metric,
-and a training-curve PNG. AMP, EMA, gradient clipping, warm-up + cosine LR, DDP.
+and every ``checkpoint_every_steps``, a quarter epoch by default), ``checkpoint_best.pt``
+by the validation metric, and a training-curve PNG. AMP, EMA, gradient clipping, warm-up + cosine LR, DDP.
 
 The stage decides *what* is learnt through an ``objective(model, ema_model, batch,
 progress) -> (loss, logs)`` and how to score through ``validate(model) -> metrics``.
@@ -62,9 +62,11 @@ class Trainer:
     def __init__(self, stage: StageConfig, model: nn.Module, objective: Objective, dataset: Dataset,
                  weights: np.ndarray, validate: Callable[[nn.Module], dict[str, float]] | None,
                  out_dir: Path, rt: Runtime, info: RunInfo, select_metric: str = "val_dice",
-                 checkpoint_every_steps: int = 0):
+                 checkpoint_every_steps: int | None = None):
         self.stage, self.objective, self.validate, self.rt, self.info = stage, objective, validate, rt, info
-        self.out_dir, self.select_metric, self.every = Path(out_dir), select_metric, checkpoint_every_steps
+        self.out_dir, self.select_metric = Path(out_dir), select_metric
+        # a killed run loses at most a quarter of an epoch (0: epoch ends only)
+        self.every = max(1, stage.steps_per_epoch // 4) if checkpoint_every_steps is None else checkpoint_every_steps
         self.model = channels_last(model.to(rt.device)) if stage.channels_last else model.to(rt.device)
         # warm-up (timm): the average starts short and lengthens to ema_decay, so that early
         # validations and the mean teacher do not see a mix of the random initial weights
@@ -151,6 +153,9 @@ class Trainer:
 
     def fit(self) -> pd.DataFrame:
         steps = self.stage.steps_per_epoch
+        if self.global_step == 0 and self.rt.is_main:   # a new run: an earlier run's best or final must not pass for its own
+            for kind in ("best", "final"):
+                ExperimentLayout.checkpoint(self.out_dir, kind).unlink(missing_ok=True)
         while self.epoch < self.stage.epochs:
             start = time.time()
             self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.stage.batch_size)
@@ -180,9 +185,10 @@ class Trainer:
             self.rt.barrier()
             row["seconds"] = time.time() - start
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            score = row.get(self.select_metric)  # no validation at all: the latest is the best
-            improved = score > self.best if score is not None else self.validate is None
-            if improved and score is not None:
+            score = row.get(self.select_metric)   # None: not validated; NaN: e.g. a one-class AUC
+            scored = score is not None and math.isfinite(score)
+            improved = score > self.best if scored else self.validate is None   # no validation: the latest
+            if improved and scored:
                 self.best = score
             row["best"] = improved
             self.history.append(row)
@@ -190,6 +196,10 @@ class Trainer:
                 self.save("best")
             self.save("last")
             self._write_summary()
+        if self.best == -math.inf and self.validate is not None:   # never a score: the last weights stand
+            print(f"warning: {self.out_dir}: no validation gave a {self.select_metric}; the last epoch is kept "
+                  "as the best", file=sys.stderr)
+            self.save("best")
         self.save("final")
         return pd.DataFrame(self.history)
 

@@ -25,14 +25,14 @@ from src.runtime import Runtime
 from src.utils import atomic_to_csv, progress
 
 
-def summarize_nodules(table: pd.DataFrame, prefix: str = "val_") -> dict[str, float]:
+def summarize_nodules(table: pd.DataFrame) -> dict[str, float]:
     """Means over nodules; precision and HD95 over the nodules with a non-empty prediction."""
     if table.empty:
         return {}
     out = {}
     for metric in ("dice", "iou", "sensitivity", "precision", "nsd", "hd95_mm"):
         if metric in table:  # a column even when all NaN (no prediction yet), so summary.csv keeps its shape
-            out[f"{prefix}{metric}"] = float(np.nanmean(table[metric])) if table[metric].notna().any() else np.nan
+            out[f"val_{metric}"] = float(np.nanmean(table[metric])) if table[metric].notna().any() else np.nan
     return out
 
 
