@@ -150,7 +150,7 @@ def segment_given(mv: ModelVolume, models: Models, cfg: InferConfig) -> tuple[np
         centre = scan.geometry.voxel_to_world(np.argwhere(mask).mean(0) + [s.start for s in seg.box]) \
             if mask.any() else np.full(3, np.nan)
         rows.append(dict(seriesuid=scan.seriesuid, nodule_id=nid, coordX=centre[0], coordY=centre[1],
-                         coordZ=centre[2], volume_mm3=0.0, diameter_mm=0.0, mean_hu=np.nan,   # sized on `mask` later
+                         coordZ=centre[2], volume_mm3=0.0, diameter_mm=0.0, mean_hu=np.nan,   # run_scan sizes written masks
                          probability=float(seg.prob[mask].mean()) if mask.any() else 0.0,
                          source="given sphere" if seg.fallback else "segmented",
                          given_coordX=nod.center_xyz[0], given_coordY=nod.center_xyz[1],
