@@ -1,4 +1,4 @@
-"""Export the student (or any checkpoint) to ONNX with dynamic batch and spatial size.
+"""Export the student (or any checkpoint) to ONNX: dynamic batch, and dynamic H, W where the network allows.
 
     python export.py --config configs/cpu.yaml                      # -> outputs/<exp>/student/student.onnx
     python export.py --checkpoint outputs/cpu/teacher/fold_0/checkpoint_best.pt --out teacher0.onnx
@@ -15,7 +15,7 @@ from pathlib import Path
 from src.cli import add_config_args, config_from_args, output_file, run
 from src.errors import DataError, UserError
 from src.layout import ExperimentLayout
-from src.models.checkpoint import cache_config, load_checkpoint, model_from_checkpoint
+from src.models.checkpoint import cache_config, load_checkpoint, model_from_checkpoint, refuse_classifier
 from src.models.export import export_onnx, fpr_metadata, onnx_metadata
 from src.predict.experiment import TrainedExperiment
 from src.predict.fpr import CandidateScorer
@@ -53,13 +53,15 @@ def main() -> None:
         raise UserError(f"{out}: export writes ONNX only; name the file .onnx")
 
     ckpt = load_checkpoint(ckpt_path)
+    refuse_classifier(ckpt_path, ckpt)   # those export with --fpr
     # a teacher is applied at the ensemble's threshold, the student at its own
     threshold, source = TrainedExperiment(layout, cfg).threshold("student" if ckpt.get("stage") == "student"
                                                                  else "ensemble")
     if args.checkpoint and ckpt.get("threshold") is not None:
         threshold, source = ckpt["threshold"], f"{ckpt_path} (stamped at training)"
-    model = model_from_checkpoint(ckpt_path)
-    metadata = onnx_metadata(cache_config(ckpt), float(threshold), source, ckpt_path, model.prompted)
+    model = model_from_checkpoint(ckpt_path, ckpt=ckpt)
+    metadata = onnx_metadata(cache_config(ckpt), float(threshold), source, ckpt_path, model.prompted,
+                             fixed_size=model.fixed_input_size is not None)
     export_onnx(model, ckpt["in_channels"], ckpt["patch_size"], out, metadata)
     print(f"threshold {threshold} from {source} -> {out}")
 

@@ -71,7 +71,9 @@ class PhantomConfig:
     juxta_vascular_fraction: float = ranged(0.175, ge=0, le=1)
     # a solid nodule is calcified when this share of its readers says so
     calcified_reader_share: float = ranged(0.3, ge=0, le=1)
-    cavitary_fraction: float = ranged(0.02, ge=0, le=1)  # of solid, non-calcified nodules >= 8 mm: an air cavity
+    # share of annotated nodules drawn with an air cavity: those most readers mark "air", topped
+    # up from solid, non-calcified nodules >= 8 mm
+    cavitary_fraction: float = ranged(0.02, ge=0, le=1)
     shape_noise_mm: float = ranged(0.4, ge=0)  # sd of the smooth change of each nodule's rendered surface
     emphysema_probability: float = ranged(0.25, ge=0, le=1)  # per scan
     dependent_density_probability: float = ranged(0.3, ge=0, le=1)  # per scan: subpleural posterior density
@@ -276,7 +278,8 @@ class Config:
         epochs=10, steps_per_epoch=60, batch_size=64, lr=2e-3, warmup_epochs=0.5, ema_decay=0.98,
         positive_fraction=0.3, num_workers=0))
     device: str = ranged("auto", choices=("auto", "cpu", "cuda"))
-    amp: str = ranged("auto", choices=("auto", "bf16", "fp16", "off"))   # CUDA only; CPU runs fp32
+    # auto: bf16/fp16 autocast on CUDA, fp32 on CPU; bf16/fp16 force it anywhere (slow on CPU)
+    amp: str = ranged("auto", choices=("auto", "bf16", "fp16", "off"))
 
 
 # ----------------------------------------------------------------------------- build
@@ -295,9 +298,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         args = get_args(hint)
         item = args[0] if args else Any
         return tuple(_coerce(v, item, where) for v in value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and not isinstance(value, hint):
+    if hint is float:
+        if isinstance(value, str):   # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    # bool is an int to Python: "epochs=true" must not read as 1
+    if hint in (int, str, bool, float) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise ConfigError(f"config key '{where}' must be {hint.__name__}, got {value!r}")
     return value
 
@@ -357,6 +367,8 @@ def parse_overrides(items: list[str] | None) -> dict:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' was already given a value, not sub-keys")
         try:
             node[parts[-1]] = yaml.safe_load(raw)
         except yaml.YAMLError:
@@ -427,6 +439,19 @@ def _get(cfg: Any, key: str) -> Any:
     return cfg
 
 
+# Keys a stage shares with the others (StageConfig) but reads nothing from: set, they would
+# change the run's hash and nothing else.
+_NO_EFFECT = (
+    ("student.loss", ("coarse", "coarse_weight", "coarse_background_margin_mm", "coarse_core_fraction",
+                      "mt_confidence", "mt_rampup_epochs"), "the student learns from distill.*"),
+    ("fpr.loss", ("dice_weight", "bce_weight", "coarse", "coarse_weight", "coarse_background_margin_mm",
+                  "coarse_core_fraction", "mt_confidence", "mt_rampup_epochs", "small_nodule_boost", "nonsolid_boost"),
+     "the candidate classifier's loss is fixed (src.train.fpr)"),
+    ("fpr", ("fine_share", "prompt_dropout"), "candidates have neither masks nor prompts"),
+    ("fpr.model", ("prompt", "decoder_channels", "encoder_depth", "stride1_skip"), "the classifier has no decoder"),
+)
+
+
 def check_config(cfg: Any, where: str = "") -> Any:
     """Every value of a config (or of one section, named ``where``: "phantom.") within its
     range (``ranged``), and the joint rules; one ConfigError naming the key otherwise. Types
@@ -443,6 +468,12 @@ def check_config(cfg: Any, where: str = "") -> Any:
         if not holds(*values):
             raise ConfigError(f"config keys {' and '.join(repr(k) for k in keys)} {text}, got "
                               f"{', '.join(repr(list(v) if isinstance(v, tuple) else v) for v in values)}")
+    if isinstance(cfg, Config):
+        defaults = Config()
+        for section, keys, why in _NO_EFFECT:
+            for key in keys:
+                if _get(cfg, f"{section}.{key}") != _get(defaults, f"{section}.{key}"):
+                    raise ConfigError(f"config key '{section}.{key}' has no effect ({why}); leave it out")
     return cfg
 
 
@@ -456,9 +487,21 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
 
 
+# Worker counts change how fast a stage runs, never what it writes (each sample is seeded by
+# itself, and results come back in order): hashes see them at fixed values (the demo's, so
+# that existing stamps stand), and --workers never refuses a cache or a resume, nor redoes one.
+_HASHED_AS = {"workers": 2, "num_workers": 0}
+
+
+def _pin_workers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _HASHED_AS[k] if k in _HASHED_AS else _pin_workers(v) for k, v in value.items()}
+    return [_pin_workers(v) for v in value] if isinstance(value, list) else value
+
+
 def config_hash(section: Any) -> str:
     """Short, stable hash of a config (section): stamps files so stages refuse to mix."""
-    blob = json.dumps(to_dict(section), sort_keys=True).encode()
+    blob = json.dumps(_pin_workers(to_dict(section)), sort_keys=True).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
 
 

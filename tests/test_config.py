@@ -22,6 +22,19 @@ def test_unknown_key_and_wrong_type_are_refused():
         parse_overrides(["teacher.epochs"])
 
 
+def test_floats_in_exponent_form_are_floats_and_other_types_are_config_errors(tmp_path):
+    # YAML 1.1 reads 1e-3 (no dot) as a string; it is the usual way to write a learning rate
+    assert load_config(None, ["teacher.lr=1e-3"]).teacher.lr == pytest.approx(1e-3)
+    (tmp_path / "c.yaml").write_text("student:\n  lr: 5e-4\n")
+    assert load_config(tmp_path / "c.yaml").student.lr == pytest.approx(5e-4)
+    for bad, key in (("infer.threshold=null", "infer.threshold"), ("teacher.epochs=true", "teacher.epochs"),
+                     ("teacher.lr=fast", "teacher.lr")):
+        with pytest.raises(ValueError, match=key):
+            load_config(None, [bad])
+    with pytest.raises(ValueError, match="already given a value"):
+        parse_overrides(["teacher.model=x", "teacher.model.encoder=y"])
+
+
 def test_yaml_inherit_and_dump_round_trip(tmp_path):
     (tmp_path / "base.yaml").write_text("teacher:\n  epochs: 7\ncache:\n  patch_size: 96\n")
     (tmp_path / "child.yaml").write_text("inherit: base.yaml\nteacher:\n  lr: 0.01\n")
@@ -37,3 +50,21 @@ def test_shipped_configs_load():
     for name in ("configs/default.yaml", "configs/cpu.yaml"):
         cfg = load_config(name)
         assert cfg.cache.k_slices % 2 == 1
+
+
+def test_a_key_the_stage_never_reads_is_refused_not_hashed():
+    for key in ("student.loss.coarse=sphere", "fpr.loss.dice_weight=2", "fpr.prompt_dropout=0.1",
+                "fpr.model.decoder_channels=[8,8,8,8,8]"):
+        with pytest.raises(ValueError, match=f"'{key.split('=')[0]}' has no effect"):
+            load_config(None, [key])
+    # what the stages do read still passes
+    load_config(None, ["student.loss.small_nodule_boost=3", "teacher.loss.coarse=sphere", "fpr.model.head_prior=0.1"])
+
+
+def test_worker_counts_never_change_a_hash():
+    """--workers must not refuse a cache, a phantom folder or a resume: results never depend on it."""
+    base = load_config(None)
+    other = load_config(None, ["cache.workers=7", "phantom.workers=5", "teacher.num_workers=3"])
+    for section in ("cache", "phantom", "teacher"):
+        assert config_hash(getattr(other, section)) == config_hash(getattr(base, section)), section
+    assert config_hash(load_config(None, ["cache.seed=1"]).cache) != config_hash(base.cache)

@@ -45,6 +45,7 @@ def _kill_when(cmd, ready, timeout=240):
 def _complete(cmd):
     result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def _paths(cfg, **changes):
@@ -84,7 +85,7 @@ def test_killed_teacher_resumes_to_the_same_weights(tiny_trained, tmp_path):
     pd.testing.assert_frame_equal(a, b, rtol=1e-6)
 
 
-def test_killed_pseudo_labelling_reruns_to_the_same_labels(tiny_trained, tmp_path):
+def test_killed_pseudo_labelling_resumes_to_the_same_labels(tiny_trained, tmp_path):
     ctx = tiny_trained
     experiment = tmp_path / ctx.cfg.paths.experiment
     for fold_dir in sorted(ctx.layout.root.glob("teacher/fold_*")):
@@ -92,9 +93,11 @@ def test_killed_pseudo_labelling_reruns_to_the_same_labels(tiny_trained, tmp_pat
         shutil.copy(fold_dir / "checkpoint_best.pt", experiment / "teacher" / fold_dir.name)
     shutil.copy(ctx.layout.postprocessing, experiment)
     cmd = _command("pseudo_label.py", _paths(ctx.cfg, outputs=tmp_path))
-    _kill_when(cmd, lambda: any(experiment.glob(".pseudo.h5*")))
+    _kill_when(cmd, lambda: any(experiment.glob(".pseudo.h5.parts-*/rows_*.npy")))
     assert not (experiment / "pseudo.h5").exists(), "no half-written pseudo-labels"
-    _complete(cmd)
+    done = len(list(experiment.glob(".pseudo.h5.parts-*/rows_*.npy")))
+    assert f"resumed the pseudo-labels: {done} of" in _complete(cmd).stdout
+    assert not any(experiment.glob(".pseudo.h5.parts-*")), "finished batches are cleared once merged"
     with h5py.File(experiment / "pseudo.h5", "r") as a, h5py.File(ctx.layout.pseudo_labels, "r") as b:
         for name in ("rows", "soft", "constrained"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)

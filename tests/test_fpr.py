@@ -251,6 +251,20 @@ def test_fpr_classifiers_export_to_onnx(fpr_trained, monkeypatch):
             np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], model(x).numpy(), atol=1e-4)
 
 
+def test_a_classifier_given_to_the_segmentation_tools_is_named_not_run(fpr_trained, monkeypatch, tmp_path):
+    from src.errors import DataError
+    from src.models.checkpoint import load_models
+    ctx, _ = fpr_trained
+    checkpoint = ctx.layout.fpr_checkpoints()[0]
+    with pytest.raises(DataError, match="false-positive-reduction classifier"):
+        load_models([checkpoint])
+    monkeypatch.setattr(sys, "argv", ["export.py", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "c.onnx"),
+                                      *_overrides(ctx)])
+    with pytest.raises(DataError, match="not a segmentation network"):
+        export.main()
+    assert not (tmp_path / "c.onnx").exists()
+
+
 def test_hard_negative_rounds_draw_the_highest_scored_negatives_more_often():
     table = pd.DataFrame({"label": [HIT, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]})
     rows = np.arange(11)                 # one positive, ten negatives

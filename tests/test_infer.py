@@ -216,6 +216,21 @@ def test_onnx_matches_pytorch(tiny_trained, tmp_path):
     np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=1e-4)  # fp32 kernels differ in summation order
 
 
+def test_a_fixed_size_encoder_exports_with_fixed_height_and_width(tmp_path):
+    """CoAtNet's attention is built for one input size: the graph and its metadata say so,
+    instead of promising any multiple of 32 and failing in the consumer's runtime."""
+    import onnx
+    from src.config import ModelConfig
+    from src.models.export import onnx_metadata
+    from src.models.factory import build_model
+    model = build_model(ModelConfig(encoder="tu-coatnet_nano_rw_224"), 3, 64)
+    path = export_onnx(model, 3, 64, tmp_path / "c.onnx", {})
+    dims = [d.dim_value or d.dim_param for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 64, 64]
+    meta = onnx_metadata(CacheConfig(patch_size=64), 0.5, "test", path, fixed_size=True)
+    assert "H = W = 64" in meta["input"]
+
+
 def test_candidate_masks_in_the_box_above_threshold_equal_the_whole_volume_labelling():
     """candidate_masks labels components only inside the box of the voxels above threshold
     (memory): the same labels as labelling the whole volume, shared components included."""

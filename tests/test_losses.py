@@ -125,3 +125,31 @@ def test_dice_is_per_patch_so_a_missed_small_nodule_counts_like_a_large_one():
     # mean over the two patches with a nodule (the empty third has no Dice): (0 + 1) / 2
     assert dice_only(logits, target).item() == pytest.approx(0.5, abs=1e-3)
     assert dice_only(logits[2:], target[2:]).item() == 0.0   # a patch without a nodule: no Dice term
+
+
+def test_the_feature_term_never_averages_in_the_input_itself():
+    from src.config import ModelConfig
+    from src.models.factory import build_model, forward_with_features
+    model = build_model(ModelConfig(encoder="tu-lcnet_050", decoder_channels=(16, 16, 8, 8, 8)), 3, 64)
+    x = torch.randn(2, 3, 64, 64)
+    _, feats = forward_with_features(model, x)
+    # smp's pyramid starts with the input: a term between two copies of one image is always 0
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2]
+    # and the student's stages meet the feature teacher's own
+    teacher = build_model(ModelConfig(encoder="tu-lcnet_050", decoder_channels=(16, 16, 8, 8, 8)), 3, 64)
+    objective = StudentObjective(LossConfig(), DistillConfig(feature_weight=1.0), feature_teacher=teacher)
+    dist = torch.full((2, 1, 64, 64), 10.0)
+    dist[..., 24:40, 24:40] = -1.0
+    batch = dict(image=x, fine=torch.zeros(2, 1, 64, 64), fine_ok=torch.ones(2), soft=torch.rand(2, 1, 64, 64),
+                 soft_ok=torch.ones(2), coarse_dist=dist)
+    _, terms = objective(model, model, batch, progress=1.0)
+    assert terms["feature"] > 0
+
+
+def test_a_core_fraction_of_one_is_the_whole_sphere():
+    from src.losses.coarse import core_mask
+    dist = torch.tensor([-3.0, -0.5, 0.0, 1.0]).view(1, 1, 1, 4).repeat(2, 1, 1, 1)
+    radius = torch.tensor([4.0, 0.0])   # a nodule patch and a negative
+    assert core_mask(dist, radius, 1.0)[0].flatten().tolist() == [1, 1, 1, 0]
+    assert core_mask(dist, radius, 0.5)[0].flatten().tolist() == [1, 0, 0, 0]
+    assert not core_mask(dist, radius, 1.0)[1].any()

@@ -294,6 +294,21 @@ def test_batch_norm_folds_into_the_conv_before_it_and_nowhere_else(capsys):
     assert "not folded" in capsys.readouterr().err
 
 
+class _ToyPoints(torch.utils.data.Dataset):
+    """Eight 2-vectors for a toy trainer (a Linear(2, 1) driven to 0)."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"x": torch.full((2,), float(i[0]))}   # the sampler yields (index, augmentation seed)
+
+
+def _toy_objective(model, ema, batch, progress):
+    loss = model(batch["x"]).float().pow(2).mean()
+    return loss, {"loss": loss.item()}
+
+
 def test_a_run_whose_validation_never_scores_keeps_its_last_epoch_as_the_best(tmp_path, capsys):
     """A fold with nothing to score (or a one-class AUC: NaN) still leaves a best checkpoint,
     and it is this run's: an earlier run's best in the same folder is removed at the start."""
@@ -301,30 +316,37 @@ def test_a_run_whose_validation_never_scores_keeps_its_last_epoch_as_the_best(tm
     from src.models.checkpoint import save_checkpoint
     from src.train.trainer import RunInfo, Trainer
 
-    class Points(torch.utils.data.Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, i):
-            return {"x": torch.full((2,), float(i[0]))}   # the sampler yields (index, augmentation seed)
-
-    def objective(model, ema, batch, progress):
-        loss = model(batch["x"]).pow(2).mean()
-        return loss, {"loss": loss.item()}
-
     stage = StageConfig(epochs=2, steps_per_epoch=2, batch_size=2, num_workers=0, channels_last=False, warmup_epochs=0)
     rt = Runtime(torch.device("cpu"), None)
     info = RunInfo("toy", None, {}, 2, 1, {}, "hash", "cache")
     save_checkpoint({"stale": True}, tmp_path / "checkpoint_best.pt")
     for scores in ({}, {"val_dice": float("nan")}):
         torch.manual_seed(0)
-        trainer = Trainer(stage, torch.nn.Linear(2, 1), objective, Points(), np.ones(8), lambda model: dict(scores),
-                          tmp_path, rt, info)
+        trainer = Trainer(stage, torch.nn.Linear(2, 1), _toy_objective, _ToyPoints(), np.ones(8),
+                          lambda model: dict(scores), tmp_path, rt, info)
         summary = trainer.fit()
         assert not summary["best"].any() and "the last epoch is kept as the best" in capsys.readouterr().err
         best, final = (torch.load(tmp_path / f"checkpoint_{k}.pt", weights_only=True) for k in ("best", "final"))
         assert "stale" not in best and best["epoch"] == final["epoch"] == 2
         torch.testing.assert_close(best["ema"], final["ema"])
+
+
+def test_a_run_saved_in_fp32_resumes_under_fp16(tmp_path):
+    """A checkpoint written without a GradScaler (CPU, bf16, amp off) resumes on a card that
+    needs one (fp16): a fresh scale, not a crash on the empty scaler state."""
+    from src.config import StageConfig
+    from src.train.trainer import RunInfo, Trainer
+
+    info = RunInfo("toy", None, {}, 2, 1, {"cache": {}}, "hash", "cache")   # what load_checkpoint checks
+    for epochs, amp in ((1, None), (2, torch.float16)):
+        stage = StageConfig(epochs=epochs, steps_per_epoch=2, batch_size=2, num_workers=0, channels_last=False,
+                            warmup_epochs=0)
+        trainer = Trainer(stage, torch.nn.Linear(2, 1), _toy_objective, _ToyPoints(), np.ones(8), lambda model: {},
+                          tmp_path, Runtime(torch.device("cpu"), amp), info)
+        if amp is not None:
+            assert trainer.resume() and trainer.epoch == 1
+        trainer.fit()
+    assert torch.load(tmp_path / "checkpoint_final.pt", weights_only=True)["epoch"] == 2
 
 
 def test_a_coarse_nodule_trains_only_on_the_slices_its_sphere_reaches(tiny_ctx):

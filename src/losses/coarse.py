@@ -36,8 +36,9 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 def core_mask(coarse_dist: torch.Tensor, radius_mm: torch.Tensor, core_fraction: float) -> torch.Tensor:
     """Pixels within ``core_fraction`` x radius of the patch's own nodule centre (3D), i.e.
     at least (1 - core_fraction) x radius inside its sphere. Negatives (radius 0): none."""
-    depth = ((1.0 - core_fraction) * radius_mm).view(-1, 1, 1, 1)
-    return ((coarse_dist <= -depth) & (depth > 0) & (core_fraction > 0)).float()
+    radius = radius_mm.view(-1, 1, 1, 1)
+    depth = (1.0 - core_fraction) * radius   # 0 at core_fraction 1: the whole sphere
+    return ((coarse_dist <= -depth) & (radius > 0) & (core_fraction > 0)).float()
 
 
 class CoarseMeanTeacherLoss(nn.Module):

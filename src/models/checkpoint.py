@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from src.config import CacheConfig, ModelConfig, from_dict, to_dict
+from src.data.cache import MODEL_SPACE_KEYS
 from src.errors import ConfigError, DataError
-from src.layout import ExperimentLayout
+from src.models.classifier import CLASSIFIERS
 from src.models.factory import STRIDE, build_model
 from src.models.fusion import fold_batch_norms
 from src.utils import atomic_path
@@ -62,10 +63,12 @@ def cache_config(ckpt: dict) -> CacheConfig:
     return from_dict(CacheConfig, ckpt["config"]["cache"])
 
 
-def model_from_checkpoint(path: str | Path, weights: str = "ema", fold_norms: bool = False) -> nn.Module:
+def model_from_checkpoint(path: str | Path, weights: str = "ema", fold_norms: bool = False,
+                          ckpt: dict | None = None) -> nn.Module:
     """Rebuild the network a checkpoint was trained as and load its ``ema`` or ``model`` weights;
-    ``fold_norms``: for inference only, batch norm folded into the convs (``src.models.fusion``)."""
-    ckpt = load_checkpoint(path)
+    ``fold_norms``: for inference only, batch norm folded into the convs (``src.models.fusion``);
+    ``ckpt``: the file's content, when the caller has read it already."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     try:
         model = build_model(_model_config(ckpt), ckpt["in_channels"], ckpt["patch_size"])
     except ConfigError as err:
@@ -87,27 +90,27 @@ def model_from_checkpoint(path: str | Path, weights: str = "ema", fold_norms: bo
     return model
 
 
+def refuse_classifier(path: str | Path, ckpt: dict) -> None:
+    """Segmentation tools take segmentation networks: an FPR classifier is named, not run."""
+    if ckpt["model_config"].get("arch") in CLASSIFIERS:
+        raise DataError(f"{path}: a false-positive-reduction classifier ({ckpt['model_config']['arch']}), "
+                        "not a segmentation network")
+
+
 def load_models(paths: list[Path]) -> tuple[list[nn.Module], CacheConfig]:
     """The networks of several checkpoints (an ensemble), which must share one model space,
     ready for inference (batch norm folded)."""
     if not paths:
         raise DataError("no checkpoints to load")
-    spaces = {str(p): cache_config(load_checkpoint(p)) for p in paths}
+    ckpts = {str(p): load_checkpoint(p) for p in paths}
+    for path, ckpt in ckpts.items():
+        refuse_classifier(path, ckpt)
+    spaces = {path: cache_config(ckpt) for path, ckpt in ckpts.items()}
     first = next(iter(spaces.values()))
-    for path, space in spaces.items():
-        if space != first:
-            raise DataError(f"{path}: trained in another model space than {paths[0]}")
-    return [model_from_checkpoint(p, fold_norms=True) for p in paths], first
-
-
-def load_ensemble(layout: ExperimentLayout, folds: list[int], cache_hash: str) -> tuple[list[nn.Module], list[Path]]:
-    """Every fold teacher of an experiment, checked to have trained on the cache in use."""
-    paths = layout.teacher_checkpoints(folds)
-    models, _ = load_models(paths)
-    for path, model in zip(paths, models):
-        if model.checkpoint_meta.get("cache_hash") != cache_hash:
-            raise DataError(f"{path}: trained on another patch cache (retrain, or use that cache)")
-    return models, paths
+    for path, space in spaces.items():   # what the networks see; how the caches were cut may differ
+        if [getattr(space, k) for k in MODEL_SPACE_KEYS] != [getattr(first, k) for k in MODEL_SPACE_KEYS]:
+            raise DataError(f"{path}: trained in another model space ({', '.join(MODEL_SPACE_KEYS)}) than {paths[0]}")
+    return [model_from_checkpoint(p, fold_norms=True, ckpt=ckpts[str(p)]) for p in paths], first
 
 
 def holdout_leaks(outputs: str | Path, holdout: set[str]) -> list[str]:

@@ -2,10 +2,11 @@
 
 A segmentation graph takes the *normalised* 2.5D stack (N, k, H, W) - HU clipped to the
 cache window and scaled to [0, 1], see ``src.data.preprocess.normalise`` - and returns
-logits (N, 1, H, W); batch, height and width are dynamic (H and W multiples of 32). The
-FPR classifier takes the normalised views (N, 3, k, S, S) or cube (N, 1, S, S, S) of
-``src.models.classifier`` and returns logits (N, 1); the batch is dynamic. The window, spacing and k are stored in the
-model's metadata so a consumer can reproduce the input.
+logits (N, 1, H, W); batch, height and width are dynamic (H and W multiples of 32), except
+for encoders built for one input size (CoAtNet, MaxViT: H = W = the patch size, tiled by the
+consumer). The FPR classifier takes the normalised views (N, 3, k, S, S) or cube
+(N, 1, S, S, S) of ``src.models.classifier`` and returns logits (N, 1); the batch is dynamic.
+The window, spacing and k are stored in the model's metadata so a consumer can reproduce the input.
 """
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ PROMPT_INPUT = ("; then channel k: the prompt, clip(-d / prompt_scale_mm, -1, 1)
 
 
 def onnx_metadata(cache: CacheConfig, threshold: float, threshold_source: str, checkpoint: Path,
-                  prompted: bool = False) -> dict:
+                  prompted: bool = False, fixed_size: bool = False) -> dict:
     """What a consumer needs to reproduce the input and read the output."""
     channels = "k + 1" if prompted else "k"
+    size = (f"H = W = {cache.patch_size} (tile larger inputs)" if fixed_size else "H and W multiples of 32")
     return {"window_hu": list(cache.window), "spacing_zyx_mm": list(cache.spacing_zyx), "k_slices": cache.k_slices,
-            "input": f"HU clipped to window_hu, scaled to [0,1]; (N, {channels}, H, W), H and W multiples of 32"
+            "input": f"HU clipped to window_hu, scaled to [0,1]; (N, {channels}, H, W), {size}"
                      + (PROMPT_INPUT if prompted else ""),
             "prompted": prompted, **({"prompt_scale_mm": PROMPT_SCALE_MM} if prompted else {}),
             "output": f"logits (N, 1, H, W); sigmoid >= {threshold:g} = nodule", "threshold": threshold,
@@ -59,7 +61,7 @@ def export_onnx(model: nn.Module, k: int, patch_size: int, path: str | Path, met
         axes = {"image": {0: "batch"}, "logits": {0: "batch"}}
     else:
         example = torch.zeros(1, k + int(getattr(model, "prompted", False)), patch_size, patch_size)
-        dynamic = {0: "batch", 2: "height", 3: "width"}
+        dynamic = {0: "batch"} if getattr(model, "fixed_input_size", None) else {0: "batch", 2: "height", 3: "width"}
         axes = {"image": dynamic, "logits": dynamic}
     with atomic_path(path, suffix=".onnx") as tmp:
         torch.onnx.export(model, example, str(tmp), input_names=["image"], output_names=["logits"],

@@ -65,10 +65,13 @@ def build_model(cfg: ModelConfig, in_channels: int, patch_size: int) -> nn.Modul
     fixed = needs_fixed_size(cfg.encoder)
     if fixed:
         kwargs["img_size"] = patch_size
+    if not hasattr(smp, cfg.arch):
+        raise ConfigError(f"unknown smp architecture '{cfg.arch}'")
     try:
         model = getattr(smp, cfg.arch)(**kwargs)
-    except AttributeError:
-        raise ConfigError(f"unknown smp architecture '{cfg.arch}'") from None
+    except (ValueError, RuntimeError, AssertionError) as err:   # e.g. a plain ViT: no feature pyramid
+        raise ConfigError(f"encoder '{cfg.encoder}' cannot serve a {cfg.arch} at patch {patch_size} "
+                          f"({str(err).splitlines()[0][:120]})") from None
     if cfg.stride1_skip:
         if cfg.arch != "Unet":
             raise ConfigError(f"model.stride1_skip needs arch Unet (got '{cfg.arch}')")
@@ -108,15 +111,23 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     """Local pretrained encoder weights (.pth/.pt or .safetensors); nothing is downloaded.
 
     Keys may carry a ``model.``/``encoder.`` prefix. A first conv trained on 3 (RGB)
-    channels is adapted to k slices by repeating its mean, as smp does for in_channels."""
+    channels is adapted to k slices by repeating its mean, scaled by 3/k so that the layer's
+    response to equal slices is kept (smp's ``patch_first_conv`` scales alike)."""
+    if not hasattr(model, "encoder"):
+        raise ConfigError(f"{path}: a {type(model).__name__} has no 2D encoder to load weights into")
     if not path.is_file():
         raise ConfigError(f"{path}: encoder weights not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state))
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    except Exception as err:   # torch, pickle and safetensors each raise their own kind
+        raise ConfigError(f"{path}: not a readable weights file ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: holds a {type(state).__name__}, not a state dict of named tensors")
     target = model.encoder.state_dict()
     adapted = {}
     for key, value in state.items():
@@ -124,11 +135,11 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
             key = key[len(prefix):] if key.startswith(prefix) else key
         # smp wraps timm models as encoder.model: plain timm keys need the prefix.
         name = key if key in target else f"model.{key}" if f"model.{key}" in target else None
-        if name is None:
+        if name is None or not torch.is_tensor(value):
             continue
         want = target[name]
         if value.ndim == 4 and value.shape[0] == want.shape[0] and value.shape[1] != want.shape[1]:
-            value = value.mean(1, keepdim=True).repeat(1, want.shape[1], 1, 1)
+            value = value.mean(1, keepdim=True).repeat(1, want.shape[1], 1, 1) * (value.shape[1] / want.shape[1])
         if value.shape == want.shape:
             adapted[name] = value
     if not adapted:
@@ -141,8 +152,9 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Forward pass that also returns the encoder's feature pyramid (feature distillation).
-    A hook, rather than calling encoder and decoder by hand, keeps DDP's gradient sync."""
+    """Forward pass that also returns the encoder's feature pyramid (feature distillation),
+    without smp's first entry, which is the input itself. A hook, rather than calling encoder
+    and decoder by hand, keeps DDP's gradient sync."""
     net = getattr(model, "_orig_mod", model)   # torch.compile wrapper
     net = getattr(net, "module", net)          # DDP wrapper
     captured: list = []
@@ -151,4 +163,4 @@ def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
         logits = model(x)
     finally:
         handle.remove()
-    return logits, captured[0]
+    return logits, captured[0][1:]

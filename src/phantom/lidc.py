@@ -3,8 +3,8 @@
 The database holds every radiologist's contours, the slice z positions and the pixel
 spacing of 1018 scans, but no CT pixels. This module turns one scan's markings into what
 the phantom needs, on the scan's own grid (rows = y, columns = x, sorted slice z):
-per-nodule reader masks, the fraction of readers marking each voxel, and LUNA16-style
-centre/diameter rows. pylidc's own API does the grouping (``cluster_annotations``).
+per-nodule reader masks and what the readers rated (texture, margin, calcification, ...).
+pylidc's own API does the grouping (``cluster_annotations``).
 """
 from __future__ import annotations
 
@@ -48,10 +48,6 @@ class LidcNodule:
     @property
     def n_readers(self) -> int:
         return int(self.reader_masks.shape[0])
-
-    @property
-    def fraction(self) -> np.ndarray:
-        return self.reader_masks.mean(axis=0, dtype=np.float32)
 
     @property
     def consensus(self) -> np.ndarray:

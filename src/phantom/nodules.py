@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from src.data.groups import texture_class
 from src.phantom.shapes import Grid, Tubes, normalise, overlap, random_unit, signed_distance, smooth_noise
 
 HU_SOLID = (-10.0, 100.0)
@@ -60,9 +61,8 @@ def density_class(texture: float, calcification: str, cavitary: bool) -> str:
         return "calcified"
     if cavitary:
         return "cavitary"
-    if not np.isfinite(texture) or texture > 3.5:
-        return "solid"
-    return "ground-glass" if texture <= 2 else "part-solid"
+    # an unrated texture is drawn solid, the commonest kind
+    return texture_class(texture) if np.isfinite(texture) else "solid"
 
 
 @dataclass
@@ -280,7 +280,7 @@ def edge_contrast(hu: np.ndarray, consensus: np.ndarray, lung: np.ndarray) -> fl
     """Where the consensus edge sits between the nodule and its surroundings: (edge - bg) /
     (core - bg), with edge the mean HU of the voxel layers just inside and just outside the
     consensus, core the median HU of its interior (eroded once, or all of it), and bg the
-    median HU of the aerated lung (< -500 HU) 2..5 voxels outside. 0.5 is the half-way
+    median HU of the aerated lung (< -500 HU) 3..5 voxels outside. 0.5 is the half-way
     level that half-max thresholds at. Arrays: a box around the nodule."""
     if not consensus.any():
         return float("nan")

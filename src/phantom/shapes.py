@@ -70,9 +70,6 @@ class Frame:
                          v * self.scale + self.centre_y + self._mid[1] / 2,
                          u * self.scale + self.centre_x + self._mid[2] / 2], axis=-1)
 
-    def to_anatomy(self, zyx_mm: np.ndarray) -> np.ndarray:
-        return np.stack([self.c_of_z(zyx_mm[..., 0]), self.v_of_y(zyx_mm[..., 1]),
-                         self.u_of_x(zyx_mm[..., 2])], axis=-1)
 
 
 @dataclass(frozen=True)

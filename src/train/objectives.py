@@ -93,7 +93,7 @@ class StudentObjective:
         loss = self.cfg.supervised_weight * terms["fine"] + self.cfg.kd_weight * terms["kd"]
         if want_features:
             with torch.no_grad():
-                teacher_feats = self.feature_teacher.encoder(batch["image"])
+                teacher_feats = self.feature_teacher.encoder(batch["image"])[1:]   # as forward_with_features
             terms["feature"] = self.at(feats, teacher_feats, region)
             loss = loss + self.cfg.feature_weight * terms["feature"]
         return loss, {k: float(v.detach()) for k, v in terms.items()}

@@ -118,7 +118,8 @@ class Trainer:
         self.ema.module.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.scaler.is_enabled() and ckpt["scaler"]:   # a run saved without fp16 starts a fresh scale
+            self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
         self.global_step, self.best, self.history = ckpt["global_step"], ckpt["best"], list(ckpt["history"])
@@ -130,11 +131,15 @@ class Trainer:
         batch = {k: v.to(self.rt.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with self.rt.autocast():
             loss, logs = self.objective(self.train_model, self.ema.module, batch, progress)
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss.detach()).float()
+        if self.rt.distributed:   # every rank skips together, or the others wait in backward's all-reduce
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
             # a bad batch (or an fp16 overflow) is skipped, never stepped into the weights
             self.bad_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
-            print(f"warning: loss is {loss.item()} at step {self.global_step}; step skipped ({logs})", file=sys.stderr)
+            print(f"warning: loss is {loss.item()} at step {self.global_step} (here or on another rank); "
+                  f"step skipped ({logs})", file=sys.stderr)
             if self.bad_steps >= MAX_BAD_STEPS:
                 raise TrainingDiverged(f"{self.out_dir}: the loss was not finite for {self.bad_steps} steps in a row; "
                                        "lower the learning rate or set amp=off (checkpoints keep the last good state)")
