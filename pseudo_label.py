@@ -4,6 +4,7 @@
 
 -> outputs/<experiment>/pseudo.h5 and pseudo_quality.csv (pseudo-label Dice against the
 withheld fine masks of coarse scans, where they exist). Hold-out scans are never touched.
+Rerun after an interruption, it resumes from the batches already labelled.
 """
 import argparse
 

@@ -499,6 +499,21 @@ def _pin_workers(value: Any) -> Any:
     return [_pin_workers(v) for v in value] if isinstance(value, list) else value
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def config_changes(before: dict, after: dict) -> list[str]:
+    """``"key: old -> new"`` for each value two config dicts (``to_dict``) disagree on; worker
+    counts, which change no result, left out."""
+    a, b = _flatten(before), _flatten(after)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k.rsplit(".", 1)[-1] not in _HASHED_AS and a.get(k) != b.get(k)]
+
+
 def config_hash(section: Any) -> str:
     """Short, stable hash of a config (section): stamps files so stages refuse to mix."""
     blob = json.dumps(_pin_workers(to_dict(section)), sort_keys=True).encode()

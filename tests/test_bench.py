@@ -248,3 +248,75 @@ def test_scores_made_before_the_sphere_fallback_are_scored_again(tmp_path):
     assert run.scored(DEFAULT, 0, "an arm") is None
     _rows("an arm", [0.5, 0.7]).assign(sphere_fallback=[False, True]).to_csv(path, index=False)
     assert run.scored(DEFAULT, 0, "an arm")["sphere_fallback"].tolist() == [False, True]
+
+
+def test_the_report_leaves_out_older_scores_and_names_each_ensembles_pseudo_labels(tmp_path):
+    """Scores made under the older rule are not pooled with the current ones; pseudo-label
+    quality is kept per teacher arm, so a later learning-curve student cannot pass its
+    ensemble's labels off as the main one's."""
+    from src.bench.protocol import DEFAULT, SSL, SSLKD
+    from src.bench.quality import report_so_far
+    from src.bench.runner import REFERENCES, BenchRun
+    from src.runtime import Runtime
+    run = BenchRun(tmp_path, dataclasses.replace(BUDGETS["quick"], shifted=()), "configs/cpu.yaml",
+                   Runtime(torch.device("cpu"), None))
+    for name, fallback in ((SSLKD, True), (REFERENCES[1], True), ("SSLKD student @ 10%", None)):
+        path = run.scores_path(DEFAULT, 0, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = _rows(name, [0.6, 0.8]).assign(attachment="isolated")
+        (table if fallback is None else table.assign(sphere_fallback=False)).to_csv(path, index=False)
+    for teachers, n in ((SSL, 3), (f"{SSL} @ 10%", 5)):
+        path = tmp_path / "pseudo" / "default" / "seed0" / f"{teachers}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(dict(condition="default", seed=0, teachers=teachers, dice_3d=[0.7] * n,
+                          sphere_dice=[0.6] * n)).to_csv(path, index=False)
+    text = report_so_far(run)
+    assert "@ 10%" not in pd.read_csv(tmp_path / "per_nodule.csv")["model"].str.cat()
+    pseudo = text.split("## Pseudo-labels")[1].split("##")[0]
+    assert f"| default | 0 | {SSL} | 3 | 0.700 | 0.600 |" in pseudo
+    assert f"| default | 0 | {SSL} @ 10% | 5 | 0.700 | 0.600 |" in pseudo
+
+
+def test_a_folder_made_under_another_recipe_is_refused(tmp_path):
+    """A rerun skips every model and score already in the folder: under another recipe it
+    would report old models as new ones. Worker counts change no result and pass."""
+    from src.bench.runner import BenchRun
+    from src.errors import DataError
+    from src.runtime import Runtime
+    quick = BUDGETS["quick"]
+
+    def claim(*overrides):
+        BenchRun(tmp_path, dataclasses.replace(quick, overrides=(*quick.overrides, *overrides)), "configs/cpu.yaml",
+                 Runtime(torch.device("cpu"), None)).claim_folder()
+
+    claim()
+    claim()
+    claim("teacher.num_workers=3", "cache.workers=1")
+    with pytest.raises(DataError, match="teacher.epochs"):
+        claim("teacher.epochs=99")
+
+
+def test_default_set_models_on_a_shifted_set_see_only_patients_they_never_trained_on(tmp_path, monkeypatch):
+    """The shifted sets draw from the same LIDC patients as the default set: a default-set
+    model is scored there only on patients it neither trained nor validated on."""
+    from types import SimpleNamespace
+
+    from src.bench.protocol import DEFAULT, MAIN_ARMS
+    from src.bench.runner import BenchRun
+    from src.runtime import Runtime
+    run = BenchRun(tmp_path, BUDGETS["full"], "configs/cpu.yaml", Runtime(torch.device("cpu"), None))
+    shifted, arm = run.budget.shifted[0], MAIN_ARMS[0]
+    run.data_dir(DEFAULT).mkdir(parents=True)
+    pd.DataFrame(dict(seriesuid=["d1", "d2"], patient_id=["p1", "p2"], fold=["0", "holdout"])).to_csv(
+        run.data_dir(DEFAULT) / "folds_fine0.2.csv", index=False)   # what folds_path(DEFAULT, 0.2) reads
+    (run.data_dir(shifted) / "luna16").mkdir(parents=True)
+    pd.DataFrame(dict(seriesuid=["s1", "s2", "s3"], patient_id=["p1", "p2", "p3"])).to_csv(
+        run.data_dir(shifted) / "luna16" / "scans.csv", index=False)
+    monkeypatch.setattr(run, "cases", lambda cond, split="holdout": [SimpleNamespace(seriesuid=u) for u in ("s1", "s2", "s3")])
+    monkeypatch.setattr(run, "segmenter", lambda ctx, arm: (None, 0.5, SimpleNamespace(prompted=False)))
+    given = {}
+    monkeypatch.setattr(run, "score", lambda cond, seed, name, segmenters, cases=None: given.setdefault(name, cases))
+    run.score_arm(DEFAULT, arm, 0, None, label="on shifted", on=shifted)
+    assert [c.seriesuid for c in given["on shifted"]] == ["s2", "s3"]   # p1 trained the default set's models
+    run.score_arm(shifted, arm, 0, None)
+    assert given[arm.name] is None   # a shifted set's own models: its whole hold-out

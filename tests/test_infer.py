@@ -203,6 +203,11 @@ def test_froc_and_cpm():
     _, cpm, points = froc(miss, ann, excluded, ["a", "b"])
     # the FP (0.8) ranks below the hit on a (0.9): half the nodules found at every rate
     assert points["sensitivity"].tolist() == [0.5] * 7 and cpm == pytest.approx(0.5)
+    # an excluded finding listed without a diameter (LUNA16's -1) reaches 5 mm, as in the
+    # official script: a candidate 4 mm from it is ignored, not a false positive
+    no_diameter = pd.DataFrame([dict(seriesuid="a", coordX=30.0, coordY=0.0, coordZ=0.0, diameter_mm=float("nan"))])
+    near = perfect.assign(coordX=[1.0, 50.0, 34.0])
+    assert froc(near, ann, no_diameter, ["a", "b"])[1] == pytest.approx(1.0)
 
 
 def test_onnx_matches_pytorch(tiny_trained, tmp_path):

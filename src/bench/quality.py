@@ -44,12 +44,13 @@ def train_and_score(run: BenchRun, cond, arms: dict, names, seed: int) -> None:
         if cond is DEFAULT and run.budget.second_batch_scans:   # more hold-out nodules, pooled in the report
             run.score_arm(cond, arm, seed, ctx, on=SECOND_BATCH)
         if arm.kind == "student":
-            write_pseudo_quality(run, cond, seed, ctx)
+            write_pseudo_quality(run, cond, seed, ctx, arm.teachers)
 
 
 def run_quality(run: BenchRun, parts: tuple[str, ...] = PARTS) -> str:
     """Train and score the protocol's ``parts`` (skipping what is done), then the report."""
     budget = run.budget
+    run.claim_folder()
     arms = {a.name: a for a in MAIN_ARMS if not budget.arms or a.name in budget.arms}
     for cond in budget.conditions():
         run.prepare(cond)
@@ -88,10 +89,16 @@ def report_so_far(run: BenchRun) -> str:
     """The report from everything scored in ``run.out`` (by this run, earlier ones or a run
     in progress): every score written, the OOF spread of every scored teacher arm, the speed
     if measured."""
-    scores = sorted((run.out / "scores").glob("*/*/*.csv"))
-    if not scores:
-        raise DataError(f"{run.out / 'scores'}: nothing scored yet")
-    rows = pd.concat([pd.read_csv(p) for p in scores], ignore_index=True)
+    tables = {p: pd.read_csv(p) for p in sorted((run.out / "scores").glob("*/*/*.csv"))}
+    # scored before the sphere fallback: another rule, rescored by the next run (BenchRun.scored)
+    stale = [p for p, t in tables.items() if "sphere_fallback" not in t]
+    tables = {p: t for p, t in tables.items() if p not in stale}
+    if not tables:
+        raise DataError(f"{run.out / 'scores'}: nothing scored yet" + (f" under the current rule ({len(stale)} "
+                        "file(s) from before the sphere fallback: a run rescores them)" if stale else ""))
+    for p in stale:
+        run.log(f"not in the report: {p.relative_to(run.out)} (scored before the sphere fallback; a run rescores it)")
+    rows = pd.concat(tables.values(), ignore_index=True)
     arms = [*MAIN_ARMS, *(a for f in run.budget.learning_curve for a in learning_curve_arms(f))]
     folds_rows = []
     for cond in (c for c in run.budget.conditions() if not c.holdout_only):
@@ -114,7 +121,9 @@ def pool_hold_out_batches(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pseudo_tables(run: BenchRun) -> pd.DataFrame:
-    paths = sorted((run.out / "pseudo").glob("*/*.csv"))
+    # pseudo/<condition>/seed<k>/<teachers>.csv (older runs' pseudo/<condition>/seed<k>.csv
+    # held whichever student came last, under no teacher's name: not read)
+    paths = sorted((run.out / "pseudo").glob("*/*/*.csv"))
     return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
 
 
@@ -174,9 +183,9 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
         spread["spread"] = spread["highest"] - spread["lowest"]
         lines += ["## OOF Dice per fold (teacher arms)", "", rep.markdown(spread), ""]
     if not pseudo.empty:
-        pq = pseudo.groupby(["condition", "seed"]).agg(nodules=("dice_3d", "size"), pseudo_dice=("dice_3d", "mean"),
-                                                        sphere_dice=("sphere_dice", "mean")).reset_index()
-        lines += ["## Pseudo-labels (SSL ensemble) against the withheld masks of coarse scans", "",
+        pq = pseudo.groupby(["condition", "seed", "teachers"], sort=False).agg(
+            nodules=("dice_3d", "size"), pseudo_dice=("dice_3d", "mean"), sphere_dice=("sphere_dice", "mean")).reset_index()
+        lines += ["## Pseudo-labels (each teacher arm's ensemble) against the withheld masks of coarse scans", "",
                   rep.markdown(pq), ""]
     if not speed.empty:
         lines += ["## Throughput (same run, CPU)", "", rep.markdown(speed.round(3)), ""]

@@ -11,7 +11,8 @@ Everything goes under one folder (``outputs/bench/quality/`` by default):
     cases/<condition>.pkl       the hold-out nodules as read once (a cache of the scans)
 
 Each finished step leaves its file, and a rerun skips it: an interrupted run resumes
-(teachers and students mid-training too, from their checkpoint_last.pt).
+(teachers and students mid-training too, from their checkpoint_last.pt). ``recipe.yaml``
+holds the config the folder's results were made under; another one is refused.
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from src.config import Config, load_config
+from src.config import Config, config_changes, load_config, to_dict
 from src.data.classical import BINARY_LEVEL, HalfMaxSegmenter
 from src.data.cache import PatchCache, build_cache
 from src.data.context import StageContext, load_context
 from src.data.folds import HOLDOUT, development_uids, fold_ids, holdout_uids, make_folds
 from src.data.manifest import read_dataset
+from src.errors import DataError
 from src.evaluation.baselines import SphereSegmenter, ThresholdSegmenter, fit_threshold
 from src.evaluation.cases import NoduleCase, load_cases
 from src.evaluation.holdout import score_cases
@@ -59,6 +62,21 @@ class BenchRun:
         self.out, self.budget, self.base_config, self.rt = Path(out), budget, base_config, rt
         self.start = time.time()
         self._cases: dict[str, list[NoduleCase]] = {}
+
+    def claim_folder(self) -> None:
+        """One recipe per folder. A rerun skips every model and score already there, so results
+        made under another config must never pass for this one's: the first run writes
+        ``recipe.yaml``, a later one under another recipe is refused, naming what changed."""
+        recipe = {k: v for k, v in to_dict(self.config(DEFAULT)).items() if k not in ("paths", "device")}
+        path = self.out / "recipe.yaml"
+        if not path.is_file():
+            atomic_write_text(path, yaml.safe_dump(recipe, sort_keys=False))
+            return
+        changed = config_changes(yaml.safe_load(path.read_text()) or {}, recipe)
+        if changed:
+            raise DataError(f"{path}: this folder's models and scores were made under another recipe "
+                            f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); "
+                            "pass another --out, or delete the folder to start again")
 
     def log(self, text: str) -> None:
         minutes = (time.time() - self.start) / 60
@@ -173,11 +191,19 @@ class BenchRun:
                     pickle.dump(self._cases[key], f)
         return self._cases[key]
 
-    def new_patients_scans(self, cond: Condition) -> set[str]:
-        """The seriesuids of ``cond``'s scans whose patient the default set does not hold."""
+    def new_patients_scans(self, cond: Condition, seen: set[str] | None = None) -> set[str]:
+        """The seriesuids of ``cond``'s scans whose patient is not in ``seen`` (default: every
+        patient of the default set)."""
         scans = pd.read_csv(self.data_dir(cond) / "luna16" / "scans.csv", dtype=str)
-        seen = set(pd.read_csv(self.data_dir(DEFAULT) / "luna16" / "scans.csv", dtype=str)["patient_id"])
+        if seen is None:
+            seen = set(pd.read_csv(self.data_dir(DEFAULT) / "luna16" / "scans.csv", dtype=str)["patient_id"])
         return set(scans.loc[~scans["patient_id"].isin(seen), "seriesuid"])
+
+    def default_development_patients(self) -> set[str]:
+        """The patients the default set's models trained or validated on (every fine-mask
+        fraction shares one hold-out, so one folds file answers for all)."""
+        folds = pd.read_csv(self.folds_path(DEFAULT, 0.2), dtype=str)
+        return set(folds.loc[folds["fold"] != HOLDOUT, "patient_id"])
 
     def scores_path(self, cond: Condition, seed: int, name: str) -> Path:
         return self.out / "scores" / slug(cond.name) / f"seed{seed}" / f"{slug(name)}.csv"
@@ -195,14 +221,16 @@ class BenchRun:
         table = pd.read_csv(path) if path.is_file() else None
         return table if table is not None and "sphere_fallback" in table else None
 
-    def score(self, cond: Condition, seed: int, name: str, segmenters: dict) -> pd.DataFrame:
-        """Per-nodule hold-out metrics of ``segmenters`` (name -> (segmenter, threshold)),
-        written once to scores/<condition>/seed<k>/<name>.csv."""
+    def score(self, cond: Condition, seed: int, name: str, segmenters: dict,
+              cases: list[NoduleCase] | None = None) -> pd.DataFrame:
+        """Per-nodule hold-out metrics of ``segmenters`` (name -> (segmenter, threshold)) on
+        ``cases`` (default: the condition's hold-out), written once to
+        scores/<condition>/seed<k>/<name>.csv."""
         path = self.scores_path(cond, seed, name)
         if (table := self.scored(cond, seed, name)) is not None:
             return table
         cfg = self.config(cond)
-        table = score_cases(self.cases(cond), segmenters, cfg.infer)
+        table = score_cases(self.cases(cond) if cases is None else cases, segmenters, cfg.infer)
         table.insert(0, "seed", seed)
         table.insert(0, "condition", cond.name)
         atomic_to_csv(table, path, float_format="%.5g")
@@ -210,7 +238,9 @@ class BenchRun:
 
     def score_arm(self, cond: Condition, arm: Arm, seed: int, ctx: StageContext,
                   label: str | None = None, on: Condition | None = None) -> pd.DataFrame:
-        """Score an arm trained on ``cond`` on the hold-out of ``on`` (default: its own)."""
+        """Score an arm trained on ``cond`` on the hold-out of ``on`` (default: its own). On a
+        shifted set, the default set's models see only patients they never trained on (the sets
+        draw from the same LIDC patients); a hold-out-only batch holds no others anyway."""
         target = on or cond
         name = label or arm.name
         if (table := self.scored(target, seed, name)) is not None:
@@ -220,7 +250,11 @@ class BenchRun:
         segmenters = {name: (segmenter, threshold)}
         if predictor.prompted:   # the same networks as they see a nodule in whole-scan search
             segmenters[name + UNPROMPTED] = (NetworkSegmenter(predictor, ctx.k, prompt=False), threshold)
-        return self.score(target, seed, name, segmenters)
+        cases = None
+        if target is not cond and not target.holdout_only:
+            unseen = self.new_patients_scans(target, self.default_development_patients())
+            cases = [c for c in self.cases(target) if c.seriesuid in unseen]
+        return self.score(target, seed, name, segmenters, cases)
 
     def score_references(self, cond: Condition) -> pd.DataFrame:
         """The references that need no training; the HU threshold is fit on the fine training scans."""
@@ -252,10 +286,13 @@ class BenchRun:
         return table
 
 
-def write_pseudo_quality(run: BenchRun, cond: Condition, seed: int, ctx: StageContext) -> None:
-    """Keep the pseudo-label quality table beside the scores, tagged with its condition/seed."""
+def write_pseudo_quality(run: BenchRun, cond: Condition, seed: int, ctx: StageContext, teachers: str) -> None:
+    """Keep the pseudo-label quality table of the ``teachers`` arm's ensemble beside the
+    scores (pseudo/<condition>/seed<k>/<teachers>.csv; every student of it shares it)."""
     if ctx.layout.pseudo_quality.is_file():
         table = pd.read_csv(ctx.layout.pseudo_quality)
+        table.insert(0, "teachers", teachers)
         table.insert(0, "seed", seed)
         table.insert(0, "condition", cond.name)
-        atomic_to_csv(table, run.out / "pseudo" / slug(cond.name) / f"seed{seed}.csv", float_format="%.4g")
+        atomic_to_csv(table, run.out / "pseudo" / slug(cond.name) / f"seed{seed}" / f"{slug(teachers)}.csv",
+                      float_format="%.4g")

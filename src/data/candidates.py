@@ -45,10 +45,16 @@ CANDIDATE_COLUMNS = ["seriesuid", "fold", "source", "coordX", "coordY", "coordZ"
 # ----------------------------------------------------------------------------- labels
 
 
+# The LUNA16 evaluation script's diameter for a finding listed without one (-1 in
+# annotations_excluded.csv): candidates within 5 mm of it are ignored, not false positives.
+UNKNOWN_DIAMETER_MM = 10.0
+
+
 def match_candidates(candidates: pd.DataFrame, annotations: pd.DataFrame,
                      excluded: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(label per candidate: HIT / FALSE_POSITIVE / IGNORED, index into ``annotations`` of the
-    nodule hit or -1). A candidate within several nodules hits the nearest one."""
+    nodule hit or -1). A candidate within several nodules hits the nearest one. Radii as in the
+    LUNA16 evaluation script: half the diameter, ``UNKNOWN_DIAMETER_MM`` where it is missing."""
     n = len(candidates)
     labels = np.full(n, FALSE_POSITIVE, dtype=np.int8)
     hit = np.full(n, -1, dtype=np.int64)
@@ -60,7 +66,8 @@ def match_candidates(candidates: pd.DataFrame, annotations: pd.DataFrame,
         if table.empty:
             continue
         t_xyz = table[["coordX", "coordY", "coordZ"]].to_numpy(float)
-        t_r = np.nan_to_num(table["diameter_mm"].to_numpy(float), nan=0.0) / 2
+        diameter = table["diameter_mm"].to_numpy(float)
+        t_r = np.where(np.isfinite(diameter) & (diameter > 0), diameter, UNKNOWN_DIAMETER_MM) / 2
         t_uid = table["seriesuid"].to_numpy()
         for u in np.intersect1d(np.unique(uid), np.unique(t_uid)):
             rows, cols = np.flatnonzero(uid == u), np.flatnonzero(t_uid == u)

@@ -293,8 +293,8 @@ class LungDepth:
         return np.asarray(idx) * self.step_mm
 
     def lung_points(self, min_depth_mm: float, max_depth_mm: float = np.inf) -> np.ndarray:
-        """(n, 3) volume mm of subgrid lung voxels at that depth."""
-        return self.to_mm(np.argwhere((self.depth >= min_depth_mm) & (self.depth <= max_depth_mm)))
+        """(n, 3) volume mm of subgrid lung voxels at that depth (never a voxel outside the lungs)."""
+        return self.to_mm(np.argwhere((self.labels > 0) & (self.depth >= min_depth_mm) & (self.depth <= max_depth_mm)))
 
     def pleura(self) -> tuple[np.ndarray, np.ndarray]:
         """Lung voxels on the lung's surface: volume mm (n, 3) of the pleura next to them and

@@ -283,6 +283,10 @@ def place(scene: Scene, body: NoduleBody, planned: str, rng: np.random.Generator
     else:
         attachment, record = ISOLATED, dict(fallback="deepest lung point")
         points = scene.depth.lung_points(min_depth_mm=0.0)
+        # clear of the nodules already placed where the lungs leave room: two bodies drawn
+        # into each other would be one blob in the image and two cut labels in the mask
+        clear = [p for p in points if _far_from_others(scene, p, body.reach_mm)]
+        points = np.asarray(clear) if clear else points
         deepest = points[np.argmax(scene.depth.at(points))] if len(points) else \
             np.asarray(scene.grid.shape) * scene.grid.spacing / 2.0
         offset, centre = _snap(scene, body, deepest)

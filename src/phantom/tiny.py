@@ -42,9 +42,13 @@ def tiny_scan(rng: np.random.Generator, shape=TINY_SHAPE, spacing_xyz=TINY_SPACI
     labels = np.zeros(shape, np.uint8)
     nodules = []
     margin = min(12.0, 0.4 * shape[0])   # slices kept free above and below a nodule's centre
+    mm = np.array([sz, sy, sx])
     for k in range(1, (int(rng.integers(1, 3)) if n_nodules is None else n_nodules) + 1):
-        r = rng.uniform(2.5, 7.0)
-        c = np.array([rng.uniform(margin, shape[0] - margin), *rng.uniform(0.3, 0.7, 2) * shape[1:]])
+        for _ in range(100):   # clear of the nodules already drawn: a merged blob would be two labels cut apart
+            r = rng.uniform(2.5, 7.0)
+            c = np.array([rng.uniform(margin, shape[0] - margin), *rng.uniform(0.3, 0.7, 2) * shape[1:]])
+            if all(np.linalg.norm((c - c2) * mm) > r + r2 + 1.0 for c2, r2 in nodules):
+                break
         ball = ((z - c[0]) * sz) ** 2 + ((y - c[1]) * sy) ** 2 + ((x - c[2]) * sx) ** 2 <= r ** 2
         image[ball] = 30.0
         labels[ball] = k
