@@ -6,7 +6,7 @@
       student/          the same files (validated on the fine training scans), its own
                         postprocessing.json (its threshold), student.onnx
       pseudo.h5, pseudo_quality.csv          soft pseudo-labels and their quality
-      .pseudo.h5.parts-<id>/                 an interrupted pass's finished blocks (resumed)
+      .pseudo.h5.parts-<id>/                 an interrupted pass's finished batches (resumed)
       postprocessing.json                    the probability threshold chosen on OOF
       leaderboard.{csv,md}, oof_nodules.csv  cross-validation (cv.py)
       holdout_leaderboard.{csv,md}, holdout_nodules.csv
@@ -164,7 +164,7 @@ class ExperimentLayout:
         return self.root / "pseudo.h5"
 
     def pseudo_parts(self, identity: str) -> Path:
-        """Finished blocks of an interrupted pseudo-labelling pass (``identity``: its inputs)."""
+        """Finished batches of an interrupted pseudo-labelling pass (``identity``: its inputs)."""
         return self.root / f".{self.pseudo_labels.name}.parts-{identity}"
 
     @property

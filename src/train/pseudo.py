@@ -87,7 +87,8 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
                                 chunks=(1, ctx.patch_size, ctx.patch_size))
         for start in starts:
             soft[start:start + cfg.batch_size] = np.load(_batch_path(parts, start))
-    shutil.rmtree(parts, ignore_errors=True)
+    for finished in parts.parent.glob(parts.name.rsplit("-", 1)[0] + "-*"):   # other passes' too: superseded
+        shutil.rmtree(finished, ignore_errors=True)
     return out, pseudo_quality(ctx, predictor, out)
 
 
