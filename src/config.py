@@ -130,12 +130,15 @@ class ModelConfig:
     stride1_skip: int = ranged(0, ge=0)
 
 
+COARSE_MODES = ("ignore", "sphere", "mt", "prior")   # loss.coarse: what coarse (coordinate-only) patches learn from
+
+
 @dataclass
 class LossConfig:
     dice_weight: float = ranged(1.0, ge=0)
     bce_weight: float = ranged(1.0, ge=0)
     # ignore | sphere | mt (coarse-constrained mean teacher) | prior (half-max pseudo-masks + mt)
-    coarse: str = ranged("mt", choices=("ignore", "sphere", "mt", "prior"))
+    coarse: str = ranged("mt", choices=COARSE_MODES)
     coarse_weight: float = ranged(1.0, ge=0)
     coarse_background_margin_mm: float = ranged(2.0, ge=0)  # beyond sphere + margin = certain background
     # within this x radius of a given centre = certain nodule (0 = off)

@@ -58,6 +58,16 @@ def test_mask_labels_without_coordinates_are_ignored_unless_asked_for(luna_copy)
         volume = (labels == nod.fine_label).sum() * np.prod(geo.spacing_zyx)
         assert nod.diameter_mm == pytest.approx((6 * volume / np.pi) ** (1 / 3), rel=1e-6)
     np.testing.assert_allclose(np.array([n.center_xyz for n in scan.nodules]), scan_excluded(luna_copy, first)[:, :3])
+    # scored, such a nodule's prompt comes from its own truth: every table says so
+    from src.config import load_config
+    from src.evaluation.baselines import SphereSegmenter
+    from src.evaluation.cases import cases_from_scan
+    from src.evaluation.holdout import score_cases
+    from src.evaluation.leaderboard import overall_table
+    cfg = load_config(None)
+    rows = score_cases(cases_from_scan(scan, cfg.cache, cfg.infer), {"sphere": (SphereSegmenter(), 0.5)}, cfg.infer)
+    assert rows["coords_from_mask"].all()
+    assert overall_table(rows)["coordinates from masks"].item() == labels.max()
 
 
 def scan_excluded(folder, uid):

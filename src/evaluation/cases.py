@@ -56,9 +56,11 @@ class NoduleCase:
 
 def describe(nodule: Nodule, seriesuid: str, reader_dice: float) -> dict:
     """The columns every per-nodule table starts with: its groups (size bin, texture,
-    attachment: ``src.data.groups.GROUPS``) and its inter-reader Dice."""
+    attachment: ``src.data.groups.GROUPS``), its inter-reader Dice, and whether its centre
+    and diameter were read off its own mask (``paths.mask_only_nodules``: the prompt, and
+    the sphere a segmenter works in, then come from the truth)."""
     return dict(nodule_uid=nodule.nodule_uid, seriesuid=seriesuid, diameter_mm=nodule.diameter_mm,
-                **nodule_groups(nodule), reader_dice=reader_dice)
+                **nodule_groups(nodule), reader_dice=reader_dice, coords_from_mask=nodule.from_mask)
 
 
 def score_full(scan: Scan, nodule: Nodule, pred: np.ndarray) -> dict:

@@ -16,7 +16,8 @@ from src.evaluation.metrics import METRICS, NSD_TOLERANCE_MM
 SCORED_NOTE = ("Scored: every nodule of the reference standard (LUNA16 layout: annotations.csv) that has a "
                "fine mask, segmented from its centre and diameter alone (where nothing lies above threshold "
                "there, the given sphere stands in: 'sphere fallbacks'); annotations_excluded.csv findings and "
-               "mask labels without a coordinate are ignored (paths.mask_only_nodules=true scores the latter). "
+               "mask labels without a coordinate are ignored (paths.mask_only_nodules=true scores the latter, centred "
+               "and sized from their own masks: 'coordinates from masks', optimistic for every method). "
                f"HD95 (mm) and precision are means over non-empty predictions (the empty ones are counted); NSD at "
                f"{NSD_TOLERANCE_MM:g} mm.")
 
@@ -36,6 +37,8 @@ def overall_table(per_nodule: pd.DataFrame) -> pd.DataFrame:
         row["empty predictions"] = int(g["hd95_mm"].isna().sum())
         if "sphere_fallback" in g:   # nothing found at the coordinates: the given sphere stood in
             row["sphere fallbacks"] = int(g["sphere_fallback"].eq(True).sum())
+        if "coords_from_mask" in g and g["coords_from_mask"].eq(True).any():   # their prompt is the truth's
+            row["coordinates from masks"] = int(g["coords_from_mask"].eq(True).sum())
         row["reader ceiling"] = _mean_std(g["reader_dice"])
         rows.append(row)
     return pd.DataFrame(rows)

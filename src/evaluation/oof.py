@@ -30,7 +30,8 @@ from src.predict.segment import Segmented, segment_at
 from src.utils import atomic_path, atomic_to_csv
 
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))   # prompted nets can be confident
-DESCRIPTION = ("nodule_uid", "seriesuid", "diameter_mm", *GROUPS, "reader_dice")   # = cases.describe()
+# = cases.describe()
+DESCRIPTION = ("nodule_uid", "seriesuid", "diameter_mm", *GROUPS, "reader_dice", "coords_from_mask")
 
 
 def write_oof(cases: list[NoduleCase], segs: list[Segmented], path: Path, attrs: dict) -> Path:
@@ -95,6 +96,8 @@ def read_oof(paths: list[Path], root: Path | None = None) -> list[tuple[int, OOF
 def _attr(group: h5py.Group, key: str):
     if key in GROUPS and key not in group.attrs:
         return UNKNOWN
+    if key == "coords_from_mask" and key not in group.attrs:   # files written before the flag: given coordinates
+        return False
     value = group.attrs[key]
     return value.item() if hasattr(value, "item") else value
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from src.config import DistillConfig, LossConfig
+from src.config import COARSE_MODES, DistillConfig, LossConfig
 from src.errors import ConfigError
 from src.losses.coarse import CoarseMeanTeacherLoss, SphereLoss, sigmoid_rampup
 from src.losses.distill import AttentionTransferLoss, BinaryKDLoss, nodule_region, nodule_region_weights
 from src.losses.supervised import DiceBCELoss
 from src.models.factory import forward_with_features
-
-COARSE_MODES = ("ignore", "sphere", "mt", "prior")
 
 
 class TeacherObjective:
