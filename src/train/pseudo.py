@@ -13,8 +13,8 @@ ensemble output (targets for logit KD).
     soft         (M, P, P) float16, one chunk per patch
     constrained  (M,) bool    the coarse prior was applied (coarse patch)
 
-The pass resumes: each batch of labels is kept beside the file (``.pseudo.h5.parts-<id>/``, the id
-naming the labels' inputs) until the last one is done and all are merged.
+The pass resumes: each batch of labels is kept beside the file (``.pseudo.h5.parts-<id>/``,
+the id naming the labels' inputs) until the last one is done and all are merged.
 
 Where a coarse scan's fine mask exists but was withheld (built-in dataset), the quality
 of the pseudo-labels against it is measured: per nodule in 3D through the one scoring path
@@ -87,7 +87,7 @@ def write_pseudo_labels(ctx: StageContext, rt: Runtime) -> tuple[Path, pd.DataFr
                                 chunks=(1, ctx.patch_size, ctx.patch_size))
         for start in starts:
             soft[start:start + cfg.batch_size] = np.load(_batch_path(parts, start))
-    for finished in parts.parent.glob(parts.name.rsplit("-", 1)[0] + "-*"):   # other passes' too: superseded
+    for finished in ctx.layout.root.glob(ctx.layout.pseudo_parts("*").name):   # other passes' too: superseded
         shutil.rmtree(finished, ignore_errors=True)
     return out, pseudo_quality(ctx, predictor, out)
 
