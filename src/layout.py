@@ -26,6 +26,7 @@
       nodules.csv, run.json, report.html every run; whole-scan mode also submission.csv
                                          (LUNA16) and candidates.csv (every candidate)
       scores.csv | froc.{csv,png}, froc_summary.csv    evaluate.py's scores of the run
+      .infer.parts-<id>/                 an interrupted run's finished scans (resumed; gone when all are done)
 
 Every stage asks this module for its paths; none builds them by hand. Postprocessing is
 read from its file and passed on explicitly, never written into a config in place.
@@ -295,6 +296,11 @@ class InferenceOutputs:
 
     def qa(self, seriesuid: str) -> Path:
         return self.root / "qa" / f"{seriesuid}.png"
+
+    def parts(self, run_id: str) -> Path:
+        """Each finished scan's rows of an interrupted run (``run_id``: its models and settings),
+        until the run ends with every scan done."""
+        return self.root / f".infer.parts-{run_id}"
 
     def dicom_stem(self, seriesuid: str) -> str:
         return seriesuid     # <stem>_seg.dcm, <stem>_sr.dcm (src.predict.dicom_out)

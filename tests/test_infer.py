@@ -136,6 +136,39 @@ def test_whole_scan_mode_writes_submission_and_scores(tiny_trained, tmp_path, mo
     assert curve["sensitivity"].is_monotonic_increasing and (out / "froc.png").is_file()
 
 
+@pytest.mark.parametrize("mode", ["whole scan", "coords"])
+def test_an_interrupted_run_resumes_to_the_same_outputs(tiny_trained, tmp_path, monkeypatch, capsys, mode):
+    """A long run stopped after its first scan: the rerun predicts only the others, and
+    writes what an uninterrupted run writes."""
+    from src.predict import run as run_module
+    ctx = tiny_trained
+    data = ctx.cfg.paths.data
+    coords = ["--coords", f"{data}/annotations.csv"] if mode == "coords" else []
+    args = ["--input", data, *coords, "--split", "holdout", *_overrides(ctx)]
+    assert _run(infer, [*args, "--out", str(tmp_path / "whole")], monkeypatch) == 0
+    real, predicted, stop = run_module.run_scan, [], [2]
+
+    def counted(record, *rest):   # the first run is stopped (Ctrl-C) at its second scan
+        predicted.append(record.seriesuid)
+        if len(predicted) in stop:
+            raise KeyboardInterrupt
+        return real(record, *rest)
+
+    monkeypatch.setattr(run_module, "run_scan", counted)
+    out = tmp_path / "resumed"
+    assert _run(infer, [*args, "--out", str(out)], monkeypatch) == 130 and not (out / "nodules.csv").exists()
+    predicted.clear()
+    stop.clear()
+    capsys.readouterr()
+    assert _run(infer, [*args, "--out", str(out)], monkeypatch) == 0
+    n_scans = len(ctx.folds[ctx.folds["fold"] == "holdout"])
+    assert len(predicted) == n_scans - 1 and f"resumed: 1 of {n_scans} scan(s)" in capsys.readouterr().err
+    tables = ("nodules.csv",) if coords else ("nodules.csv", "submission.csv", "candidates.csv")
+    for name in tables:
+        assert (out / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    assert not any(out.glob(".infer.parts-*")), "nothing left to resume once every scan is done"
+
+
 def test_bad_inputs_fail_per_scan_and_the_run_continues(tiny_trained, tmp_path, monkeypatch, capsys):
     ctx = tiny_trained
     good = next(iter(read_luna16(ctx.cfg.paths.data)))

@@ -5,10 +5,15 @@ code version, config hash, checkpoints, threshold).
 
 A failure on one scan (unreadable file, coordinates outside it, ...) is reported with the
 file and the reason; the other scans carry on, and the caller exits non-zero at the end.
+An interrupted run resumes: each finished scan's rows are kept (``InferenceOutputs.parts``)
+and a rerun with the same models, settings and given coordinates reads them back instead
+of predicting the scan again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from src.config import InferConfig, code_version, config_hash
-from src.data.io import IMAGE_SUFFIXES, image_stem, is_image_path, write_image
+from src.data.folds import file_hash
+from src.data.io import IMAGE_SUFFIXES, image_stem, is_image_path, read_image, write_image
 from src.data.scan import ScanRecord
 from src.data.tables import NODULE_COLUMNS, XYZ, check_coordinates, read_table
 from src.errors import DataError
@@ -267,24 +273,78 @@ def failure_summary(failures: list[str], n_inputs: int, done: int, out_dir: Path
     return f"{len(failures)} of {n_inputs} inputs failed (listed above; first: {failures[0]}); {outputs}"
 
 
+def run_id(models: Models, cfg: InferConfig, given: bool, fmt: str, save_prob: bool, qa: bool) -> str:
+    """What a run's per-scan results depend on, besides each scan's own inputs."""
+    fpr = [] if models.fpr is None else [file_hash(p) for p in models.fpr.checkpoints]
+    return config_hash(dict(infer=config_hash(cfg), detect=config_hash(models.detect), threshold=models.threshold,
+                            checkpoints=[file_hash(p) for p in models.checkpoints], fpr=fpr, given=given, fmt=fmt,
+                            save_prob=save_prob, qa=qa))
+
+
+def _kept(parts: Path, record: ScanRecord) -> tuple[Path, Path]:
+    """A finished scan's rows and candidates, named by the scan and its given coordinates."""
+    given = hashlib.sha1(record.nodules.to_csv(index=False).encode()).hexdigest()[:12]
+    stem = f"{record.seriesuid}-{given}"
+    return parts / f"{stem}.csv", parts / f"{stem}.candidates.csv"
+
+
+def keep_scan(parts: Path, record: ScanRecord, table: pd.DataFrame, found: pd.DataFrame | None) -> None:
+    rows, candidates_path = _kept(parts, record)
+    if found is not None:   # first, so that a finished scan's rows never lack their candidates
+        atomic_to_csv(found, candidates_path)
+    atomic_to_csv(table, rows)
+
+
+def resume_scan(parts: Path, record: ScanRecord, outputs: InferenceOutputs, given: bool,
+                fmt: str) -> tuple[pd.DataFrame, pd.DataFrame | None, ScanSection] | None:
+    """A scan finished by an interrupted run of the same id: its rows back, and its report
+    section drawn again from the mask written then; None if it must be predicted."""
+    rows, candidates_path = _kept(parts, record)
+    if not rows.is_file():
+        return None
+    scan = record.load(with_masks=False)
+    mask = outputs.mask(scan.seriesuid, fmt)
+    if not mask.is_file():
+        return None
+    ids = {"seriesuid": str, "nodule_uid": str}
+    table = pd.read_csv(rows, dtype=ids)
+    found = None if given else pd.read_csv(candidates_path, dtype=ids)
+    labels, _ = read_image(mask)
+    return table, found, scan_section(scan, labels, table, len(table) if given else REPORT_FINDINGS)
+
+
 def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, out_dir: Path, given: bool,
                   fmt: str = ".nii.gz", save_prob: bool = False, qa: bool = False
                   ) -> tuple[pd.DataFrame, list[str], dict]:
     """-> (nodules table of all scans, failures as 'file: reason', timing). The tables and
     run.json are written only when at least one scan was done."""
     outputs = InferenceOutputs(out_dir)
+    parts = outputs.parts(run_id(models, cfg, given, fmt, save_prob, qa))
+    for other in out_dir.glob(outputs.parts("*").name):   # another run's: this one overwrites its masks
+        if other != parts:
+            shutil.rmtree(other, ignore_errors=True)
     tables, found, sections, failures, seconds, done = [], [], [], [], [], []
+    resumed = 0
     for record in progress(records, desc="scans"):
         start = time.time()
         try:
-            table, candidates_of_scan, section = run_scan(record, models, cfg, outputs, given, fmt, save_prob, qa)
+            kept = resume_scan(parts, record, outputs, given, fmt)
+            if kept is None:
+                kept = run_scan(record, models, cfg, outputs, given, fmt, save_prob, qa)
+                keep_scan(parts, record, kept[0], kept[1])
+                seconds.append(time.time() - start)   # the scans predicted by this run
+            else:
+                resumed += 1
+            table, candidates_of_scan, section = kept
             done.append(record.seriesuid)
             tables.append(table)
             found.append(candidates_of_scan)
             sections.append(section)
-            seconds.append(time.time() - start)
         except (DataError, OSError) as err:   # anything else is a bug: its traceback
             failures.append(str(err) if str(record.image_path) in str(err) else f"{record.image_path}: {err}")
+    if resumed:
+        print(f"resumed: {resumed} of {len(records)} scan(s) were done by an interrupted run ({parts.name})",
+              file=sys.stderr)
     timing = {"seconds_per_scan": float(np.mean(seconds)) if seconds else None}
     if not tables:
         return pd.DataFrame(columns=NODULE_TABLE), failures, timing
@@ -313,4 +373,7 @@ def run_inference(records: list[ScanRecord], models: Models, cfg: InferConfig, o
                 else "none (the network is not prompted)") if given and models.predictor is not None else None,
         fpr=None if given or models.fpr is None else f"{len(models.fpr.checkpoints)} classifier(s)",
         code_version=code_version()))
+    if not failures:   # every scan done: nothing left to resume (a failed one keeps the others for the rerun)
+        for finished in out_dir.glob(outputs.parts("*").name):
+            shutil.rmtree(finished, ignore_errors=True)
     return nodules, failures, timing
