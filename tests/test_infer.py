@@ -186,6 +186,8 @@ def test_bad_inputs_fail_per_scan_and_the_run_continues(tiny_trained, tmp_path, 
     assert "nan" not in out and "s/scan" in out
     assert (tmp_path / "out" / "good.nii.gz").is_file(), "the readable scan was still processed"
     assert json.loads((tmp_path / "out" / "run.json").read_text())["seriesuids"] == ["good"]
+    # the finished scan is kept for the rerun once the broken inputs are fixed
+    assert "a rerun predicts only the failed ones" in err and any((tmp_path / "out").glob(".infer.parts-*/good-*.csv"))
     rc = _run(infer, ["--input", str(tmp_path / "good.mhd"), "--coords", str(tmp_path / "coords.csv"),
                       "--out", str(tmp_path / "out2"), *_overrides(ctx)], monkeypatch)
     out, err = capsys.readouterr()

@@ -121,6 +121,7 @@ class Case:
     check: Callable[["Ctx", Result], str] | None = None   # ok: returns what it saw, raises CheckFailed
     needs: tuple[str, ...] = ()             # fixtures: luna, cache, folds, teachers, student, phantom
     may_write: tuple[str, ...] = ()         # error: globs (relative to the case folder) a failed run may leave
+    may_keep: tuple[str, ...] = ()          # error: globs of hidden files kept on purpose (resume state)
     forbid: tuple[str, ...] = ()            # globs that must not exist afterwards, whatever the outcome
     ref: str = ""                           # issue item, e.g. "22.3"
     match_in: str = "last"                  # "output": the regex may match anywhere (a report listing problems)
@@ -364,7 +365,7 @@ def classify(case: Case, ctx: Ctx, res: Result) -> tuple[str, str]:
         return "traceback", (tail[-1].strip() if tail else "")
     if res.rc is not None and res.rc < 0:
         return "crash", f"killed by signal {-res.rc}"
-    leftovers = sorted(f for f in res.new_files if _is_temp(f))
+    leftovers = sorted(f for f in res.new_files if _is_temp(f) and not any(_glob_match(f, g) for g in case.may_keep))
     forbidden = sorted(str(p.relative_to(ctx.d)) for g in case.forbid for p in ctx.d.glob(g))
     if case.expect == "error":
         if res.rc == 0 and case.or_ok is not None:   # read correctly (and said how) instead of refused
@@ -1448,11 +1449,11 @@ def _infer_cases() -> list[Case]:
         E("infer-good-and-bad", "infer.py", "coordinates mode, one good scan and one with a truncated .raw: the good "
           "one finishes, the bad one is listed, exit 2",
           lambda c: _good_and_bad(c, False), r"bad_raw\.(mhd|raw)", check=_check_good_finished("out"),
-          may_write=("out/*",), needs=L, ref="22.12"),
+          may_write=("out/*",), may_keep=("out/.infer.parts-*",), needs=L, ref="22.12"),
         E("infer-good-and-bad-wholescan", "infer.py", "whole scan, one good scan and one truncated: the good one "
           "finishes, exit 2, no 'nan s/scan'",
           lambda c: _good_and_bad(c, True), r"bad_raw\.(mhd|raw)", check=_check_good_finished("out"),
-          may_write=("out/*",), needs=S, ref="22.12"),
+          may_write=("out/*",), may_keep=("out/.infer.parts-*",), needs=S, ref="22.12"),
         E("infer-all-fail", "infer.py", "whole scan, every input fails: exit 2 and no nodules.csv/run.json claiming "
           "success", _all_fail, r"bad_a\.(mhd|raw)|bad_b\.nii\.gz", forbid=("out/nodules.csv", "out/run.json"),
           needs=S, ref="22.12"),

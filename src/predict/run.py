@@ -261,8 +261,8 @@ def write_qa(scan, labels: np.ndarray, table: pd.DataFrame, path: Path, max_pane
 def failure_summary(failures: list[str], n_inputs: int, done: int, out_dir: Path) -> str:
     """The error line of a run with failures (several are listed on stderr first, so each
     is named and the last line is still the error line)."""
-    if done:
-        outputs = f"outputs of the other {done} scan(s) are in {out_dir}"
+    if done:   # their rows are kept (InferenceOutputs.parts): the rerun predicts only the failed ones
+        outputs = f"outputs of the other {done} scan(s) are in {out_dir} (a rerun predicts only the failed ones)"
     else:
         earlier = " (the tables already there are an earlier run's)" if InferenceOutputs(out_dir).run_json.exists() \
             else ""
