@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +309,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):   # .inf, nan, 1e400: no setting means that
+                raise ConfigError(f"config key '{where}' must be a finite number, got {value!r}")
             return float(value)
     # bool is an int to Python: "epochs=true" must not read as 1
     if hint in (int, str, bool, float) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):

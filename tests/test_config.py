@@ -28,7 +28,8 @@ def test_floats_in_exponent_form_are_floats_and_other_types_are_config_errors(tm
     (tmp_path / "c.yaml").write_text("student:\n  lr: 5e-4\n")
     assert load_config(tmp_path / "c.yaml").student.lr == pytest.approx(5e-4)
     for bad, key in (("infer.threshold=null", "infer.threshold"), ("teacher.epochs=true", "teacher.epochs"),
-                     ("teacher.lr=fast", "teacher.lr")):
+                     ("teacher.lr=fast", "teacher.lr"), ("teacher.lr=.inf", "finite"), ("teacher.lr=1e400", "finite"),
+                     ("infer.threshold=nan", "finite")):
         with pytest.raises(ValueError, match=key):
             load_config(None, [bad])
     with pytest.raises(ValueError, match="already given a value"):
