@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from src.bench import report
 from src.bench.protocol import BUDGETS, MAIN_ARMS, SECOND_SEED_ARMS, SHIFTED_ARMS, learning_curve_arms
@@ -294,6 +295,12 @@ def test_a_folder_made_under_another_recipe_is_refused(tmp_path):
     claim("teacher.num_workers=3", "cache.workers=1")
     with pytest.raises(DataError, match="teacher.epochs"):
         claim("teacher.epochs=99")
+    # a folder claimed before the recipe named its generator holds the v2 renderer's data
+    recipe = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    del recipe["generator"]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(DataError, match="generator: 'nodule-kd phantom v2' -> 'nodule-kd phantom v3'"):
+        claim()
 
 
 def test_default_set_models_on_a_shifted_set_see_only_patients_they_never_trained_on(tmp_path, monkeypatch):

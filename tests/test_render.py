@@ -121,6 +121,30 @@ def test_juxta_vascular_nodules_touch_a_vessel_and_isolated_ones_touch_nothing(a
             assert n.vessel_contact == 0.0 and n.pleural_contact == 0.0
 
 
+def test_the_wall_distance_says_who_touches_the_wall(attached):
+    for n in attached.nodules:
+        if n.attachment == "juxta-pleural":
+            assert n.wall_distance_mm <= 1.5 * max(SPACING)          # voxel centre to voxel centre
+        else:
+            assert n.wall_distance_mm >= 1.0
+
+
+def test_isolated_nodules_sit_at_a_drawn_depth_near_the_pleura(monkeypatch):
+    """Their surface-to-pleura gap follows ISOLATED_GAP_MM (published: 5-7 mm on average),
+    not a uniform draw over the lung."""
+    import src.phantom.placement as placement
+
+    specs = [spec(2.5, "isolated", seed=s) for s in range(10)]
+
+    def mean_gap() -> float:
+        ct = render(specs, seed=3, shape=(64, 176, 176), spacing=(1.25, 1.5, 1.5))
+        return float(np.mean([n.wall_distance_mm for n in ct.nodules]))
+
+    near = mean_gap()
+    monkeypatch.setattr(placement, "ISOLATED_GAP_MM", 40.0)
+    assert near < 9.0 and near < mean_gap() - 2.0
+
+
 def test_no_wall_or_vessel_voxel_is_in_the_truth(attached):
     wall = wall_tissue(attached.lung_labels)
     for k in range(len(attached.nodules)):
@@ -157,12 +181,27 @@ def test_density_classes_have_their_published_hu():
     ct = render(specs, seed=5, cfg=QUIET)
     solid, ggo, part, calcified, cavity = (_inside(ct, k) for k in range(5))
     assert -40 < np.median(solid) < 130
-    assert -800 < np.median(ggo) < -400
+    assert -800 < np.median(ggo) < -500
+    assert ct.nodules[1].body.record["hu_ground_glass"] <= -600 and ct.nodules[2].body.record["hu_ground_glass"] <= -600
     assert (part > -160).mean() > 0.1 and (part < -400).mean() > 0.1      # a solid component in ground glass
     assert np.median(calcified) >= 200
     assert (cavity < -600).mean() > 0.05                                  # air inside the truth
     assert [n.body.record["density"] for n in ct.nodules] == \
         ["solid", "ground-glass", "part-solid", "calcified", "cavitary"]
+
+
+def test_ground_glass_is_drawn_at_its_published_level():
+    """Published: ground glass <= -600 HU (above -472 suggests invasion), domain.md."""
+    from src.phantom.nodules import _density
+
+    physical = readers_of_a_ball(3.0)[0]
+    rng = np.random.default_rng(0)
+    levels = []
+    for texture in (1.5, 3.0) * 50:
+        record: dict = {}
+        _density(spec(3.0, texture=texture), physical, np.asarray(SPACING), 3.0, rng, record)
+        levels.append(record["hu_ground_glass"])
+    assert max(levels) <= -600 and min(levels) >= -800
 
 
 def test_the_image_is_not_drawn_from_the_label():

@@ -38,7 +38,7 @@ from src.evaluation.holdout import score_cases
 from src.evaluation.oof import choose_threshold, read_oof, score_oof
 from src.evaluation.speed import speed_table
 from src.layout import ExperimentLayout
-from src.phantom.dataset import generate_dataset, is_current, stamp
+from src.phantom.dataset import GENERATOR, generate_dataset, is_current, stamp
 from src.predict.experiment import TrainedExperiment
 from src.predict.predictor import Predictor
 from src.predict.segment import NetworkSegmenter
@@ -51,6 +51,9 @@ from src.utils import atomic_to_csv, atomic_write_text
 
 REFERENCES = ("HU threshold in sphere (fit on train)", "half-max in sphere", "coarse sphere")
 UNPROMPTED = " (no prompt)"   # a prompted arm scored without its coordinates' channel
+
+# Folders claimed before recipe.yaml named its generator were all made by this one.
+PRE_RECIPE_GENERATOR = "nodule-kd phantom v2"
 
 
 def slug(name: str) -> str:
@@ -68,11 +71,14 @@ class BenchRun:
         made under another config must never pass for this one's: the first run writes
         ``recipe.yaml``, a later one under another recipe is refused, naming what changed."""
         recipe = {k: v for k, v in to_dict(self.config(DEFAULT)).items() if k not in ("paths", "device")}
+        recipe["generator"] = GENERATOR        # same config, another renderer: other data
         path = self.out / "recipe.yaml"
         if not path.is_file():
             atomic_write_text(path, yaml.safe_dump(recipe, sort_keys=False))
             return
-        changed = config_changes(yaml.safe_load(path.read_text()) or {}, recipe)
+        before = yaml.safe_load(path.read_text()) or {}
+        before.setdefault("generator", PRE_RECIPE_GENERATOR)
+        changed = config_changes(before, recipe)
         if changed:
             raise DataError(f"{path}: this folder's models and scores were made under another recipe "
                             f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); "

@@ -33,7 +33,7 @@ from src.phantom.nodules import CALCIFICATIONS
 from src.phantom.placement import ISOLATED, JUXTA_PLEURAL, JUXTA_VASCULAR
 from src.phantom.writer import FindingPlan, PhantomResult, build_phantom, findings_in_window, is_annotated
 
-GENERATOR = "nodule-kd phantom v2"
+GENERATOR = "nodule-kd phantom v3"
 NONSOLID_TEXTURE = PART_SOLID_MAX   # mean reader texture at or below this: part-solid or ground glass
 CALCIFICATION_ABSENT = 6      # LIDC's code
 AIR = 4                       # LIDC internal structure: air
@@ -141,9 +141,10 @@ def calcification(nodule: LidcNodule, cfg: PhantomConfig) -> str:
 def plan_findings(scans: list[LidcScan], cfg: PhantomConfig) -> list[list[FindingPlan]]:
     """Per scan, per finding in its window: attachment class, calcification, cavity.
     Attachment classes are dealt exactly by the configured fractions (annotated nodules and
-    excluded findings separately) after a seeded shuffle; nodules whose readers saw air
-    inside are cavitary, and further solid, non-calcified nodules >= 8 mm up to
-    ``cavitary_fraction``."""
+    excluded findings separately) after a seeded shuffle; solid nodules whose readers saw
+    air inside are cavitary, and further solid, non-calcified nodules >= 8 mm up to
+    ``cavitary_fraction``. A non-solid nodule keeps its texture whatever its readers saw:
+    air in ground glass is a bubble-like lucency, not a cavity in a solid wall."""
     rng = np.random.default_rng([cfg.seed, 18])
     findings = [(s, k, n) for s, scan in enumerate(scans) for k, n in enumerate(findings_in_window(scan, cfg))]
     attachment: dict[tuple[int, int], str] = {}
@@ -156,7 +157,8 @@ def plan_findings(scans: list[LidcScan], cfg: PhantomConfig) -> list[list[Findin
         for i, key in enumerate(rng.permutation(len(group))):
             attachment[group[key]] = classes[i]
     calcified = {(s, k): calcification(n, cfg) for s, k, n in findings}
-    cavitary = {(s, k) for s, k, n in findings if 2 * n.internal_structure.count(AIR) >= len(n.internal_structure) > 0}
+    cavitary = {(s, k) for s, k, n in findings if n.texture > NONSOLID_TEXTURE
+                and 2 * n.internal_structure.count(AIR) >= len(n.internal_structure) > 0}
     eligible = [(s, k) for s, k, n in findings if is_annotated(n, cfg) and calcified[(s, k)] == "none"
                 and n.texture > NONSOLID_TEXTURE and n.diameter_mm >= CAVITARY_MIN_MM and (s, k) not in cavitary]
     n_annotated = sum(is_annotated(n, cfg) for _, _, n in findings)

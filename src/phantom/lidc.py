@@ -78,8 +78,9 @@ def candidate_scan_ids(max_slice_thickness: float, min_slice_thickness: float = 
 def _rasterise(annotation, z_index: dict[float, int]) -> tuple[np.ndarray, tuple[slice, ...]]:
     """One reader's contours -> bool mask in a tight box. Exclusion contours cut holes.
 
-    LIDC contours trace the pixels just outside the nodule, so only the interior is filled
-    (pylidc's default ``include_contour_points=False``).
+    LIDC contours trace the pixels just outside the nodule, so the contour pixels themselves
+    are left out, of inclusions and exclusions alike, as pylidc's ``boolean_mask`` does by
+    default (``include_contour_points=False``): filled polygons alone are ~27 % larger.
     """
     polys = []
     for contour in annotation.contours:
@@ -97,8 +98,10 @@ def _rasterise(annotation, z_index: dict[float, int]) -> tuple[np.ndarray, tuple
     mask = np.zeros(shape, dtype=bool)
     # Inclusions first, then exclusions, regardless of the order they were drawn in.
     for k, xy, inclusion in sorted(polys, key=lambda p: not p[2]):
-        rr, cc = polygon(xy[:, 1] - y0, xy[:, 0] - x0, shape=shape[1:])
+        rows, cols = xy[:, 1].astype(int) - y0, xy[:, 0].astype(int) - x0
+        rr, cc = polygon(rows, cols, shape=shape[1:])
         mask[k - z0, rr, cc] = inclusion
+        mask[k - z0, rows, cols] = False
     box = (slice(z0, z0 + shape[0]), slice(y0, y0 + shape[1]), slice(x0, x0 + shape[2]))
     return mask, box
 

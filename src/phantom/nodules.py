@@ -11,7 +11,7 @@ Density and internal structure follow LIDC's per-reading attributes:
 * solid: -10..+100 HU with a smooth internal heterogeneity;
 * part solid: mottled ground glass with a solid component (> -160 HU) that is not always
   concentric;
-* ground glass: -750..-450 HU, mottled;
+* ground glass: -750..-600 HU (published: <= -600; above -472 suggests invasion), mottled;
 * calcified (decided per nodule by the dataset, from the readers' calcification ratings):
   popcorn, laminated, diffuse, eccentric or central calcium >= 250 HU in a solid nodule;
 * cavitary: an eccentric air cavity inside a solid wall;
@@ -31,7 +31,7 @@ from src.phantom.shapes import Grid, Tubes, normalise, overlap, random_unit, sig
 HU_SOLID = (-10.0, 100.0)
 SOLID_HETEROGENEITY_HU = (10.0, 30.0)        # sd of the smooth texture inside solid tissue
 SOLID_GRAIN_MM = 1.5
-HU_GROUND_GLASS = (-750.0, -450.0)
+HU_GROUND_GLASS = (-750.0, -600.0)
 GROUND_GLASS_MOTTLE_HU = (30.0, 60.0)
 GROUND_GLASS_GRAIN_MM = 1.0
 HU_SOLID_COMPONENT = (-120.0, 60.0)          # above the -160 HU solid-component cut-off

@@ -28,7 +28,7 @@ from src.phantom.distractors import add_micronodules, add_plaques, add_scars
 from src.phantom.lungs import (LEFT_LUNG, RIGHT_LUNG, LungDepth, draw_conditions, lung_map, paint_chest, paint_emphysema,
                                place_frame)
 from src.phantom.nodules import NoduleBody, NoduleSpec, build_body, edge_contrast, paint_body
-from src.phantom.placement import Placement, Scene, contact, keep_out, place, realised_class
+from src.phantom.placement import Placement, Scene, contact, keep_out, place, realised_class, wall_distance
 from src.phantom.shapes import Grid, Tubes, placed_box
 from src.phantom.trees import airway_walls, grow_airways, grow_vessels, paint_trees, vessel_candidates
 
@@ -41,6 +41,7 @@ class RenderedNodule:
     pleural_contact: float              # share of the consensus surface within 1 mm of wall tissue
     vessel_contact: float               # ... of vessel voxels
     edge_contrast: float                # consensus edge level between surroundings (0) and core (1)
+    wall_distance_mm: float             # consensus surface to the nearest wall tissue
 
     @property
     def offset(self) -> np.ndarray:
@@ -120,7 +121,9 @@ def render_ct(shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, 
         box, truth = placed_box(body.consensus, placement.offset, 8, grid.shape)
         level = edge_contrast(hu[box], truth, lung[box])
         pleural, touching = contact(body.consensus, placement.offset, labels, vessel, grid)
-        nodules.append(RenderedNodule(placement, body, realised_class(pleural, touching), pleural, touching, level))
+        gap = wall_distance(body.consensus, placement.offset, labels, grid)
+        nodules.append(RenderedNodule(placement, body, realised_class(pleural, touching), pleural, touching, level,
+                                      gap))
     image = add_noise(hu, grid, profile, noise_sd, rng)
     record = dict(profile=profile.name, noise_sd_hu=noise_sd, scale=frame.scale, contrast=anat.contrast,
                   emphysema_volume=conditions.emphysema_volume, emphysema_holes=holes,

@@ -125,7 +125,7 @@ def build_phantom(scan: LidcScan, plans: list[FindingPlan], cfg: PhantomConfig, 
                          annotated=annotated, attachment=rendered.attachment,
                          density=rendered.body.record["density"], calcification=plan.calcification,
                          pleural_contact=rendered.pleural_contact, vessel_contact=rendered.vessel_contact,
-                         edge_contrast=rendered.edge_contrast, margin=nodule.margin,
+                         wall_distance_mm=rendered.wall_distance_mm, edge_contrast=rendered.edge_contrast, margin=nodule.margin,
                          spiculation=nodule.spiculation, lobulation=nodule.lobulation,
                          **{k: v for k, v in {**rendered.body.record, **rendered.placement.record}.items()
                             if k not in ("density", "calcification")}))
