@@ -264,3 +264,7 @@ def test_nodules_sit_as_near_the_pleura_as_published(phantom):
     assert gap.drop(["juxta-pleural"], errors="ignore").min() >= 1.0        # clear of the wall
     if "juxta-pleural" in gap.index:
         assert np.max(gap.loc[["juxta-pleural"]]) <= 1.5                    # touching: within a voxel or two
+    from src.bench.phantom import wall_distance_table
+    table = wall_distance_table(nodules).set_index("attachment")
+    assert table.loc["all", "n"] == len(nodules) and np.isclose(table.loc["all", "mean"], gap.mean())
+    assert set(table.index) == {*nodules["attachment"], "all"}
