@@ -17,7 +17,8 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # The whole method on the built-in dataset, CPU-sized (configs/cpu.yaml); every step skips
-# or resumes what is already done where it can. Measured: 15.6 and 18.0 min on 2 cores (2026-12-04, dataset v2, prompted), plus ~1.5 for the venv.
+# or resumes what is already done where it can. Measured: 15.4 min on 2 cores (2026-12-04, dataset v3, prompted;
+# v2: 15.1-18.0), plus ~1.5 for the venv.
 EXP    := outputs/cpu
 HOLD   := --split holdout $(CPU)
 demo: venv

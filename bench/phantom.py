@@ -1,11 +1,11 @@
-"""Built-in dataset benchmark: realised class shares, contact, edge contrast, generation
-time and preview galleries of a default set.
+"""Built-in dataset benchmark: realised class shares, contact, distance to the pleura, edge
+contrast, generation time and preview galleries of a default set.
 
     python bench/phantom.py                      # 130 scans (~5 min on 2 cores; reused once made)
     python bench/phantom.py --img docs/img       # the galleries the docs show
 
-Writes outputs/bench/phantom/: report.md, realised.csv, contact.csv, edge_contrast.csv,
-kernels.csv, data/ (the set), and the galleries into --img (default: <out>/img).
+Writes outputs/bench/phantom/: report.md, realised.csv, contact.csv, wall_distance.csv,
+edge_contrast.csv, kernels.csv, data/ (the set), and the galleries into --img (default: <out>/img).
 """
 import argparse
 import sys
