@@ -124,6 +124,20 @@ def test_refuses_to_clear_a_folder_it_did_not_make(tmp_path):
         clear_out_dir(tmp_path / "real_luna")
 
 
+def test_a_generation_cut_short_is_cleared_by_the_rerun(tmp_path):
+    """Writing a set takes minutes to an hour: a crash must leave a folder the rerun may
+    clear, not one it refuses as somebody else's."""
+    from src.phantom.dataset import is_current
+
+    out = tmp_path / "phantom"
+    clear_out_dir(out)                                         # as every caller does before generating
+    (out / "subset0").mkdir()
+    (out / "subset0" / "1.2.3.mhd").write_text("half written")  # then the crash
+    assert not is_current(CFG, out)
+    clear_out_dir(out)
+    assert [p.name for p in out.iterdir()] == ["phantom.json"] and not is_current(CFG, out)
+
+
 def test_renderer_shifts_reach_the_written_scans(tmp_path):
     """The knobs the shifted benchmark sets use: kernel (noise), slice thickness."""
     cfg = PhantomConfig(n_scans=1, seed=5, max_slices=24, workers=1, profiles=("ultralow_dose",),

@@ -15,6 +15,7 @@ shuffle of all findings; calcification comes from the readers' own ratings.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 from collections import Counter
 from collections.abc import Iterator
@@ -32,8 +33,10 @@ from src.phantom.lidc import LidcNodule, LidcScan
 from src.phantom.nodules import CALCIFICATIONS
 from src.phantom.placement import ISOLATED, JUXTA_PLEURAL, JUXTA_VASCULAR
 from src.phantom.writer import FindingPlan, PhantomResult, build_phantom, findings_in_window, is_annotated
+from src.utils import atomic_write_text
 
 GENERATOR = "nodule-kd phantom v3"
+IN_PROGRESS = json.dumps({"generator": GENERATOR, "state": "being written"})   # phantom.json until done
 NONSOLID_TEXTURE = PART_SOLID_MAX   # mean reader texture at or below this: part-solid or ground glass
 CALCIFICATION_ABSENT = 6      # LIDC's code
 AIR = 4                       # LIDC internal structure: air
@@ -232,8 +235,6 @@ def realised_summary(out_dir: Path, cfg: PhantomConfig) -> pd.DataFrame:
 
 def stamp(cfg: PhantomConfig) -> str:
     """Content of ``phantom.json``: what was generated, so a rerun can skip it."""
-    import json
-
     from src.config import config_hash
     return json.dumps({"generator": GENERATOR, "config_hash": config_hash(cfg)}, indent=1)
 
@@ -273,10 +274,14 @@ def clear_out_dir(out_dir: Path) -> None:
     out_dir = Path(out_dir)
     if not out_dir.exists() or not any(out_dir.iterdir()):
         out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "phantom.json", IN_PROGRESS)
         return
     if not (out_dir / "phantom.json").is_file():
         raise FileExistsError(f"{out_dir}: not empty and not made by make_phantom.py (no phantom.json); "
                               "choose another --out")
-    (out_dir / "phantom.json").unlink()  # first: a crash from here on leaves no 'current' stamp
+    # First, and kept until the real stamp replaces it: a crash from here on leaves a folder
+    # that is not current, yet still ours to clear, so the rerun starts it again.
+    atomic_write_text(out_dir / "phantom.json", IN_PROGRESS)
     for item in out_dir.iterdir():
-        shutil.rmtree(item) if item.is_dir() else item.unlink()
+        if item.name != "phantom.json":
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
