@@ -238,6 +238,17 @@ def test_the_learning_curve_runs_by_fine_fraction_for_each_family(tmp_path):
     assert ((paired["a"] == f"{SSL} @ 10%") & (paired["b"] == "fine only @ 10%")).any()
 
 
+def test_a_report_before_any_arm_of_the_curve_is_scored_says_so(tmp_path):
+    """--report-only on a full run in progress: the references are scored, no curve arm yet."""
+    from src.bench.quality import write_report
+    from src.bench.runner import REFERENCES, BenchRun
+    from src.runtime import Runtime
+    run = BenchRun(tmp_path, dataclasses.replace(BUDGETS["quick"], shifted=(), learning_curve=(0.5, 0.1)),
+                   "configs/cpu.yaml", Runtime(torch.device("cpu"), None))
+    text = write_report(run, _rows(REFERENCES[1], [0.5, 0.6]), pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    assert "No arm of the curve is scored yet." in text and not (tmp_path / "learning_curve.csv").exists()
+
+
 def test_scores_made_before_the_sphere_fallback_are_scored_again(tmp_path):
     from src.bench.protocol import DEFAULT
     from src.bench.runner import BenchRun

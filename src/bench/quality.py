@@ -222,12 +222,15 @@ def write_report(run: BenchRun, rows: pd.DataFrame, folds: pd.DataFrame, pseudo:
                 if pd.notna(mean):
                     points.append(dict(fraction=fraction, family=family, model=model, dice=mean, ci_low=low,
                                        ci_high=high))
-        points = pd.DataFrame(points)
-        atomic_to_csv(points, out / "learning_curve.csv", float_format="%.5g")
-        refs = {name: rep.mean_ci(means, DEFAULT.name, name)[0] for name in REFERENCES[:2]}
-        rep.learning_curve(points, refs, out / "learning_curve.png")
-        lines += ["## Learning curve (default set)", "", rep.markdown(points), "",
-                  "![learning curve](learning_curve.png)", ""]
+        if not points:   # a report of a run in progress, before any arm of the curve is scored
+            lines += ["## Learning curve (default set)", "", "No arm of the curve is scored yet.", ""]
+        else:
+            points = pd.DataFrame(points)
+            atomic_to_csv(points, out / "learning_curve.csv", float_format="%.5g")
+            refs = {name: rep.mean_ci(means, DEFAULT.name, name)[0] for name in REFERENCES[:2]}
+            rep.learning_curve(points, refs, out / "learning_curve.png")
+            lines += ["## Learning curve (default set)", "", rep.markdown(points), "",
+                      "![learning curve](learning_curve.png)", ""]
     text = "\n".join(lines)
     atomic_write_text(out / "report.md", text)
     return text
