@@ -118,7 +118,7 @@ def test_lung_mask_fields_of_view_crop_where_they_say():
     assert (labels[z, y, :40][..., x.start:] == 3).all()
 
 
-def test_the_report_pools_attached_nodules_against_half_max_and_shows_the_unprompted_student(tmp_path):
+def test_the_report_pairs_against_half_max_by_group_pools_attached_nodules_and_shows_the_unprompted_student(tmp_path):
     from src.bench.protocol import BUDGETS, SSLKD
     from src.bench.quality import ATTACHED, write_report
     from src.bench.runner import REFERENCES, UNPROMPTED, BenchRun
@@ -127,15 +127,21 @@ def test_the_report_pools_attached_nodules_against_half_max_and_shows_the_unprom
     rows = []
     for model, dices in ((SSLKD, [0.9, 0.8, 0.7, 0.6]), (SSLKD + UNPROMPTED, [0.5, 0.5, 0.5, 0.5]),
                          (REFERENCES[1], [0.9, 0.4, 0.5, 0.4])):
-        rows.append(_rows(model, dices).assign(attachment=attachment))
+        rows.append(_rows(model, dices).assign(attachment=attachment, size_bin=["3-6", "6-10", "6-10", "3-6"],
+                                               texture=["solid", "ground-glass", "solid", "solid"]))
     run = BenchRun(tmp_path, dataclasses.replace(BUDGETS["quick"], shifted=()), "configs/cpu.yaml",
                    Runtime(torch.device("cpu"), None))
     text = write_report(run, pd.concat(rows, ignore_index=True), pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     assert SSLKD + UNPROMPTED in text
-    by_class = pd.read_csv(tmp_path / "paired_differences_by_attachment.csv")
-    pooled = by_class[(by_class["attachment"] == ATTACHED) & (by_class["a"] == SSLKD) & (by_class["b"] == REFERENCES[1])]
-    # the three attached nodules: (0.8 - 0.4 + 0.7 - 0.5 + 0.6 - 0.4) / 3
-    assert pooled["n"].item() == 3 and pooled["mean"].item() == pytest.approx(0.8 / 3, abs=1e-4)   # CSV keeps 5 digits
+    by_group = pd.read_csv(tmp_path / "paired_differences_by_group.csv")
+    vs_half_max = by_group[(by_group["a"] == SSLKD) & (by_group["b"] == REFERENCES[1])].set_index(["grouping", "group"])
+    # the three attached nodules: (0.8 - 0.4 + 0.7 - 0.5 + 0.6 - 0.4) / 3; CSV keeps 5 digits
+    assert vs_half_max.loc[("attachment", ATTACHED), "n"] == 3
+    assert vs_half_max.loc[("attachment", ATTACHED), "mean"] == pytest.approx(0.8 / 3, abs=1e-4)
+    assert vs_half_max.loc[("size_bin", "3-6"), "mean"] == pytest.approx((0.0 + 0.2) / 2)
+    assert vs_half_max.loc[("texture", "ground-glass"), "n"] == 1
+    assert vs_half_max.loc[("texture", "ground-glass"), "mean"] == pytest.approx(0.4)
+    assert ("size_bin", "10-20") not in vs_half_max.index            # no nodule of that size: no row
 
 
 class _Recorder:
