@@ -45,8 +45,9 @@ SSL = "SSL teachers"
 SSLKD = "SSLKD student"
 # SSL and SSLKD first: a run cut short still answers the main question. Every arm is
 # prompted (configs: teacher/student.model.prompt) and samples the same share of nodule
-# patches with a loss. Attention transfer is an ablation, not the method: on v1 the student
-# without it scored +0.018 (paired CI -0.009..+0.042), and it costs a teacher forward per step.
+# patches with a loss. Attention transfer is an ablation, not the method: on v3 it moved the
+# student by +0.005 over two seeds (paired CI -0.001..+0.010; +0.012 and -0.003 per seed, the
+# student-seed noise floor 0.007), and it costs a teacher forward per step.
 MAIN_ARMS = (
     Arm(SSL, "teachers", 0.2, (), description="20% fine + 80% coarse, the config's coarse loss (ensemble)"),
     Arm(SSLKD, "student", 0.2, ("distill.feature_weight=0",), teachers=SSL,
