@@ -82,6 +82,33 @@ def test_throughput_counts_every_pass_of_every_model():
     assert rates["slow"] == pytest.approx(20 / 0.06, rel=0.3)
 
 
+def test_throughput_is_timed_on_cache_patches_and_on_whole_lung_slices(tiny_trained, cpu_runtime):
+    """Whole-scan search feeds the networks lung-box slices: the speed table times those too,
+    cut from the middle of the lungs exactly as predict_volume cuts them."""
+    from src.data.luna16 import read_luna16
+    from src.evaluation.speed import lung_slices, speed_table
+    from src.predict.detect import lung_box, lung_region
+    from src.predict.experiment import TrainedExperiment
+    from src.predict.segment import to_model_volume
+    ctx = tiny_trained
+    mv = to_model_volume(read_luna16(ctx.cfg.paths.data)[0].load(with_masks=False), ctx.cache.config)
+    zs, (y0, x0), (h, w) = lung_box(lung_region(mv))
+    slices = lung_slices(mv, n=4)
+    assert slices.shape == (min(4, len(zs)), ctx.k, h, w)
+    first = zs[max(len(zs) // 2 - 2, 0)]   # the middle four lung slices; each stack's centre is its own slice
+    np.testing.assert_array_equal(slices[0, ctx.k // 2], mv.stacks([first], y0, x0, (h, w))[0])
+
+    experiment = TrainedExperiment(ctx.layout, ctx.cfg)
+    ensemble, student = (experiment.models(m, cpu_runtime, tta=False, fpr=False).predictor
+                         for m in ("ensemble", "student"))
+    table = speed_table({"teacher ensemble": ensemble, "student": student}, ctx.cache, ctx.k, ctx.patch_size,
+                        slices).set_index("model")
+    assert (table[["patches_per_s", "lung_slices_per_s"]] > 0).all().all()
+    assert table.loc["teacher ensemble", "lung_slices vs ensemble"] == pytest.approx(1.0)
+    assert table.loc["student", "lung_slices vs ensemble"] == pytest.approx(
+        table.loc["student", "lung_slices_per_s"] / table.loc["teacher ensemble", "lung_slices_per_s"])
+
+
 def test_soft_targets_can_be_kept_to_some_rows(tiny_trained):
     """The 'KD on fine scans only' ablation: rows left out have no soft target."""
     from src.train.student import SoftTargets

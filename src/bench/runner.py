@@ -36,12 +36,12 @@ from src.evaluation.baselines import SphereSegmenter, ThresholdSegmenter, fit_th
 from src.evaluation.cases import NoduleCase, load_cases
 from src.evaluation.holdout import score_cases
 from src.evaluation.oof import choose_threshold, read_oof, score_oof
-from src.evaluation.speed import speed_table
+from src.evaluation.speed import lung_slices, speed_table
 from src.layout import ExperimentLayout
 from src.phantom.dataset import GENERATOR, generate_dataset, is_current, stamp
 from src.predict.experiment import TrainedExperiment
 from src.predict.predictor import Predictor
-from src.predict.segment import NetworkSegmenter
+from src.predict.segment import NetworkSegmenter, to_model_volume
 from src.runtime import Runtime
 from src.bench.protocol import DEFAULT, Arm, Budget, Condition
 from src.train.pseudo import write_pseudo_labels
@@ -278,16 +278,21 @@ class BenchRun:
         return table
 
     def speed(self, ctx_teachers: StageContext, ctx_student: StageContext) -> pd.DataFrame:
-        """Throughput of one teacher, the teacher ensemble and the student, in one run."""
+        """Throughput of one teacher, the teacher ensemble and the student, in one run: on
+        cache patches, and on the lung-box slices of the first hold-out scan."""
         path = self.out / "speed.csv"
         if path.is_file():
             return pd.read_csv(path)
+        cfg = ctx_teachers.cfg
+        first = sorted(holdout_uids(pd.read_csv(self.folds_path(DEFAULT, 0.2), dtype=str)))[0]
+        record = next(r for r in read_dataset(cfg.paths) if r.seriesuid == first)
+        slices = lung_slices(to_model_volume(record.load(with_masks=False), cfg.cache))
         ensemble = TrainedExperiment(ctx_teachers.layout, ctx_teachers.cfg).models(
             "ensemble", self.rt, tta=False, fpr=False, cache_hash=ctx_teachers.cache_hash).predictor
         student = TrainedExperiment(ctx_student.layout, ctx_student.cfg).models(
             "student", self.rt, tta=False, fpr=False, cache_hash=ctx_student.cache_hash).predictor
         predictors = {"teacher (one fold)": ensemble.members()[0], "teacher ensemble": ensemble, "student": student}
-        table = speed_table(predictors, ctx_teachers.cache, ctx_teachers.k, ctx_teachers.patch_size)
+        table = speed_table(predictors, ctx_teachers.cache, ctx_teachers.k, ctx_teachers.patch_size, slices)
         atomic_to_csv(table, path, float_format="%.4g")
         return table
 

@@ -41,6 +41,23 @@ def lung_region(mv: ModelVolume) -> np.ndarray:
     return ndimage.maximum_filter(lung, size=tuple(2 * r + 1 for r in radius)) if lung.any() else lung
 
 
+def lung_box(region: np.ndarray) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """The slices (z) that hold ``region``, and the one in-plane box around all of them:
+    its corner (y0, x0) and size (h, w). ``region`` must hold something."""
+    zs = np.flatnonzero(region.any(axis=(1, 2)))
+    ys = np.flatnonzero(region.any(axis=(0, 2)))
+    xs = np.flatnonzero(region.any(axis=(0, 1)))
+    y0, x0 = int(ys[0]), int(xs[0])
+    return zs, (y0, x0), (int(ys[-1]) - y0 + 1, int(xs[-1]) - x0 + 1)
+
+
+def lung_box_stacks(mv: ModelVolume, zs: np.ndarray, corner: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """(len(zs), k, h, w) HU: the 2.5D stacks of the lung box at slices ``zs`` (what
+    whole-scan search feeds the networks)."""
+    h = mv.cfg.k_slices // 2
+    return np.stack([mv.stacks(np.arange(z - h, z + h + 1), *corner, size) for z in zs])
+
+
 def predict_volume(mv: ModelVolume, predictor: Predictor, slices_per_batch: int,
                    show_progress: bool = True) -> np.ndarray:
     """float32 probability volume in model space; zero outside the (dilated) lungs."""
@@ -48,16 +65,10 @@ def predict_volume(mv: ModelVolume, predictor: Predictor, slices_per_batch: int,
     prob = np.zeros(mv.image.shape, dtype=np.float32)
     if not region.any():
         return prob
-    zs = np.flatnonzero(region.any(axis=(1, 2)))
-    ys = np.flatnonzero(region.any(axis=(0, 2)))
-    xs = np.flatnonzero(region.any(axis=(0, 1)))
-    y0, x0 = int(ys[0]), int(xs[0])
-    size = (int(ys[-1]) - y0 + 1, int(xs[-1]) - x0 + 1)
-    h = mv.cfg.k_slices // 2
+    zs, (y0, x0), size = lung_box(region)
     for i in progress(range(0, len(zs), slices_per_batch), desc="slices", enabled=show_progress):
         batch = zs[i:i + slices_per_batch]
-        stacks = np.stack([mv.stacks(np.arange(z - h, z + h + 1), y0, x0, size) for z in batch])
-        prob[batch, y0:y0 + size[0], x0:x0 + size[1]] = predictor.prob(stacks)
+        prob[batch, y0:y0 + size[0], x0:x0 + size[1]] = predictor.prob(lung_box_stacks(mv, batch, (y0, x0), size))
     prob *= region
     return prob
 
